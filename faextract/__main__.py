@@ -1,0 +1,3 @@
+from faextract.cli import main
+
+main()

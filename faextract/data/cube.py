@@ -1,0 +1,396 @@
+"""Open real climate files as one lazy, standardized cube.
+
+:func:`open_cube` accepts one NetCDF file, a list, a glob, or a Zarr store (v2 or v3) and
+returns a :class:`Cube`: an ``xr.Dataset`` whose dimensions are renamed to ``time``,
+optional ``level``, ``lat`` and ``lon`` (original names kept in each coordinate's
+``original_name`` attribute), backed by dask so nothing is read until a window is needed.
+
+Everything a downstream step must know about the grid (calendar, periodic longitude, the
+channel list) travels on the :class:`Cube`, so later stages never reopen or re-guess.
+"""
+
+from __future__ import annotations
+
+import glob as globmod
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from faextract.data.axes import detect_axes, parse_dims
+from faextract.data.time import calendar_of, check_monotonic, decode_time
+from faextract.errors import DataError
+
+#: Time steps per dask chunk: windows of 8-64 steps read one or two chunks.
+DEFAULT_TIME_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class Cube:
+    """A standardized, lazy climate cube.
+
+    ``dataset`` has dims ``(time, [level,] lat, lon)`` per variable; ``channels`` lists the
+    model's input channels in order, ``VAR`` or ``VAR@LEVEL`` for stacked levels.
+    """
+
+    dataset: xr.Dataset
+    variables: tuple[str, ...]
+    channels: tuple[str, ...]
+    axes: dict[str, str]
+    calendar: str
+    periodic: bool
+    sources: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def time(self) -> xr.DataArray:
+        return self.dataset["time"]
+
+    @property
+    def lat(self) -> np.ndarray:
+        return self.dataset["lat"].values
+
+    @property
+    def lon(self) -> np.ndarray:
+        return self.dataset["lon"].values
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(T, C, H, W)`` of :meth:`to_array`."""
+        ds = self.dataset
+        return (ds.sizes["time"], len(self.channels), ds.sizes["lat"], ds.sizes["lon"])
+
+    def to_array(self) -> xr.DataArray:
+        """The cube as one lazy float32 array ``(time, channel, lat, lon)``; NaN = invalid."""
+        parts = []
+        for name in self.variables:
+            da = self.dataset[name]
+            if "level" in da.dims:
+                for lev in da["level"].values:
+                    parts.append(da.sel(level=lev, drop=True))
+            else:
+                parts.append(da)
+        arr = xr.concat(
+            [p.transpose("time", "lat", "lon").astype("float32") for p in parts],
+            dim="channel",
+            coords="minimal",
+            compat="override",
+            join="override",
+        )
+        arr = arr.assign_coords(channel=list(self.channels)).transpose("time", "channel", "lat", "lon")
+        arr.name = "cube"
+        return arr
+
+    def grid(self) -> dict:
+        """Grid and calendar facts, as saved in checkpoints and compared on embed."""
+        lat, lon = self.lat, self.lon
+        return {
+            "nlat": int(lat.size),
+            "nlon": int(lon.size),
+            "dlat": float(np.median(np.abs(np.diff(lat)))) if lat.size > 1 else 0.0,
+            "dlon": float(np.median(np.abs(np.diff(lon)))) if lon.size > 1 else 0.0,
+            "lat_range": [float(lat.min()), float(lat.max())],
+            "lon_range": [float(lon.min()), float(lon.max())],
+            "periodic": bool(self.periodic),
+            "calendar": self.calendar,
+        }
+
+    def isel_time(self, index) -> Cube:
+        """A cube restricted to some time steps (a slice or an index array)."""
+        return Cube(
+            dataset=self.dataset.isel(time=index),
+            variables=self.variables,
+            channels=self.channels,
+            axes=self.axes,
+            calendar=self.calendar,
+            periodic=self.periodic,
+            sources=self.sources,
+        )
+
+
+def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Expand globs and check existence; a Zarr store counts as one path."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        raise DataError("no input given: pass a NetCDF file, a glob, or a Zarr store")
+    out: list[str] = []
+    for item in items:
+        item = os.fspath(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(globmod.glob(item))
+            if not matches:
+                raise DataError(f"{item}: the pattern matches no file")
+            out.extend(matches)
+        elif not os.path.exists(item):
+            raise DataError(f"{item}: no such file or directory")
+        else:
+            out.append(item)
+    return out
+
+
+def _is_zarr(path: str) -> bool:
+    p = Path(path)
+    return p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def _open_one(path: str) -> xr.Dataset:
+    try:
+        if _is_zarr(path):
+            return xr.open_zarr(path, decode_times=False, chunks={})
+        if os.path.isdir(path):
+            raise DataError(f"{path}: a directory that is not a Zarr store")
+        with open(path, "rb") as fh:
+            magic = fh.read(8)
+        if not (magic[:3] == b"CDF" or magic[:8] == b"\x89HDF\r\n\x1a\n"):
+            raise DataError(f"{path}: not a NetCDF file (unrecognized header {magic[:4]!r})")
+        return xr.open_dataset(path, engine="netcdf4", decode_times=False, chunks={})
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - netCDF4/zarr raise many types for bad files
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: cannot read as NetCDF or Zarr (corrupt or truncated?): {msg}") from err
+
+
+def _data_variables(ds: xr.Dataset) -> list[str]:
+    """Gridded data variables: at least 3 dims, not bounds or other auxiliary arrays."""
+    aux = set()
+    for var in ds.variables.values():
+        for key in ("bounds", "climatology"):
+            if key in var.attrs:
+                aux.add(var.attrs[key])
+    return [name for name, da in ds.data_vars.items() if da.ndim >= 3 and name not in aux]
+
+
+def _check_curvilinear(ds: xr.Dataset, source: str) -> None:
+    for name, var in ds.variables.items():
+        std = str(var.attrs.get("standard_name", "")).lower()
+        units = str(var.attrs.get("units", "")).lower()
+        if var.ndim == 2 and (std in ("latitude", "longitude") or units.startswith("degree")):
+            raise DataError(
+                f"{source}: curvilinear grid ({name!r} has dims {var.dims}); only regular "
+                "lat/lon grids are supported: regrid first (e.g. with xESMF or CDO remapbil)"
+            )
+
+
+def _standardize(
+    ds: xr.Dataset,
+    source: str,
+    *,
+    variables: Sequence[str] | None,
+    levels: Sequence[float] | None,
+    dims: Mapping[str, str],
+    sort_time: bool,
+) -> tuple[xr.Dataset, dict[str, str], list[str]]:
+    candidates = _data_variables(ds)
+    if not candidates:
+        raise DataError(f"{source}: no gridded data variable (need dims like time, lat, lon)")
+    if variables:
+        missing = [v for v in variables if v not in ds.data_vars]
+        if missing:
+            raise DataError(
+                f"{source}: unknown variable {missing[0]!r}; available: {', '.join(candidates)}"
+            )
+        chosen = list(variables)
+    else:
+        chosen = candidates
+    all_dims: list[str] = []
+    for v in chosen:
+        all_dims.extend(d for d in ds[v].dims if d not in all_dims)
+    axes = detect_axes(ds, all_dims, dims, source)
+    if "lat" not in axes or "lon" not in axes:
+        _check_curvilinear(ds, source)
+    for need in ("time", "lat", "lon"):
+        if need not in axes:
+            raise DataError(
+                f"{source}: no {need} axis among dimensions {', '.join(all_dims)}; "
+                f"name it with --dims {need}=DIM"
+            )
+    rename = {dim: axis for axis, (dim, _why) in axes.items() if dim != axis}
+    # A non-dim variable already called like a target name would clash with the rename.
+    clash = [t for t in rename.values() if t in ds.variables and t not in rename]
+    ds = ds.drop_vars(clash)
+    ds = ds.rename(rename)
+    ds = ds[chosen]
+    for axis, (dim, why) in axes.items():
+        if axis not in ds.coords:
+            ds = ds.assign_coords({axis: np.arange(ds.sizes[axis])})
+        ds[axis].attrs["original_name"] = dim
+        ds[axis].attrs["detected_by"] = why
+
+    kept = []
+    for v in chosen:
+        extra = [d for d in ds[v].dims if d not in ("time", "level", "lat", "lon")]
+        if extra:
+            raise DataError(
+                f"{source}: variable {v!r} has extra dimension(s) {', '.join(extra)} "
+                f"(dims {ds[v].dims}); select one value first or name it with --dims"
+            )
+        lacking = [d for d in ("time", "lat", "lon") if d not in ds[v].dims]
+        if lacking:
+            if variables:
+                raise DataError(f"{source}: variable {v!r} lacks dimension(s) {', '.join(lacking)}")
+            continue
+        kept.append(v)
+    if not kept:
+        raise DataError(f"{source}: no variable has time, lat and lon dimensions")
+    ds = ds[kept]
+
+    # Time: decode here (handles reference year 0 and every CF calendar).
+    t = ds["time"]
+    units = t.attrs.get("units", "")
+    calendar = str(t.attrs.get("calendar", "standard")).lower()
+    if np.issubdtype(t.dtype, np.number):
+        if "since" not in units:
+            raise DataError(f"{source}: time axis {axes['time'][0]!r} has no CF units ('<unit> since <date>')")
+        decoded = decode_time(t.values, units, calendar)
+        attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
+        ds = ds.assign_coords(time=("time", decoded, attrs))
+        ds["time"].encoding.update({"units": units, "calendar": calendar})
+    order = check_monotonic(ds["time"], source, sort_time)
+    if order is not None:
+        ds = ds.isel(time=order)
+
+    if levels is not None:
+        if "level" not in ds.dims:
+            raise DataError(f"{source}: --levels given but no variable has a vertical axis")
+        have = ds["level"].values
+        idx = []
+        for lev in levels:
+            hit = np.nonzero(np.isclose(have.astype(float), float(lev)))[0]
+            if hit.size == 0:
+                raise DataError(
+                    f"{source}: level {lev:g} not found; available: {', '.join(f'{x:g}' for x in have)}"
+                )
+            idx.append(int(hit[0]))
+        ds = ds.isel(level=idx)
+
+    lat = ds["lat"].values.astype(float)
+    if lat.size and (np.nanmin(lat) < -90.0001 or np.nanmax(lat) > 90.0001):
+        raise DataError(
+            f"{source}: latitudes must be in [-90, 90], got [{np.nanmin(lat):g}, {np.nanmax(lat):g}]"
+        )
+    lon = ds["lon"].values.astype(float)
+    if lon.size > 1 and not (np.all(np.diff(lon) > 0) or np.all(np.diff(lon) < 0)):
+        unwrapped = np.unwrap(lon, period=360.0)
+        if not np.all(np.diff(unwrapped) > 0):
+            raise DataError(f"{source}: longitudes are not monotonic, even modulo 360")
+        attrs = dict(ds["lon"].attrs)
+        ds = ds.assign_coords(lon=("lon", unwrapped, attrs))
+    return ds, {a: d for a, (d, _w) in axes.items()}, kept
+
+
+def is_periodic(lon: np.ndarray) -> bool:
+    """True when a regular longitude axis wraps the globe (n * dlon == 360)."""
+    if lon.size < 3:
+        return False
+    d = np.diff(lon.astype(float))
+    step = float(np.median(np.abs(d)))
+    if step == 0 or np.max(np.abs(np.abs(d) - step)) > 1e-3 * step:
+        return False
+    return abs(lon.size * step - 360.0) < 1e-3 * step * lon.size
+
+
+def _channel_names(ds: xr.Dataset, variables: Sequence[str]) -> list[str]:
+    names = []
+    for v in variables:
+        if "level" in ds[v].dims:
+            names.extend(f"{v}@{lev:g}" for lev in ds["level"].values.astype(float))
+        else:
+            names.append(v)
+    return names
+
+
+def open_cube(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    variables: Sequence[str] | None = None,
+    *,
+    levels: Sequence[float] | None = None,
+    dims: str | Mapping[str, str] | None = None,
+    sort_time: bool = False,
+    time_chunk: int = DEFAULT_TIME_CHUNK,
+) -> Cube:
+    """Open one or many climate files lazily as a standardized :class:`Cube`.
+
+    Parameters
+    ----------
+    paths : a NetCDF path, a glob, a Zarr store, or a list of those.
+    variables : names to keep (default: every gridded variable with time, lat and lon).
+    levels : vertical levels to keep; without it, all levels are stacked as ``VAR@LEVEL`` channels.
+    dims : explicit axis mapping, ``"time=T,lat=Y,lon=X"`` or a dict, overriding detection.
+    sort_time : sort unsorted times instead of failing (duplicates still fail).
+    time_chunk : time steps per dask chunk.
+    """
+    files = resolve_paths(paths)
+    overrides = parse_dims(dims)
+    parts = []
+    axes: dict[str, str] = {}
+    kept: list[str] = []
+    for path in files:
+        raw = _open_one(path)
+        ds, axes, kept_here = _standardize(
+            raw,
+            path,
+            variables=variables,
+            levels=levels,
+            dims=overrides,
+            sort_time=sort_time,
+        )
+        if parts:
+            first_ds, first_path = parts[0]
+            _check_same_grid(first_ds, first_path, ds, path, kept, kept_here)
+        else:
+            kept = kept_here
+        parts.append((ds, path))
+    if len(parts) == 1:
+        ds = parts[0][0]
+    else:
+        parts.sort(key=lambda p: p[0]["time"].values[0])
+        encoding = dict(parts[0][0]["time"].encoding)
+        ds = xr.concat(
+            [p[0] for p in parts],
+            dim="time",
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+        )
+        ds["time"].encoding.update(encoding)
+        order = check_monotonic(ds["time"], "combined files", sort_time)
+        if order is not None:
+            ds = ds.isel(time=order)
+    chunks = {"time": max(1, int(time_chunk)), "lat": -1, "lon": -1}
+    if "level" in ds.dims:
+        chunks["level"] = -1
+    ds = ds.chunk(chunks)
+    for name in ds.data_vars:
+        ds[name].encoding.pop("chunks", None)
+        ds[name].encoding.pop("preferred_chunks", None)
+    cal = calendar_of(ds["time"])
+    return Cube(
+        dataset=ds,
+        variables=tuple(kept),
+        channels=tuple(_channel_names(ds, kept)),
+        axes=axes,
+        calendar=cal,
+        periodic=is_periodic(ds["lon"].values),
+        sources=tuple(files),
+    )
+
+
+def _check_same_grid(a: xr.Dataset, a_path: str, b: xr.Dataset, b_path: str, va, vb) -> None:
+    if list(va) != list(vb):
+        raise DataError(f"{b_path}: variables {list(vb)} differ from {a_path}: {list(va)}")
+    for axis in ("lat", "lon", "level"):
+        if (axis in a.dims) != (axis in b.dims):
+            raise DataError(f"{b_path}: has {axis} axis mismatch with {a_path}")
+        if axis not in a.dims:
+            continue
+        x, y = a[axis].values, b[axis].values
+        if x.shape != y.shape or not np.allclose(x.astype(float), y.astype(float), atol=1e-6):
+            raise DataError(
+                f"grids differ: {a_path} has {axis} of size {x.size} "
+                f"[{float(x.min()):g}..{float(x.max()):g}], {b_path} has size {y.size} "
+                f"[{float(y.min()):g}..{float(y.max()):g}]"
+            )

@@ -1,0 +1,193 @@
+"""Stream normalized windows of a cube to torch, ``(B, T, C, H, W)`` after batching.
+
+:class:`WindowDataset` is an ``IterableDataset``. Each DataLoader worker reopens the cube from a
+picklable :class:`CubeSource` (never shares file handles across processes, so it is safe under
+the spawn/forkserver start methods), reads whole time blocks once, normalizes them, and cuts
+every spatial tile out of the block it holds. Windows are sharded without overlap across
+distributed ranks and then across workers; the order is a deterministic function of
+``(seed, epoch)``.
+
+One item is a dict:
+
+- ``x``      ``(T, C, H, W)`` float32, normalized, invalid cells set to 0;
+- ``mask``   ``(T, C, H, W)`` bool, True where the input was valid;
+- ``phase``  ``(T,)`` float32, fraction of the calendar year at each step (0 where padded);
+- ``time``   ``(T,)`` int64, step index into the cube (-1 where padded);
+- ``lat``    ``(H,)`` float32 latitudes of the tile rows (NaN where padded);
+- ``index``  window index in the :class:`~faextract.data.tiling.Tiler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from faextract.data.cube import Cube, open_cube
+from faextract.data.normalize import normalize
+from faextract.data.tiling import Tiler, TileSpec, Window
+from faextract.data.time import season_phase
+from faextract.errors import DataError
+
+
+@dataclass(frozen=True)
+class CubeSource:
+    """Everything needed to reopen the same cube in another process."""
+
+    paths: tuple[str, ...]
+    variables: tuple[str, ...] | None = None
+    levels: tuple[float, ...] | None = None
+    dims: dict[str, str] = field(default_factory=dict)
+    sort_time: bool = False
+    time_chunk: int = 32
+
+    def open(self) -> Cube:
+        return open_cube(
+            list(self.paths),
+            self.variables,
+            levels=self.levels,
+            dims=self.dims or None,
+            sort_time=self.sort_time,
+            time_chunk=self.time_chunk,
+        )
+
+
+class BlockReader:
+    """Reads normalized full-grid time blocks ``(T, C, H, W)``, keeping the last one."""
+
+    def __init__(self, cube: Cube, stats: xr.Dataset):
+        self.cube = cube
+        self.stats = stats
+        self.array = cube.to_array()
+        self._key: tuple[int, int] | None = None
+        self._block: np.ndarray | None = None
+        self.phase = season_phase(cube.time.values, cube.calendar).astype(np.float32)
+
+    def read(self, t0: int, t1: int) -> np.ndarray:
+        if self._key == (t0, t1):
+            return self._block
+        raw = self.array.isel(time=slice(t0, t1))
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            block = normalize(raw, self.stats).values
+        if np.isinf(block).any():
+            c = int(np.nonzero(np.isinf(block).any(axis=(0, 2, 3)))[0][0])
+            raise DataError(
+                f"{self.cube.sources[0] if self.cube.sources else 'input'}: variable "
+                f"{self.cube.channels[c]!r} has infinite values between steps {t0} and {t1 - 1}"
+            )
+        self._key, self._block = (t0, t1), block
+        return block
+
+    def window_item(self, tiler: Tiler, window: Window) -> dict[str, torch.Tensor]:
+        valid_t = window.time[window.time >= 0]
+        t0, t1 = int(valid_t.min()), int(valid_t.max()) + 1
+        raw = tiler.extract(self.read(t0, t1), window, time_offset=t0)
+        mask = np.isfinite(raw)
+        x = np.where(mask, raw, 0.0).astype(np.float32)
+        lat = np.where(window.lat >= 0, self.cube.lat[np.maximum(window.lat, 0)], np.nan)
+        phase = np.where(window.time >= 0, self.phase[np.maximum(window.time, 0)], 0.0)
+        return {
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask),
+            "phase": torch.from_numpy(phase.astype(np.float32)),
+            "time": torch.from_numpy(window.time.astype(np.int64)),
+            "lat": torch.from_numpy(lat.astype(np.float32)),
+            "index": torch.tensor(window.index, dtype=torch.int64),
+        }
+
+
+class WindowDataset(IterableDataset):
+    """Windows of a cube, normalized, sharded across ranks and workers.
+
+    ``windows`` restricts the dataset to those window indices (e.g. a time range or an embed
+    shard). ``drop_uneven`` gives every rank the same number of windows (needed by DDP, which
+    deadlocks when ranks take different numbers of steps); embedding never drops.
+    """
+
+    def __init__(
+        self,
+        source: CubeSource,
+        stats: xr.Dataset,
+        spec: TileSpec,
+        *,
+        windows: Sequence[int] | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_uneven: bool = False,
+        cube: Cube | None = None,
+    ):
+        super().__init__()
+        self.source, self.stats, self.spec = source, stats, spec
+        cube = cube if cube is not None else source.open()
+        self.tiler = Tiler(spec, (cube.shape[0], cube.shape[2], cube.shape[3]), cube.periodic)
+        self.windows = list(range(len(self.tiler.windows))) if windows is None else list(windows)
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
+        self.epoch = 0
+        self._cube = cube
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cube"] = None  # each worker reopens its own
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rank_windows(self) -> list[int]:
+        """This rank's windows, in iteration order (before splitting across workers)."""
+        order = list(self.windows)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = [order[i] for i in rng.permutation(len(order))]
+        if self.drop_uneven:
+            order = order[: len(order) // self.world_size * self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.rank_windows())
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self._cube is None:
+            self._cube = self.source.open()
+        reader = BlockReader(self._cube, self.stats)
+        for i in self.rank_windows()[wid::nworkers]:
+            yield reader.window_item(self.tiler, self.tiler.windows[i])
+
+
+def make_loader(
+    dataset: WindowDataset,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    prefetch_factor: int = 2,
+) -> DataLoader:
+    """A DataLoader over ``dataset``; workers use forkserver (safe with zarr/HDF5 threads)."""
+    kwargs = {}
+    if num_workers > 0:
+        import multiprocessing as mp
+
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        kwargs.update(
+            multiprocessing_context=method,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=False,
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )

@@ -1,0 +1,240 @@
+"""Normalization statistics, computed lazily and out-of-core with dask.
+
+Per channel (variable, or variable@level): NaN-aware mean and standard deviation, optionally
+weighted by cos(latitude) so that polar rows do not dominate; optionally a per-gridpoint
+climatology (monthly or day-of-year, calendar-aware), in which case mean and std describe the
+*anomalies* from it. Statistics are data: saved to NetCDF or Zarr next to (and inside) the
+model, never hard-coded. The same pass validates the values (all-NaN channels, infinities).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from faextract.data.cube import Cube
+from faextract.errors import DataError
+
+CLIMATOLOGIES = ("none", "monthly", "dayofyear")
+#: Day-of-year climatologies are smoothed with a circular running mean of this many days:
+#: a raw daily mean over a few years is mostly weather noise.
+DOY_SMOOTHING_DAYS = 31
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    area_weighted: bool = True
+    climatology: str = "none"
+
+    def __post_init__(self):
+        if self.climatology not in CLIMATOLOGIES:
+            raise DataError(
+                f"climatology must be one of {', '.join(CLIMATOLOGIES)}, got {self.climatology!r}"
+            )
+
+
+def season_index(time: xr.DataArray, kind: str) -> np.ndarray:
+    """1-based month or day of year for each timestamp (cftime-aware)."""
+    if kind == "monthly":
+        return np.asarray(time.dt.month.values, dtype=np.int64)
+    if kind == "dayofyear":
+        return np.asarray(time.dt.dayofyear.values, dtype=np.int64)
+    raise ValueError(f"no season index for climatology {kind!r}")
+
+
+def _area_weights(lat: np.ndarray, nlon: int) -> np.ndarray:
+    w = np.cos(np.deg2rad(lat.astype(np.float64))).clip(min=0.0)
+    return np.repeat(w[:, None], nlon, axis=1)
+
+
+def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None) -> xr.Dataset:
+    """Compute normalization statistics for ``cube``; validates the values on the way.
+
+    Returns a Dataset with ``mean(channel)``, ``std(channel)``, ``valid_fraction(channel)`` and,
+    for a climatology, ``climatology(season, channel, lat, lon)``. ``progress`` is a
+    :class:`faextract.progress.Progress`-like object fed by a dask callback.
+    """
+    options = options or StatsOptions()
+    arr = cube.to_array().data.astype(np.float64)  # (T, C, H, W) dask
+    T, C, H, W = arr.shape
+    w2d = _area_weights(cube.lat, W) if options.area_weighted else np.ones((H, W))
+    w = da.from_array(w2d, chunks=-1)[None, None]
+    finite = da.isfinite(arr)
+    infs = da.isinf(arr).sum(axis=(0, 2, 3))
+    count = finite.sum(axis=(0, 2, 3))
+
+    clim = None
+    if options.climatology != "none":
+        keys = season_index(cube.time, options.climatology)
+        nseason = 12 if options.climatology == "monthly" else 366
+        onehot = np.zeros((T, nseason), dtype=np.float64)
+        onehot[np.arange(T), keys - 1] = 1.0
+        oh = da.from_array(onehot, chunks=(arr.chunks[0], -1))
+        xz = da.where(finite, arr, 0.0)
+        sums = da.einsum("ts,tchw->schw", oh, xz)
+        cnts = da.einsum("ts,tchw->schw", oh, finite.astype(np.float64))
+        with _progress(progress, "climatology"):
+            sums, cnts, infs_v, count_v = dask.compute(sums, cnts, infs, count)
+        _validate(cube, infs_v, count_v)
+        clim = _finish_climatology(sums, cnts, keys, options.climatology)
+        clim_da = da.from_array(clim, chunks=(-1, -1, -1, -1))
+        sub = clim_da[keys - 1]
+        arr = arr - sub.rechunk(arr.chunks)
+        finite = da.isfinite(arr)
+
+    wf = da.where(finite, w, 0.0)
+    xz = da.where(finite, arr, 0.0)
+    sw = wf.sum(axis=(0, 2, 3))
+    s1 = (wf * xz).sum(axis=(0, 2, 3))
+    s2 = (wf * xz * xz).sum(axis=(0, 2, 3))
+    with _progress(progress, "statistics"):
+        if clim is None:
+            sw, s1, s2, infs_v, count_v = dask.compute(sw, s1, s2, infs, count)
+            _validate(cube, infs_v, count_v)
+        else:
+            sw, s1, s2 = dask.compute(sw, s1, s2)
+    mean = s1 / np.maximum(sw, 1e-300)
+    var = np.maximum(s2 / np.maximum(sw, 1e-300) - mean**2, 0.0)
+    std = np.sqrt(var)
+    std = np.where(std > 0, std, 1.0)  # a constant channel normalizes to 0, not inf
+
+    out = xr.Dataset(
+        {
+            "mean": ("channel", mean.astype(np.float64), {"long_name": "mean of each channel"}),
+            "std": ("channel", std.astype(np.float64), {"long_name": "standard deviation of each channel"}),
+            "valid_fraction": (
+                "channel",
+                (count_v / float(T * H * W)).astype(np.float64),
+                {"long_name": "fraction of finite values", "units": "1"},
+            ),
+        },
+        coords={"channel": list(cube.channels)},
+    )
+    if clim is not None:
+        out["climatology"] = (
+            ("season", "channel", "lat", "lon"),
+            clim.astype(np.float32),
+            {"long_name": f"{options.climatology} climatology (per grid point)"},
+        )
+        out = out.assign_coords(season=np.arange(1, clim.shape[0] + 1), lat=cube.lat, lon=cube.lon)
+    out.attrs = {
+        "title": "faextract normalization statistics",
+        "area_weighted": int(options.area_weighted),
+        "climatology": options.climatology,
+        "calendar": cube.calendar,
+        "time_start": str(cube.time.values[0]),
+        "time_end": str(cube.time.values[-1]),
+        "sources": "; ".join(os.path.basename(s) for s in cube.sources),
+    }
+    return out
+
+
+def _validate(cube: Cube, infs: np.ndarray, count: np.ndarray) -> None:
+    src = cube.sources[0] if cube.sources else "input"
+    for name, n_inf, n in zip(cube.channels, infs, count, strict=True):
+        if n_inf:
+            raise DataError(f"{src}: variable {name!r} has {int(n_inf)} infinite values")
+        if n == 0:
+            raise DataError(f"{src}: variable {name!r} is all NaN (no valid value to learn from)")
+
+
+def _finish_climatology(sums, cnts, keys, kind) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        clim = sums / cnts
+    if kind == "dayofyear":
+        present = np.unique(keys)
+        # Fill days absent from the data (e.g. day 366) from their neighbours, then smooth.
+        full = np.arange(1, clim.shape[0] + 1)
+        missing = np.setdiff1d(full, present)
+        for day in missing:
+            nearest = present[np.argmin(np.abs(present - day))]
+            clim[day - 1] = clim[nearest - 1]
+        clim = _circular_running_mean(clim, DOY_SMOOTHING_DAYS)
+    else:
+        for month in range(1, 13):
+            if month not in keys:
+                raise DataError(f"monthly climatology: no data for month {month}; need a full year")
+    return clim
+
+
+def _circular_running_mean(x: np.ndarray, width: int) -> np.ndarray:
+    half = width // 2
+    valid = np.isfinite(x)
+    xz = np.where(valid, x, 0.0)
+    acc = np.zeros_like(xz)
+    cnt = np.zeros_like(xz)
+    for k in range(-half, half + 1):
+        acc += np.roll(xz, k, axis=0)
+        cnt += np.roll(valid, k, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
+
+
+class _progress:
+    """Drive a progress reporter from dask's task callbacks."""
+
+    def __init__(self, progress, label: str):
+        self.progress, self.label = progress, label
+
+    def __enter__(self):
+        if self.progress is None:
+            return self
+        from dask.callbacks import Callback
+
+        outer = self
+
+        class _CB(Callback):
+            def _start_state(self, dsk, state):
+                outer.total = sum(len(state[k]) for k in ("ready", "waiting", "running"))
+                outer.task = outer.progress.start(outer.label, total=outer.total)
+
+            def _posttask(self, key, result, dsk, state, worker_id):
+                outer.progress.advance(outer.task, 1)
+
+        self.cb = _CB()
+        self.cb.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.cb.__exit__(*exc)
+            if hasattr(self, "task"):
+                self.progress.finish(self.task)
+        return False
+
+
+def save_stats(stats: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write statistics to NetCDF (``.nc``) or Zarr (anything else); refuses to overwrite."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not overwrite:
+        raise DataError(f"{path}: already exists (use --overwrite to replace it)")
+    tmp = path + ".partial"
+    if path.endswith(".nc"):
+        stats.to_netcdf(tmp)
+        os.replace(tmp, path)
+    else:
+        import shutil
+
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        stats.to_zarr(tmp, mode="w")
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+
+
+def load_stats(path: str | os.PathLike) -> xr.Dataset:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such statistics file")
+    try:
+        if os.path.isdir(path):
+            return xr.open_zarr(path).load()
+        return xr.load_dataset(path)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{path}: not a faextract statistics file ({err})") from err

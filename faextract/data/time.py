@@ -1,0 +1,153 @@
+"""Time axes: decoding every CF calendar, and each timestamp's phase in its year.
+
+Files are opened with ``decode_times=False`` and the time coordinate is decoded here, because
+xarray refuses reference year 0 (``hours since 0000-01-01``, common in climatologies) in the
+standard and julian calendars; cftime decodes those with ``has_year_zero=True``. Decoded times
+are cftime objects for non-standard calendars and ``datetime64`` otherwise (xarray's choice).
+The original units and calendar are kept in ``encoding`` so outputs can reuse them.
+"""
+
+from __future__ import annotations
+
+import cftime
+import numpy as np
+import pandas as pd
+import xarray as xr
+from xarray.coding.times import decode_cf_datetime
+
+from faextract.errors import DataError
+
+CALENDARS = (
+    "standard",
+    "gregorian",
+    "proleptic_gregorian",
+    "noleap",
+    "365_day",
+    "all_leap",
+    "366_day",
+    "360_day",
+    "julian",
+)
+
+OutOfBoundsError = getattr(pd.errors, "OutOfBoundsDatetime", ValueError)
+
+
+def decode_time(values: np.ndarray, units: str, calendar: str = "standard") -> np.ndarray:
+    """Decode numeric CF times; reference year 0 falls back to cftime with year zero."""
+    calendar = (calendar or "standard").lower()
+    try:
+        return np.asarray(decode_cf_datetime(np.asarray(values), units, calendar))
+    except (ValueError, OverflowError, OutOfBoundsError) as err:
+        try:
+            return np.asarray(
+                cftime.num2date(
+                    np.asarray(values),
+                    units,
+                    calendar,
+                    only_use_cftime_datetimes=True,
+                    has_year_zero=True,
+                )
+            )
+        except Exception:  # noqa: BLE001 - report the original, clearer error
+            raise DataError(f"cannot decode time units {units!r} ({calendar}): {err}") from err
+
+
+def calendar_of(time: xr.DataArray) -> str:
+    """The CF calendar of a decoded time coordinate."""
+    cal = time.encoding.get("calendar") or time.attrs.get("calendar")
+    if cal:
+        return str(cal).lower()
+    values = time.values
+    if values.size and isinstance(values.flat[0], cftime.datetime):
+        return values.flat[0].calendar or "standard"
+    return "standard"
+
+
+def to_cftime(values: np.ndarray, calendar: str) -> list[cftime.datetime]:
+    """Timestamps as cftime objects of ``calendar`` (datetime64 input is converted)."""
+    out = []
+    for v in np.asarray(values).ravel():
+        if isinstance(v, cftime.datetime):
+            out.append(v)
+        else:
+            ts = pd.Timestamp(v)
+            out.append(
+                cftime.datetime(
+                    ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, calendar=calendar
+                )
+            )
+    return out
+
+
+def days_in_year(year: int, calendar: str) -> int:
+    calendar = calendar.lower()
+    if calendar == "360_day":
+        return 360
+    if calendar in ("noleap", "365_day"):
+        return 365
+    if calendar in ("all_leap", "366_day"):
+        return 366
+    if calendar == "julian":
+        return 366 if year % 4 == 0 else 365
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if calendar in ("standard", "gregorian") and year < 1583:
+        leap = year % 4 == 0
+    return 366 if leap else 365
+
+
+def season_phase(values: np.ndarray, calendar: str = "standard") -> np.ndarray:
+    """Fraction of the calendar year elapsed at each timestamp, in ``[0, 1)``.
+
+    The same day of year gives the same phase in any year; the year length follows the
+    calendar (360 for ``360_day``, 365/366 otherwise), so a seasonal encoding built on it is
+    exactly periodic across years.
+    """
+    times = to_cftime(values, calendar)
+    out = np.empty(len(times), dtype=np.float64)
+    for i, t in enumerate(times):
+        cal = t.calendar or calendar
+        doy = t.dayofyr - 1 + (t.hour * 3600 + t.minute * 60 + t.second) / 86400.0
+        out[i] = doy / days_in_year(t.year, cal)
+    return out.reshape(np.shape(values))
+
+
+def time_step(time: xr.DataArray) -> str:
+    """A human description of the median spacing of a time axis (e.g. ``'1 day'``)."""
+    if time.size < 2:
+        return "single step"
+    vals = time.values
+    try:
+        deltas = np.array([(vals[i + 1] - vals[i]) for i in range(min(len(vals) - 1, 1000))])
+        sec = np.median([pd.Timedelta(d).total_seconds() for d in deltas])
+    except Exception:  # noqa: BLE001
+        return "irregular"
+    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if sec >= n and abs(sec / n - round(sec / n)) < 1e-6:
+            k = round(sec / n)
+            if unit == "day" and 28 <= k <= 31:
+                return "1 month"
+            if unit == "day" and 359 <= k <= 366:
+                return "1 year"
+            return f"{k} {unit}{'s' if k != 1 else ''}"
+    return f"{sec:g} s"
+
+
+def check_monotonic(time: xr.DataArray, source: str, sort_time: bool) -> np.ndarray | None:
+    """Return a sorting index when ``sort_time`` and times are unsorted; else validate.
+
+    Duplicated or non-increasing times are an error naming the first offending pair, unless
+    ``sort_time`` (duplicates are an error even then: which copy is right is unknowable).
+    """
+    vals = time.values
+    order = np.argsort(vals, kind="stable") if sort_time else None
+    ordered = vals[order] if order is not None else vals
+    for i in range(len(ordered) - 1):
+        if not ordered[i] < ordered[i + 1]:
+            what = "duplicated" if ordered[i] == ordered[i + 1] else "not increasing"
+            hint = "" if sort_time or what == "duplicated" else " (use --sort-time to sort)"
+            raise DataError(
+                f"{source}: time is {what} at position {i + 1}: {ordered[i]} then {ordered[i + 1]}{hint}"
+            )
+    if order is not None and not np.array_equal(order, np.arange(len(order))):
+        return order
+    return None

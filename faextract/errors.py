@@ -1,0 +1,23 @@
+"""The one exception type users see.
+
+Anything raised as :class:`FaextractError` is a problem with the user's input (a file, a
+variable, a config key), not a bug: the CLI prints its message on one line and exits with
+status 2, without a traceback. Messages name the thing that is wrong and, where it helps, what
+was expected and what was found.
+"""
+
+from __future__ import annotations
+
+
+class FaextractError(Exception):
+    """A user-facing error: bad input, bad config, incompatible files."""
+
+    exit_code = 2
+
+
+class DataError(FaextractError, ValueError):
+    """The input data cannot be used as given."""
+
+
+class ConfigError(FaextractError, ValueError):
+    """A configuration key or value is wrong."""
