@@ -163,11 +163,13 @@ def _data_variables(ds: xr.Dataset) -> list[str]:
     return [name for name, da in ds.data_vars.items() if da.ndim >= 3 and name not in aux]
 
 
-def _check_curvilinear(ds: xr.Dataset, source: str) -> None:
+def _check_curvilinear(ds: xr.Dataset, source: str, dims: set[str]) -> None:
+    """2-D latitude/longitude coordinates over the data's dims mean a curvilinear grid."""
     for name, var in ds.variables.items():
         std = str(var.attrs.get("standard_name", "")).lower()
         units = str(var.attrs.get("units", "")).lower()
-        if var.ndim == 2 and (std in ("latitude", "longitude") or units.startswith("degree")):
+        geo = std in ("latitude", "longitude") or units in ("degrees_north", "degrees_east", "degree_north", "degree_east")
+        if var.ndim == 2 and set(var.dims) <= dims and geo:
             raise DataError(
                 f"{source}: curvilinear grid ({name!r} has dims {var.dims}); only regular "
                 "lat/lon grids are supported: regrid first (e.g. with xESMF or CDO remapbil)"
@@ -198,9 +200,8 @@ def _standardize(
     all_dims: list[str] = []
     for v in chosen:
         all_dims.extend(d for d in ds[v].dims if d not in all_dims)
+    _check_curvilinear(ds, source, set(all_dims))
     axes = detect_axes(ds, all_dims, dims, source)
-    if "lat" not in axes or "lon" not in axes:
-        _check_curvilinear(ds, source)
     for need in ("time", "lat", "lon"):
         if need not in axes:
             raise DataError(
@@ -347,6 +348,10 @@ def open_cube(
         ds = parts[0][0]
     else:
         parts.sort(key=lambda p: p[0]["time"].values[0])
+        for (a, pa), (b, pb) in zip(parts, parts[1:], strict=False):
+            common = np.intersect1d(a["time"].values, b["time"].values)
+            if common.size:
+                raise DataError(f"time {common[0]} is duplicated: it is in both {pa} and {pb}")
         encoding = dict(parts[0][0]["time"].encoding)
         ds = xr.concat(
             [p[0] for p in parts],

@@ -9,6 +9,8 @@ The original units and calendar are kept in ``encoding`` so outputs can reuse th
 
 from __future__ import annotations
 
+import warnings
+
 import cftime
 import numpy as np
 import pandas as pd
@@ -28,6 +30,10 @@ CALENDARS = (
     "360_day",
     "julian",
 )
+
+# Reference year 0 is deliberately supported (climatologies use it); cftime warns that CF
+# does not define it, on every decode and every pickle of such a date.
+warnings.filterwarnings("ignore", message="this date/calendar/year zero convention")
 
 OutOfBoundsError = getattr(pd.errors, "OutOfBoundsDatetime", ValueError)
 
@@ -139,15 +145,17 @@ def check_monotonic(time: xr.DataArray, source: str, sort_time: bool) -> np.ndar
     ``sort_time`` (duplicates are an error even then: which copy is right is unknowable).
     """
     vals = time.values
-    order = np.argsort(vals, kind="stable") if sort_time else None
-    ordered = vals[order] if order is not None else vals
-    for i in range(len(ordered) - 1):
-        if not ordered[i] < ordered[i + 1]:
-            what = "duplicated" if ordered[i] == ordered[i + 1] else "not increasing"
-            hint = "" if sort_time or what == "duplicated" else " (use --sort-time to sort)"
-            raise DataError(
-                f"{source}: time is {what} at position {i + 1}: {ordered[i]} then {ordered[i + 1]}{hint}"
-            )
-    if order is not None and not np.array_equal(order, np.arange(len(order))):
-        return order
-    return None
+    order = np.argsort(vals, kind="stable")
+    ordered = vals[order]
+    dup = np.nonzero(ordered[1:] == ordered[:-1])[0]
+    if dup.size:
+        raise DataError(f"{source}: time {ordered[dup[0]]} is duplicated")
+    if not sort_time:
+        for i in range(len(vals) - 1):
+            if not vals[i] < vals[i + 1]:
+                raise DataError(
+                    f"{source}: time is not increasing at position {i + 1}: "
+                    f"{vals[i]} then {vals[i + 1]} (use --sort-time to sort)"
+                )
+        return None
+    return None if np.array_equal(order, np.arange(len(order))) else order

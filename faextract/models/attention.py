@@ -1,0 +1,129 @@
+"""Attention blocks of FAConvLSTM (Nji & Wang, arXiv 2601.10914).
+
+:class:`AxialAttention` — lightweight spatial attention on a reduced channel width, multi-head,
+along rows (longitude) and then along columns (latitude). The column pass attends over the
+row pass's output, so the effective 2-D attention from query ``(y, x)`` to key ``(y', x')`` is
+``A_col[x](y, y') * A_row[y'](x, x')``: a proper distribution over the whole grid, reached in
+O(HW(H + W)) instead of O((HW)^2). A learned per-head distance penalty (circular in longitude
+for periodic global grids) gives the heads a sense of locality they can unlearn.
+
+:class:`TemporalSelfAttention` — pre-norm multi-head self-attention over per-timestep
+embeddings with a fixed seasonal positional code (:mod:`faextract.models.seasonal`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AxialWeights:
+    """Attention weights of one axial pass.
+
+    row: ``(B, heads, H, W, W)`` — per row y, query x -> key x'.
+    col: ``(B, heads, W, H, H)`` — per column x, query y -> key y'.
+    """
+
+    row: torch.Tensor
+    col: torch.Tensor
+
+    def effective(self) -> torch.Tensor:
+        """Full 2-D attention ``(B, heads, H, W, H, W)``: query (y, x) -> key (y', x')."""
+        # E[y, x, y', x'] = col[x, y, y'] * row[y', x, x']
+        return torch.einsum("bnxyk,bnkxl->bnyxkl", self.col, self.row)
+
+
+def _distance_bias(n: int, periodic: bool, device) -> torch.Tensor:
+    """``(n, n)`` normalized distance in [0, 1] between positions along one axis."""
+    i = torch.arange(n, device=device, dtype=torch.float32)
+    d = (i[:, None] - i[None, :]).abs()
+    if periodic:
+        d = torch.minimum(d, n - d)
+        return d / max(1.0, n / 2)
+    return d / max(1.0, n - 1)
+
+
+class AxialAttention(nn.Module):
+    """Axial self-attention on ``(B, C, H, W)``; returns a context of the same shape.
+
+    Data flow: 1x1 conv C -> (q_row, k_row, q_col, k_col, v) of width ``dim`` -> row attention
+    (over W) -> column attention (over H) on the row output -> 1x1 conv dim -> C, scaled by a
+    learned ``gamma`` (starts small so the cell begins close to a plain ConvLSTM).
+    """
+
+    def __init__(self, channels: int, dim: int = 16, heads: int = 2, periodic_lon: bool = False):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} must be divisible by heads {heads}")
+        self.dim, self.heads, self.periodic_lon = dim, heads, periodic_lon
+        self.qkv = nn.Conv2d(channels, 5 * dim, 1)
+        self.out = nn.Conv2d(dim, channels, 1)
+        self.gamma = nn.Parameter(torch.tensor(0.1))
+        # Per-head locality: logits -= softplus(distance_scale) * normalized distance.
+        self.distance_scale = nn.Parameter(torch.zeros(2, heads))
+
+    def _attend(self, q, k, v, bias, need_weights: bool):
+        # q, k, v: (N, heads, L, dh); bias: (heads, L, L)
+        if not need_weights:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0)), None
+        logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + bias
+        w = logits.softmax(dim=-1)
+        return w @ v, w
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False):
+        B, C, H, W = x.shape
+        n, d = self.heads, self.dim // self.heads
+        qr, kr, qc, kc, v = self.qkv(x).chunk(5, dim=1)  # each (B, dim, H, W)
+
+        def rows(t):  # (B, dim, H, W) -> (B*H, heads, W, dh)
+            return t.reshape(B, n, d, H, W).permute(0, 3, 1, 4, 2).reshape(B * H, n, W, d)
+
+        def cols(t):  # (B, dim, H, W) -> (B*W, heads, H, dh)
+            return t.reshape(B, n, d, H, W).permute(0, 4, 1, 3, 2).reshape(B * W, n, H, d)
+
+        scale = F.softplus(self.distance_scale)
+        bias_r = -scale[0][:, None, None] * _distance_bias(W, self.periodic_lon, x.device)
+        bias_c = -scale[1][:, None, None] * _distance_bias(H, False, x.device)
+        o_r, w_r = self._attend(rows(qr), rows(kr), rows(v), bias_r.to(x.dtype), need_weights)
+        # back to (B, dim, H, W), then attend along columns over the row output
+        o_r = o_r.reshape(B, H, n, W, d).permute(0, 2, 4, 1, 3).reshape(B, self.dim, H, W)
+        o_c, w_c = self._attend(cols(qc), cols(kc), cols(o_r), bias_c.to(x.dtype), need_weights)
+        o_c = o_c.reshape(B, W, n, H, d).permute(0, 2, 4, 3, 1).reshape(B, self.dim, H, W)
+        ctx = self.gamma * self.out(o_c)
+        weights = None
+        if need_weights:
+            weights = AxialWeights(
+                row=w_r.reshape(B, H, n, W, W).permute(0, 2, 1, 3, 4),
+                col=w_c.reshape(B, W, n, H, H).permute(0, 2, 1, 3, 4),
+            )
+        return ctx, weights
+
+
+class TemporalSelfAttention(nn.Module):
+    """Pre-norm transformer block over ``z (B, T, d)`` with an additive positional code.
+
+    ``key_padding_mask (B, T)`` is True for padded steps, which are not attended to.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, ff_mult: int = 2, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"embedding size {dim} must be divisible by temporal heads {heads}")
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+
+    def forward(self, z: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor | None = None):
+        h = self.norm1(z + pos)
+        if key_padding_mask is not None:
+            # A fully padded row would make softmax NaN; let such rows attend to themselves.
+            key_padding_mask = key_padding_mask & ~key_padding_mask.all(dim=1, keepdim=True)
+        a, w = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True)
+        z = z + a
+        z = z + self.ff(self.norm2(z))
+        return z, w

@@ -1,0 +1,79 @@
+"""`faextract inspect` and `faextract stats` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from faextract.cli import app
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("faextract ")
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "faextract", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "inspect" in out.stdout
+
+
+def test_inspect_json(small_nc):
+    result = runner.invoke(app, ["inspect", str(small_nc), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert [v["name"] for v in info["variables"]] == ["sst", "t2m", "sp"]
+    assert info["time"]["calendar"] == "noleap" and info["time"]["step"] == "1 day"
+    assert info["grid"]["periodic"] is True
+    assert 0.1 < info["variables"][0]["nan_fraction_sample"] < 0.6
+
+
+def test_inspect_rich(small_nc):
+    result = runner.invoke(app, ["inspect", str(small_nc)])
+    assert result.exit_code == 0
+    assert "noleap" in result.output and "periodic" in result.output
+
+
+def test_stats_writes_and_refuses_overwrite(tmp_path, small_nc):
+    out = tmp_path / "stats.nc"
+    result = runner.invoke(app, ["stats", str(small_nc), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+    again = runner.invoke(app, ["stats", str(small_nc), "--out", str(out)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    ok = runner.invoke(app, ["stats", str(small_nc), "--out", str(out), "--overwrite"])
+    assert ok.exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["inspect", "missing.nc"], "no such file"),
+        (["inspect", "{nc}", "--variables", "msl"], "unknown variable 'msl'"),
+        (["inspect", "{nc}", "--dims", "height=Q"], "unknown axis 'height'"),
+        (["inspect", "{nc}", "--levels", "abc"], "--levels"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(small_nc, args, message):
+    args = [a.replace("{nc}", str(small_nc)) for a in args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_error_from_a_real_process_has_no_traceback(tmp_path):
+    bad = tmp_path / "bad.nc"
+    bad.write_bytes(b"CDF\x01garbage")
+    out = subprocess.run(
+        [sys.executable, "-m", "faextract", "inspect", str(bad)], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "bad.nc" in out.stderr

@@ -1,0 +1,243 @@
+"""open_cube on the shapes real files come in, and a clear error for each bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from faextract.data.cube import open_cube
+from faextract.errors import DataError
+from faextract.testing import synthetic_cube, write_netcdf
+
+
+def test_open_single_file_is_lazy_and_standardized(small_nc):
+    cube = open_cube(small_nc)
+    assert cube.channels == ("sst", "t2m", "sp")
+    assert cube.shape == (60, 3, 12, 24)
+    assert cube.calendar == "noleap"
+    assert cube.periodic
+    arr = cube.to_array()
+    assert arr.dims == ("time", "channel", "lat", "lon")
+    assert arr.chunks is not None, "the cube must stay dask-backed until a window is read"
+    # sst is NaN over land, other variables are complete
+    first = arr.isel(time=0).values
+    assert np.isnan(first[0]).any() and not np.isnan(first[1]).any()
+
+
+def test_packed_integers_are_decoded(tmp_path, small_ds):
+    path = tmp_path / "packed.nc"
+    write_netcdf(small_ds, path, packed=True)
+    raw = xr.open_dataset(path, mask_and_scale=False)
+    assert raw["t2m"].dtype == np.int16
+    cube = open_cube(path)
+    got = cube.dataset["t2m"].values
+    want = small_ds["t2m"].values
+    assert np.nanmax(np.abs(got - want)) < 0.05
+    assert np.isnan(cube.dataset["sst"].values).sum() == np.isnan(small_ds["sst"].values).sum()
+
+
+def _strip(ds: xr.Dataset, rename: dict) -> xr.Dataset:
+    ds = ds.rename(rename)
+    for name in rename.values():
+        ds[name].attrs.pop("axis", None)
+        ds[name].attrs.pop("standard_name", None)
+    return ds
+
+
+def test_odd_axis_names_detected_from_units(tmp_path, small_ds):
+    ds = _strip(small_ds, {"time": "TIME", "lat": "FNOCY", "lon": "COADSX"})
+    path = tmp_path / "odd.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    assert cube.axes == {"time": "TIME", "lat": "FNOCY", "lon": "COADSX"}
+    assert cube.dataset["lat"].attrs["original_name"] == "FNOCY"
+
+
+def test_dims_override_and_ambiguity(tmp_path, small_ds):
+    ds = small_ds.rename({"lat": "ETOPO20X1_1081", "lon": "XAX"})
+    for name in ("ETOPO20X1_1081", "XAX"):
+        ds[name].attrs = {}
+    ds["XAX"].attrs["units"] = "degrees_north"  # a file with wrong units: two latitude candidates
+    ds["ETOPO20X1_1081"].attrs["units"] = "degrees_north"
+    path = tmp_path / "ambig.nc"
+    write_netcdf(ds, path)
+    with pytest.raises(DataError, match="ambiguous lat axis.*'ETOPO20X1_1081'.*'XAX'"):
+        open_cube(path)
+    cube = open_cube(path, dims="lat=ETOPO20X1_1081,lon=XAX")
+    assert cube.axes["lon"] == "XAX"
+
+
+@pytest.mark.parametrize("calendar", ["standard", "proleptic_gregorian", "noleap", "all_leap", "360_day", "julian"])
+def test_calendars(tmp_path, calendar):
+    ds = synthetic_cube(nt=10, nlat=6, nlon=12, variables=("t2m",), calendar=calendar)
+    path = tmp_path / f"{calendar}.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    assert cube.calendar == calendar
+    assert cube.time.size == 10
+    assert cube.time.dt.dayofyear.values[3] == 4
+
+
+def test_reference_year_zero_decodes(tmp_path):
+    ds = synthetic_cube(nt=12, nlat=6, nlon=12, variables=("t2m",), calendar="standard")
+    ds = ds.assign_coords(time=("time", np.arange(12) * 730.0 + 24, dict(ds.time.attrs)))
+    ds["time"].attrs["units"] = "hour since 0000-01-01 00:00:00"
+    path = tmp_path / "clim.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    t = cube.time.values
+    assert t[0].year == 0 and t[0].month == 1 and t[0].day == 2
+    assert cube.time.encoding["units"] == "hour since 0000-01-01 00:00:00"
+
+
+@pytest.mark.parametrize("lon0", [0.0, -180.0, 20.0])
+def test_longitude_conventions_are_periodic(tmp_path, lon0):
+    ds = synthetic_cube(nt=4, nlat=6, nlon=12, variables=("t2m",), lon0=lon0)
+    path = tmp_path / "lon.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    assert cube.periodic
+    assert cube.lon.min() >= lon0
+
+
+def test_regional_grid_is_not_periodic(tmp_path, small_ds):
+    path = tmp_path / "region.nc"
+    write_netcdf(small_ds.isel(lon=slice(0, 10)), path)
+    assert not open_cube(path).periodic
+
+
+def test_latitude_either_order(tmp_path, small_ds):
+    path = tmp_path / "south_north.nc"
+    write_netcdf(small_ds.isel(lat=slice(None, None, -1)), path)
+    cube = open_cube(path)
+    assert cube.lat[0] < cube.lat[-1]
+
+
+def test_levels_stacked_or_selected(tmp_path):
+    ds = synthetic_cube(nt=5, nlat=6, nlon=12, variables=("sst", "t2m"), levels=[850.0, 500.0])
+    ds = ds.rename({"level": "plev"})
+    path = tmp_path / "levels.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    assert cube.channels == ("sst", "t2m@850", "t2m@500")
+    assert cube.to_array().shape == (5, 3, 6, 12)
+    sel = open_cube(path, levels=[500])
+    assert sel.channels == ("sst", "t2m@500")
+    with pytest.raises(DataError, match="level 700 not found; available: 850, 500"):
+        open_cube(path, levels=[700])
+
+
+def test_many_files_glob_and_list(tmp_path, small_ds):
+    for i in range(3):
+        write_netcdf(small_ds.isel(time=slice(20 * i, 20 * (i + 1))), tmp_path / f"part{i}.nc")
+    by_glob = open_cube(str(tmp_path / "part*.nc"))
+    by_list = open_cube([tmp_path / "part2.nc", tmp_path / "part0.nc", tmp_path / "part1.nc"])
+    assert by_glob.shape == by_list.shape == (60, 3, 12, 24)
+    np.testing.assert_array_equal(by_glob.to_array().values, by_list.to_array().values)
+
+
+def test_zarr_v2_and_v3(tmp_path, small_ds):
+    for fmt in (2, 3):
+        path = tmp_path / f"cube_v{fmt}.zarr"
+        small_ds.to_zarr(path, zarr_format=fmt)
+        cube = open_cube(path)
+        assert cube.shape == (60, 3, 12, 24)
+        np.testing.assert_allclose(cube.dataset["t2m"].values, small_ds["t2m"].values)
+
+
+def test_sort_time(tmp_path, small_ds):
+    path = tmp_path / "shuffled.nc"
+    write_netcdf(small_ds.isel(time=[2, 0, 1, 3]), path)
+    with pytest.raises(DataError, match="not increasing.*--sort-time"):
+        open_cube(path)
+    cube = open_cube(path, sort_time=True)
+    np.testing.assert_array_equal(cube.dataset["t2m"].values, small_ds["t2m"].values[:4])
+
+
+# -- bad input: each a one-line DataError naming the problem -----------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        open_cube(tmp_path / "nope.nc")
+
+
+def test_glob_matches_nothing(tmp_path):
+    with pytest.raises(DataError, match="matches no file"):
+        open_cube(str(tmp_path / "*.nc"))
+
+
+def test_not_netcdf(tmp_path):
+    path = tmp_path / "notes.nc"
+    path.write_text("hello")
+    with pytest.raises(DataError, match="not a NetCDF file"):
+        open_cube(path)
+
+
+def test_truncated_file(tmp_path, small_nc):
+    data = small_nc.read_bytes()
+    bad = tmp_path / "truncated.nc"
+    bad.write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError, match="truncated.nc: cannot read"):
+        open_cube(bad).to_array().values  # noqa: B018
+
+
+def test_unknown_variable_lists_available(small_nc):
+    with pytest.raises(DataError, match="unknown variable 'msl'; available: sst, t2m, sp"):
+        open_cube(small_nc, ["msl"])
+
+
+def test_no_time_axis(tmp_path, small_ds):
+    ds = small_ds.rename({"time": "step"})
+    ds["step"].attrs = {}
+    path = tmp_path / "notime.nc"
+    write_netcdf(ds, path)
+    with pytest.raises(DataError, match="no time axis"):
+        open_cube(path)
+
+
+def test_curvilinear_grid(tmp_path):
+    y, x = np.arange(4), np.arange(5)
+    lat2d = np.add.outer(np.linspace(-10, 10, 4), np.zeros(5))
+    lon2d = np.add.outer(np.zeros(4), np.linspace(0, 40, 5)) + lat2d * 0.1
+    ds = xr.Dataset(
+        {"t2m": (("time", "y", "x"), np.random.rand(3, 4, 5).astype("float32"))},
+        coords={
+            "time": ("time", np.arange(3.0), {"units": "days since 2000-01-01"}),
+            "y": y,
+            "x": x,
+            "nav_lat": (("y", "x"), lat2d, {"standard_name": "latitude", "units": "degrees_north"}),
+            "nav_lon": (("y", "x"), lon2d, {"standard_name": "longitude", "units": "degrees_east"}),
+        },
+    )
+    path = tmp_path / "curvi.nc"
+    ds.to_netcdf(path)
+    with pytest.raises(DataError, match="curvilinear grid"):
+        open_cube(path)
+
+
+def test_mismatched_grids_name_both_files(tmp_path, small_ds):
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    write_netcdf(small_ds.isel(time=slice(0, 5)), a)
+    coarse = synthetic_cube(nt=5, nlat=6, nlon=12, variables=("sst", "t2m", "sp"), start="2000-01-06")
+    write_netcdf(coarse, b)
+    with pytest.raises(DataError, match=r"grids differ: .*a\.nc.*b\.nc"):
+        open_cube([a, b])
+
+
+def test_duplicate_times(tmp_path, small_ds):
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    write_netcdf(small_ds.isel(time=slice(0, 10)), a)
+    write_netcdf(small_ds.isel(time=slice(5, 15)), b)
+    with pytest.raises(DataError, match="duplicated"):
+        open_cube([a, b])
+    with pytest.raises(DataError, match="duplicated"):
+        open_cube([a, b], sort_time=True)
+
+
+def test_inputs_are_not_modified(small_nc):
+    before = small_nc.read_bytes()
+    cube = open_cube(small_nc)
+    cube.to_array().values  # noqa: B018
+    assert small_nc.read_bytes() == before

@@ -1,0 +1,94 @@
+"""The streaming dataset: item layout, masks, sharding, determinism, DataLoader workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faextract.data.dataset import CubeSource, WindowDataset, make_loader
+from faextract.data.normalize import normalize
+from faextract.data.stats import compute_stats
+from faextract.data.tiling import TileSpec
+
+
+@pytest.fixture
+def source(small_nc):
+    return CubeSource(paths=(str(small_nc),))
+
+
+@pytest.fixture
+def stats(source):
+    return compute_stats(source.open())
+
+
+def test_items_are_normalized_windows_with_masks(source, stats):
+    spec = TileSpec(window=8, tile=(8, 12), halo=2)
+    ds = WindowDataset(source, stats, spec)
+    item = next(iter(ds))
+    assert item["x"].shape == (8, 3, 8, 12) and item["x"].dtype == torch.float32
+    assert item["mask"].dtype == torch.bool
+    assert not torch.isnan(item["x"]).any()
+    assert (item["x"][~item["mask"]] == 0).all()
+    assert not item["mask"][:, :, :2].any(), "the northern halo of the first tile is padding"
+    # values equal the normalized cube at the same indices
+    cube = source.open()
+    ref = normalize(cube.to_array().isel(time=slice(0, 8)), stats).values
+    w = ds.tiler.windows[0]
+    rows, cols = w.lat >= 0, w.lon >= 0
+    got = item["x"].numpy()[:, :, rows][:, :, :, cols]
+    want = np.nan_to_num(ref[:, :, w.lat[rows]][:, :, :, w.lon[cols]])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert 0.0 <= float(item["phase"].min()) and float(item["phase"].max()) < 1.0
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_get_disjoint_shards_that_cover_everything(source, stats, world):
+    spec = TileSpec(window=6, tile=(6, 12))
+    parts = [
+        WindowDataset(source, stats, spec, rank=r, world_size=world, shuffle=True, seed=3).rank_windows()
+        for r in range(world)
+    ]
+    flat = [i for p in parts for i in p]
+    assert len(flat) == len(set(flat))
+    assert sorted(flat) == list(range(len(WindowDataset(source, stats, spec).tiler.windows)))
+
+
+def test_drop_uneven_gives_equal_lengths(source, stats):
+    spec = TileSpec(window=7)
+    lens = {len(WindowDataset(source, stats, spec, rank=r, world_size=4, drop_uneven=True)) for r in range(4)}
+    assert len(lens) == 1
+
+
+def test_order_is_deterministic_per_seed_and_epoch(source, stats):
+    spec = TileSpec(window=4)
+    a = WindowDataset(source, stats, spec, shuffle=True, seed=7)
+    b = WindowDataset(source, stats, spec, shuffle=True, seed=7)
+    assert a.rank_windows() == b.rank_windows()
+    b.set_epoch(1)
+    assert a.rank_windows() != b.rank_windows()
+
+
+@pytest.mark.slow
+def test_dataloader_workers_cover_each_window_once(source, stats):
+    spec = TileSpec(window=6, tile=(6, 12))
+    ds = WindowDataset(source, stats, spec)
+    loader = make_loader(ds, batch_size=4, num_workers=2)
+    seen = []
+    for batch in loader:
+        assert batch["x"].shape[1:] == (6, 3, 6, 12)  # (B, T, C, H, W)
+        seen.extend(batch["index"].tolist())
+    assert sorted(seen) == list(range(len(ds.tiler.windows)))
+
+
+def test_inf_in_a_window_is_a_clear_error(tmp_path, small_ds, stats):
+    from faextract.errors import DataError
+    from faextract.testing import write_netcdf
+
+    bad = small_ds.copy(deep=True)
+    bad["sp"].values[2, 1, 1] = -np.inf
+    path = tmp_path / "inf.nc"
+    write_netcdf(bad, path)
+    ds = WindowDataset(CubeSource(paths=(str(path),)), stats, TileSpec(window=4))
+    with pytest.raises(DataError, match="'sp' has infinite values"):
+        next(iter(ds))

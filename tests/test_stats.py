@@ -1,0 +1,106 @@
+"""Statistics against numpy, climatologies, validation, and the normalize roundtrip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from faextract.data.cube import open_cube
+from faextract.data.normalize import denormalize, normalize
+from faextract.data.stats import StatsOptions, compute_stats, load_stats, save_stats
+from faextract.errors import DataError
+from faextract.testing import synthetic_cube, write_netcdf
+
+
+def test_unweighted_stats_match_numpy(small_nc):
+    cube = open_cube(small_nc)
+    st = compute_stats(cube, StatsOptions(area_weighted=False))
+    x = cube.to_array().values.astype(np.float64)
+    for c, name in enumerate(cube.channels):
+        v = x[:, c]
+        assert st["mean"].sel(channel=name) == pytest.approx(np.nanmean(v), rel=1e-9)
+        assert st["std"].sel(channel=name) == pytest.approx(np.nanstd(v), rel=1e-6)
+    assert st["valid_fraction"].sel(channel="sst") < 0.9
+    assert st["valid_fraction"].sel(channel="t2m") == 1.0
+
+
+def test_area_weighting_uses_cos_lat(small_nc):
+    cube = open_cube(small_nc)
+    st = compute_stats(cube, StatsOptions(area_weighted=True))
+    x = cube.to_array().values.astype(np.float64)[:, 1]  # t2m: no NaN
+    w = np.cos(np.deg2rad(cube.lat))[None, :, None] * np.ones_like(x)
+    assert st["mean"].sel(channel="t2m") == pytest.approx((w * x).sum() / w.sum(), rel=1e-9)
+    unweighted = compute_stats(cube, StatsOptions(area_weighted=False))
+    # Warm tropics get more weight: the weighted mean temperature is higher.
+    assert st["mean"].sel(channel="t2m") > unweighted["mean"].sel(channel="t2m")
+
+
+@pytest.mark.parametrize("kind", ["monthly", "dayofyear"])
+def test_climatology_removes_the_seasonal_cycle(tmp_path, kind):
+    ds = synthetic_cube(nt=730, nlat=6, nlon=12, variables=("t2m",), calendar="360_day")
+    path = tmp_path / "c.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    plain = compute_stats(cube, StatsOptions(climatology="none"))
+    anom = compute_stats(cube, StatsOptions(climatology=kind))
+    assert anom["climatology"].shape[0] == (12 if kind == "monthly" else 366)
+    assert float(anom["std"][0]) < 0.6 * float(plain["std"][0])
+    y = normalize(cube.to_array(), anom).values
+    assert abs(np.nanmean(y)) < 0.1 and 0.8 < np.nanstd(y) < 1.2
+
+
+def test_all_nan_variable_is_an_error(tmp_path, small_ds):
+    ds = small_ds.copy()
+    ds["sp"] = ds["sp"] * np.nan
+    path = tmp_path / "nan.nc"
+    write_netcdf(ds, path)
+    with pytest.raises(DataError, match="'sp' is all NaN"):
+        compute_stats(open_cube(path))
+
+
+def test_inf_values_are_an_error(tmp_path, small_ds):
+    ds = small_ds.copy(deep=True)
+    ds["t2m"].values[3, 2, 2] = np.inf
+    path = tmp_path / "inf.nc"
+    write_netcdf(ds, path)
+    with pytest.raises(DataError, match="'t2m' has 1 infinite values"):
+        compute_stats(open_cube(path))
+
+
+@pytest.mark.parametrize("climatology", ["none", "dayofyear"])
+def test_normalize_roundtrip(small_nc, climatology):
+    cube = open_cube(small_nc)
+    st = compute_stats(cube, StatsOptions(climatology=climatology))
+    x = cube.to_array()
+    y = normalize(x, st)
+    back = denormalize(y, st).values
+    scale = np.abs(x.values[np.isfinite(x.values)]).max()
+    np.testing.assert_allclose(back, x.values, atol=2e-6 * scale, equal_nan=True)
+    assert np.array_equal(np.isnan(back), np.isnan(x.values))
+
+
+def test_normalize_matches_channels_by_name(small_nc):
+    cube = open_cube(small_nc)
+    st = compute_stats(cube)
+    reordered = st.isel(channel=[2, 0, 1])
+    x = cube.to_array().isel(time=slice(0, 5))
+    np.testing.assert_array_equal(normalize(x, st).values, normalize(x, reordered).values)
+
+
+def test_channel_missing_from_stats(small_nc):
+    cube = open_cube(small_nc)
+    st = compute_stats(cube).isel(channel=[0, 1])
+    with pytest.raises(DataError, match="'sp' is not in the normalization statistics"):
+        normalize(cube.to_array(), st)
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_save_load_roundtrip(tmp_path, small_nc, suffix):
+    st = compute_stats(open_cube(small_nc), StatsOptions(climatology="dayofyear"))
+    path = tmp_path / f"stats{suffix}"
+    save_stats(st, path)
+    back = load_stats(path)
+    xr.testing.assert_allclose(back[["mean", "std", "climatology"]], st[["mean", "std", "climatology"]])
+    with pytest.raises(DataError, match="already exists"):
+        save_stats(st, path)
