@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("FAEXTRACT_PLAIN_PROGRESS", "1")
+# Keras is the test oracle for ConvLSTM2D; it must run on torch (no TensorFlow here).
+os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -202,7 +202,7 @@ def test_curvilinear_grid(tmp_path):
     lat2d = np.add.outer(np.linspace(-10, 10, 4), np.zeros(5))
     lon2d = np.add.outer(np.zeros(4), np.linspace(0, 40, 5)) + lat2d * 0.1
     ds = xr.Dataset(
-        {"t2m": (("time", "y", "x"), np.random.rand(3, 4, 5).astype("float32"))},
+        {"t2m": (("time", "y", "x"), np.random.default_rng(0).random((3, 4, 5)).astype("float32"))},
         coords={
             "time": ("time", np.arange(3.0), {"units": "days since 2000-01-01"}),
             "y": y,

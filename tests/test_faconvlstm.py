@@ -1,0 +1,151 @@
+"""FAConvLSTM2D: drop-in contract, every component and ablation, attention, seasonal code."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from faextract.models import ConvLSTM2D, FAConvLSTM2D
+from faextract.models.seasonal import seasonal_encoding
+
+COMPONENTS = ["factorized", "multiscale", "se", "peephole", "attention", "temporal_attention"]
+
+
+@pytest.mark.parametrize(
+    "padding,strides,data_format,return_sequences,return_state,go_backwards",
+    list(itertools.product(["valid", "same"], [1, 2], ["channels_last", "channels_first"], [False, True], [False, True], [False, True])),
+)
+def test_drop_in_shapes_equal_convlstm(padding, strides, data_format, return_sequences, return_state, go_backwards):
+    args = dict(
+        filters=6,
+        kernel_size=(3, 2),
+        strides=strides,
+        padding=padding,
+        data_format=data_format,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        go_backwards=go_backwards,
+    )
+    x = torch.randn(2, 5, 11, 9, 3) if data_format == "channels_last" else torch.randn(2, 5, 3, 11, 9)
+    base = ConvLSTM2D(**args)(x)
+    fa = FAConvLSTM2D(**args)(x)
+    base = base if isinstance(base, list) else [base]
+    fa = fa if isinstance(fa, list) else [fa]
+    assert [tuple(t.shape) for t in fa] == [tuple(t.shape) for t in base]
+
+
+@pytest.mark.parametrize("off", [None, *COMPONENTS])
+def test_forward_backward_every_ablation(off):
+    kwargs = {off: False} if off else {}
+    layer = FAConvLSTM2D(8, 3, padding="same", return_sequences=True, attention_every=2, **kwargs)
+    x = torch.randn(2, 5, 8, 10, 3)
+    feats = layer.forward_features(x, times=torch.rand(5))
+    assert feats.embeddings.shape == (2, 5, 32)
+    assert torch.isfinite(feats.hidden).all() and torch.isfinite(feats.embeddings).all()
+    # A loss that is not invariant under the LayerNorm ends of the head.
+    probe = torch.randn_like(feats.embeddings)
+    loss = (feats.embeddings * probe).sum() + feats.output.pow(2).mean()
+    loss.backward()
+    silent = [n for n, p in layer.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, f"parameters without gradient: {silent}"
+    names = {n.split(".")[0] for n, _ in layer.named_parameters()}
+    if off == "attention":
+        assert "axial" not in names
+    if off == "peephole":
+        assert "peep" not in names
+    if off == "se":
+        assert "se_block" not in names
+    if off == "multiscale":
+        assert "branches" not in names
+    if off == "factorized":
+        assert "kernel" in names and "b_to_gates" not in names
+
+
+@pytest.mark.parametrize("T,k", [(1, 3), (6, 3), (7, 3), (12, 5), (5, 1)])
+def test_attention_runs_ceil_t_over_k_times(T, k):
+    layer = FAConvLSTM2D(4, 3, padding="same", attention_every=k, in_channels=2)
+    calls = []
+    layer.axial.register_forward_hook(lambda *a: calls.append(1))
+    feats = layer.forward_features(torch.randn(1, T, 6, 6, 2))
+    assert len(calls) == math.ceil(T / k)
+    assert [s for s, _ in feats.attention] == list(range(0, T, k))
+
+
+def test_effective_attention_is_a_distribution_over_the_grid():
+    layer = FAConvLSTM2D(4, 3, padding="same", attention_heads=2, attention_dim=8, in_channels=2, periodic=True)
+    feats = layer.forward_features(torch.randn(2, 3, 5, 7, 2))
+    _, w = feats.attention[0]
+    assert w.row.shape == (2, 2, 5, 7, 7) and w.col.shape == (2, 2, 7, 5, 5)
+    eff = w.effective()
+    assert eff.shape == (2, 2, 5, 7, 5, 7)
+    torch.testing.assert_close(eff.sum(dim=(-1, -2)), torch.ones(2, 2, 5, 7))
+
+
+def test_seasonal_code_is_periodic_across_years_and_calendars():
+    from faextract.data.time import season_phase
+
+    for cal, start in [("noleap", 2001), ("360_day", 2001), ("standard", 2003), ("julian", 2001)]:
+        import cftime
+
+        a = season_phase(np.array([cftime.datetime(start, 3, 15, calendar=cal)]), cal)
+        b = season_phase(np.array([cftime.datetime(start + 6, 3, 15, calendar=cal)]), cal)
+        assert a == pytest.approx(b, abs=1e-12)
+        pa, pb = (seasonal_encoding(torch.tensor(p), 16) for p in (a, b))
+        torch.testing.assert_close(pa, pb)
+    # In a leap year the same *day of year* (not the same date) has the same phase.
+    leap = season_phase(np.array([cftime.datetime(2004, 3, 14, calendar="standard")]), "standard")
+    plain = season_phase(np.array([cftime.datetime(2003, 3, 15, calendar="standard")]), "standard")
+    assert leap[0] * 366 == pytest.approx(plain[0] * 365)
+    # Different days differ; New Year's day has phase 0; December 31 is just below 1.
+    jan1 = season_phase(np.array([cftime.datetime(2001, 1, 1, calendar="360_day")]), "360_day")
+    dec30 = season_phase(np.array([cftime.datetime(2001, 12, 30, calendar="360_day")]), "360_day")
+    assert jan1[0] == 0.0 and dec30[0] == pytest.approx(359 / 360)
+
+
+def test_embeddings_depend_on_timestamps_not_step_index():
+    torch.manual_seed(0)
+    layer = FAConvLSTM2D(4, 3, padding="same", in_channels=2).eval()
+    x = torch.randn(1, 6, 6, 6, 2)
+    jan = layer.forward_features(x, times=torch.linspace(0.0, 0.02, 6)).embeddings
+    jul = layer.forward_features(x, times=torch.linspace(0.5, 0.52, 6)).embeddings
+    assert not torch.allclose(jan, jul)
+    jan_again = layer.forward_features(x, times=torch.linspace(0.0, 0.02, 6) + 0.0).embeddings
+    torch.testing.assert_close(jan, jan_again)
+
+
+def test_stateful_halves_equal_one_pass():
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 7, 7, 3)
+    kw = dict(padding="same", return_sequences=True, attention_every=3, in_channels=3)
+    whole = FAConvLSTM2D(5, 3, **kw).eval()
+    full = whole(x)
+    split = FAConvLSTM2D(5, 3, stateful=True, **kw).eval()
+    split.load_state_dict(whole.state_dict())
+    a = split(x[:, :4])  # a split that is not a multiple of attention_every
+    b = split(x[:, 4:])
+    torch.testing.assert_close(torch.cat([a, b], dim=1), full)
+    split.reset_states()
+    torch.testing.assert_close(split(x[:, :4]), a)
+
+
+def test_initial_state_halves_equal_one_pass_without_attention():
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 6, 6, 2)
+    kw = dict(padding="same", return_sequences=True, return_state=True, attention=False, in_channels=2)
+    layer = FAConvLSTM2D(4, 3, **kw).eval()
+    full, h, c = layer(x)
+    a, h1, c1 = layer(x[:, :3])
+    b, h2, c2 = layer(x[:, 3:], initial_state=[h1, c1])
+    torch.testing.assert_close(torch.cat([a, b], dim=1), full)
+
+
+def test_far_fewer_parameters_than_convlstm():
+    base = ConvLSTM2D(64, 3, padding="same", in_channels=8)
+    fa = FAConvLSTM2D(64, 3, padding="same", in_channels=8)
+    head = sum(p.numel() for n, p in fa.named_parameters() if n.startswith(("head.", "temporal.")))
+    cell = sum(p.numel() for p in fa.parameters()) - head
+    assert sum(p.numel() for p in base.parameters()) >= 10 * cell
