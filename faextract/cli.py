@@ -73,16 +73,22 @@ def _names(text: str | None) -> list[str] | None:
 
 
 Inputs = Annotated[list[str], typer.Argument(help="NetCDF files, globs, or a Zarr store.")]
-VarsOpt = Annotated[str | None, typer.Option("--variables", "-v", help="Comma-separated variable names.")]
+VarsOpt = Annotated[
+    str | None, typer.Option("--variables", "-v", help="Comma-separated variable names.")
+]
 LevelsOpt = Annotated[str | None, typer.Option("--levels", help="Keep these levels, e.g. 500,850.")]
 DimsOpt = Annotated[str | None, typer.Option("--dims", help="Axis names, e.g. time=T,lat=Y,lon=X.")]
-SortOpt = Annotated[bool, typer.Option("--sort-time", help="Sort unsorted times instead of failing.")]
+SortOpt = Annotated[
+    bool, typer.Option("--sort-time", help="Sort unsorted times instead of failing.")
+]
 
 
 def _open(inputs, variables, levels, dims, sort_time):
     from faextract.data.cube import open_cube
 
-    return open_cube(inputs, _names(variables), levels=_floats(levels), dims=dims, sort_time=sort_time)
+    return open_cube(
+        inputs, _names(variables), levels=_floats(levels), dims=dims, sort_time=sort_time
+    )
 
 
 @app.command()
@@ -106,7 +112,9 @@ def inspect(
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{', '.join(info['sources'])}[/bold]  ({info['size_on_disk_bytes'] / 1e6:.1f} MB on disk)")
+    console.print(
+        f"[bold]{', '.join(info['sources'])}[/bold]  ({info['size_on_disk_bytes'] / 1e6:.1f} MB on disk)"
+    )
     t = info["time"]
     console.print(
         f"time: {t['start']} .. {t['end']}, {t['steps']} steps of {t['step']}, calendar {t['calendar']}"
@@ -164,9 +172,298 @@ def stats(
     with _dask_client(scheduler), Progress(unit="tasks") as progress:
         result = compute_stats(cube, options, progress=None if scheduler else progress)
     save_stats(result, out, overwrite=overwrite)
-    for ch, m, s in zip(result["channel"].values, result["mean"].values, result["std"].values, strict=True):
+    for ch, m, s in zip(
+        result["channel"].values, result["mean"].values, result["std"].values, strict=True
+    ):
         typer.echo(f"{ch:>16}  mean {m:12.5g}  std {s:12.5g}")
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+@user_errors
+def train(
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Run directory (checkpoints, metrics.csv, config.yaml)."),
+    ],
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="YAML config file, or a bundled name: sample, default, ..."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: --set train.epochs=3 (repeatable)."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/last.pt.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start over in a non-empty run directory.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N (overrides train.device).")
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option(help="Deterministic kernels (overrides train.deterministic).")
+    ] = False,
+):
+    """Train an encoder (self-supervised) on a dataset described by a config."""
+    from faextract.config import load_config
+    from faextract.paths import resolve, resolve_config
+    from faextract.train import train as run_train
+
+    overrides = list(set_ or [])
+    if device:
+        overrides.append(f"train.device={device}")
+    if deterministic:
+        overrides.append("train.deterministic=true")
+    config_path = resolve_config(config) if config else None
+    cfg = load_config(config_path, overrides)
+    cfg.data.paths = [resolve(p, config_path) for p in cfg.data.paths]
+    if cfg.data.stats:
+        cfg.data.stats = resolve(cfg.data.stats, config_path)
+    result = run_train(cfg, out, resume=resume, overwrite=overwrite)
+    if result.status == "preempted":
+        from faextract.signals import EXIT_STOPPED
+
+        typer.echo(
+            f"stopped by signal at step {result.step}: checkpoint saved, resume with --resume"
+        )
+        raise typer.Exit(EXIT_STOPPED)
+    typer.echo(
+        f"{result.status} after {result.epoch} epochs, {result.step} steps; best validation loss {result.best_val:.4g}"
+    )
+    if result.val_metrics:
+        parts = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
+        typer.echo(f"validation MSE (normalized units): {parts}")
+    typer.echo(f"checkpoints in {out}")
+
+
+@app.command()
+@user_errors
+def embed(
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="NetCDF files, globs, or a Zarr store (default: the bundled sample cube)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output Zarr store.")] = Path(
+        "embeddings.zarr"
+    ),
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint", help="Trained checkpoint (default: the bundled sample model)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    bf16: Annotated[bool, typer.Option(help="bf16 autocast (CUDA).")] = False,
+    latent: Annotated[
+        bool, typer.Option("--latent", help="Also write latent feature maps.")
+    ] = False,
+    attention_query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attention-query",
+            help="NAME=lat0:lat1,lon0:lon1: also map where this region attends (repeatable).",
+        ),
+    ] = None,
+    zarr_format: Annotated[int, typer.Option(help="Zarr format of the output: 3 or 2.")] = 3,
+    shard: Annotated[
+        str, typer.Option(help="I/N: process every N-th time block starting at I.")
+    ] = "0/1",
+    warmup: Annotated[
+        int | None,
+        typer.Option(help="Warm-up steps per window (default: half the training window)."),
+    ] = None,
+    keep: Annotated[
+        int | None, typer.Option(help="Kept steps per window (default: the training window).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+):
+    """Stream a dataset through a trained encoder into a CF-described Zarr store (restartable)."""
+    from faextract.embed import EmbedOptions, parse_query, parse_shard
+    from faextract.embed import embed as run_embed
+    from faextract.paths import SAMPLE_CHECKPOINT, SAMPLE_CUBE
+    from faextract.progress import Progress
+
+    if zarr_format not in (2, 3):
+        raise FaextractError(f"--zarr-format must be 2 or 3, got {zarr_format}")
+    options = EmbedOptions(
+        batch_size=batch_size,
+        device=device,
+        bf16=bf16,
+        latent=latent,
+        queries=dict(parse_query(q) for q in attention_query or []),
+        zarr_format=zarr_format,
+        shard=parse_shard(shard),
+        overwrite=overwrite,
+        warmup=warmup,
+        keep=keep,
+    )
+    command = (
+        " ".join(["faextract", *sys.argv[1:]])
+        if sys.argv and sys.argv[0].endswith("faextract")
+        else "faextract embed"
+    )
+    with Progress(unit="windows") as progress:
+        result = run_embed(
+            inputs or [str(SAMPLE_CUBE)],
+            checkpoint or str(SAMPLE_CHECKPOINT),
+            str(out),
+            options,
+            command=command,
+            progress=progress,
+        )
+    typer.echo(
+        f"{result.status}: wrote {result.blocks_written} of {result.blocks_total} time blocks "
+        f"({result.windows} windows) to {result.path} in {result.seconds:.1f}s; store size {result.bytes / 1e6:.1f} MB"
+    )
+    if result.status == "partial":
+        typer.echo(
+            "other shards still have blocks to write; the store is marked complete when all are done"
+        )
+    if result.status == "stopped":
+        from faextract.signals import EXIT_STOPPED
+
+        typer.echo("stopped by signal: rerun the same command to finish")
+        raise typer.Exit(EXIT_STOPPED)
+
+
+@app.command()
+@user_errors
+def plot(
+    store: Annotated[Path, typer.Argument(help="Embeddings store written by faextract embed.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PNG files.")] = Path(
+        "quicklook"
+    ),
+):
+    """Write quicklook PNGs: embedding principal components and attention maps."""
+    from faextract.plot import plot_store
+
+    written = plot_store(store, out)
+    typer.echo(f"wrote {len(written)} figures to {out}")
+
+
+slurm_app = typer.Typer(
+    help="Render (and optionally submit) SLURM batch jobs for train and embed.",
+    no_args_is_help=True,
+)
+app.add_typer(slurm_app, name="slurm")
+
+PartitionOpt = Annotated[str | None, typer.Option(help="SLURM partition.")]
+AccountOpt = Annotated[str | None, typer.Option(help="SLURM account.")]
+TimeOpt = Annotated[str, typer.Option(help="Time limit, e.g. 04:00:00.")]
+CpusOpt = Annotated[int, typer.Option(help="CPUs per task.")]
+LogOpt = Annotated[str, typer.Option(help="Directory for job logs.")]
+ExtraOpt = Annotated[
+    list[str] | None, typer.Option("--sbatch", help="Extra #SBATCH flag, e.g. --sbatch=--qos=high.")
+]
+WriteOpt = Annotated[
+    Path | None, typer.Option("--write", help="Write the script here instead of printing it.")
+]
+SubmitOpt = Annotated[bool, typer.Option("--submit", help="Submit with sbatch after writing.")]
+
+
+def _emit(script: str, write: Path | None, submit: bool, log_dir: str) -> None:
+    if write is None and not submit:
+        typer.echo(script, nl=False)
+        return
+    import subprocess
+    import tempfile
+
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    if write is None:
+        write = Path(tempfile.mkstemp(prefix="faextract-", suffix=".sbatch")[1])
+    write.write_text(script)
+    write.chmod(0o755)
+    typer.echo(f"wrote {write}")
+    if submit:
+        try:
+            out = subprocess.run(["sbatch", str(write)], capture_output=True, text=True, check=True)
+        except FileNotFoundError:
+            raise FaextractError("sbatch not found: is SLURM installed and on PATH?") from None
+        except subprocess.CalledProcessError as err:
+            raise FaextractError(f"sbatch failed: {err.stderr.strip()}") from None
+        typer.echo(out.stdout.strip())
+
+
+@slurm_app.command("embed")
+@user_errors
+def slurm_embed(
+    inputs: Inputs,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Trained checkpoint.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Output Zarr store (shared by all tasks).")
+    ],
+    tasks: Annotated[int, typer.Option(help="Array tasks; each takes every N-th time block.")] = 4,
+    partition: PartitionOpt = None,
+    account: AccountOpt = None,
+    time: TimeOpt = "04:00:00",
+    cpus: CpusOpt = 8,
+    gpus: Annotated[int, typer.Option(help="GPUs per task.")] = 0,
+    log_dir: LogOpt = "logs",
+    sbatch: ExtraOpt = None,
+    embed_arg: Annotated[
+        list[str] | None,
+        typer.Option("--embed-arg", help="Extra argument for faextract embed (repeatable)."),
+    ] = None,
+    write: WriteOpt = None,
+    submit: SubmitOpt = False,
+):
+    """An embed job array: task I of N runs `faextract embed --shard I/N` into one store."""
+    from faextract.slurm import ClusterOptions, render_embed
+
+    cluster = ClusterOptions(
+        partition=partition,
+        account=account,
+        time=time,
+        cpus=cpus,
+        gpus=gpus,
+        log_dir=log_dir,
+        extra=sbatch or [],
+    )
+    _emit(render_embed(inputs, checkpoint, out, tasks, cluster, embed_arg), write, submit, log_dir)
+
+
+@slurm_app.command("train")
+@user_errors
+def slurm_train(
+    out: Annotated[str, typer.Option("--out", "-o", help="Run directory.")],
+    config: Annotated[str | None, typer.Option("--config", "-c", help="Training config.")] = None,
+    nodes: Annotated[int, typer.Option(help="Nodes.")] = 1,
+    procs_per_node: Annotated[
+        int, typer.Option(help="Processes per node (= GPUs per node on GPU nodes).")
+    ] = 1,
+    gpus: Annotated[int, typer.Option(help="GPUs per node.")] = 0,
+    partition: PartitionOpt = None,
+    account: AccountOpt = None,
+    time: TimeOpt = "24:00:00",
+    cpus: CpusOpt = 16,
+    log_dir: LogOpt = "logs",
+    sbatch: ExtraOpt = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override passed to faextract train.")
+    ] = None,
+    write: WriteOpt = None,
+    submit: SubmitOpt = False,
+):
+    """A DDP training job: nodes x procs-per-node processes via srun + torchrun; requeues on time limit."""
+    from faextract.slurm import ClusterOptions, render_train
+
+    cluster = ClusterOptions(
+        partition=partition,
+        account=account,
+        time=time,
+        cpus=cpus,
+        gpus=gpus,
+        log_dir=log_dir,
+        extra=sbatch or [],
+    )
+    extra = [a for s in set_ or [] for a in ("--set", s)]
+    _emit(render_train(out, config, nodes, procs_per_node, cluster, extra), write, submit, log_dir)
 
 
 class _dask_client:
@@ -180,7 +477,9 @@ class _dask_client:
             try:
                 from distributed import Client
             except ImportError:
-                raise FaextractError("--scheduler needs dask.distributed: pip install distributed") from None
+                raise FaextractError(
+                    "--scheduler needs dask.distributed: pip install distributed"
+                ) from None
             try:
                 self.client = Client(self.address, timeout="20s")
             except Exception as err:  # noqa: BLE001

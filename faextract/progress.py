@@ -26,7 +26,9 @@ class _Task:
 class Progress:
     """A minimal progress reporter: ``start`` a task, ``advance`` it, ``finish`` it."""
 
-    def __init__(self, *, plain: bool | None = None, interval: float = 10.0, unit: str = "it", stream=None):
+    def __init__(
+        self, *, plain: bool | None = None, interval: float = 10.0, unit: str = "it", stream=None
+    ):
         self.stream = stream or sys.stderr
         if plain is None:
             plain = os.environ.get("FAEXTRACT_PLAIN_PROGRESS") == "1" or not self.stream.isatty()

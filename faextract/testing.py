@@ -82,7 +82,9 @@ def synthetic_cube(
     """
     unknown = [v for v in variables if v not in _VARIABLES]
     if unknown:
-        raise ValueError(f"unknown synthetic variable {unknown[0]!r}; choose from {list(_VARIABLES)}")
+        raise ValueError(
+            f"unknown synthetic variable {unknown[0]!r}; choose from {list(_VARIABLES)}"
+        )
     rng = np.random.default_rng(seed)
     dlat, dlon = 180.0 / nlat, 360.0 / nlon
     lat = 90.0 - dlat / 2 - dlat * np.arange(nlat)

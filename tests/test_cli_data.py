@@ -20,7 +20,9 @@ def test_version():
 
 
 def test_python_dash_m_works():
-    out = subprocess.run([sys.executable, "-m", "faextract", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "faextract", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "inspect" in out.stdout
 
 

@@ -25,7 +25,12 @@ def _np(t):
 KERAS_CASES = [
     dict(padding=p, strides=s, dilation_rate=d, kernel_size=k, data_format=f, go_backwards=g)
     for p, s, d, k, f, g in itertools.product(
-        ["valid", "same"], [1, 2], [1, 2], [(3, 3), (2, 3)], ["channels_last", "channels_first"], [False, True]
+        ["valid", "same"],
+        [1, 2],
+        [1, 2],
+        [(3, 3), (2, 3)],
+        ["channels_last", "channels_first"],
+        [False, True],
     )
     if not (s > 1 and d > 1)
 ]
@@ -53,7 +58,9 @@ def test_matches_keras(case, rng):
 
 
 @pytest.mark.keras
-@pytest.mark.parametrize("return_sequences,return_state", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    "return_sequences,return_state", [(False, False), (True, False), (False, True)]
+)
 def test_return_modes_match_keras(return_sequences, return_state, rng):
     keras = _keras()
     x = rng.standard_normal((1, 3, 6, 6, 2)).astype("float32")
@@ -98,10 +105,18 @@ def test_initializers_follow_keras():
 def test_two_halves_equal_one_pass(mode, rng):
     torch.manual_seed(0)
     x = torch.from_numpy(rng.standard_normal((2, 8, 7, 7, 3)).astype("float32"))
-    whole = ConvLSTM2D(4, 3, padding="same", return_sequences=True, return_state=True, in_channels=3)
+    whole = ConvLSTM2D(
+        4, 3, padding="same", return_sequences=True, return_state=True, in_channels=3
+    )
     full, h, c = whole(x)
     half = ConvLSTM2D(
-        4, 3, padding="same", return_sequences=True, return_state=True, stateful=(mode == "stateful"), in_channels=3
+        4,
+        3,
+        padding="same",
+        return_sequences=True,
+        return_state=True,
+        stateful=(mode == "stateful"),
+        in_channels=3,
     )
     half.load_state_dict(whole.state_dict())
     a, h1, c1 = half(x[:, :4])
@@ -111,7 +126,9 @@ def test_two_halves_equal_one_pass(mode, rng):
 
 
 def test_dropout_only_in_training():
-    layer = ConvLSTM2D(4, 3, dropout=0.5, recurrent_dropout=0.5, return_sequences=True, in_channels=2)
+    layer = ConvLSTM2D(
+        4, 3, dropout=0.5, recurrent_dropout=0.5, return_sequences=True, in_channels=2
+    )
     x = torch.randn(1, 3, 5, 5, 2)
     layer.eval()
     torch.testing.assert_close(layer(x), layer(x))

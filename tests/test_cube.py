@@ -68,7 +68,9 @@ def test_dims_override_and_ambiguity(tmp_path, small_ds):
     assert cube.axes["lon"] == "XAX"
 
 
-@pytest.mark.parametrize("calendar", ["standard", "proleptic_gregorian", "noleap", "all_leap", "360_day", "julian"])
+@pytest.mark.parametrize(
+    "calendar", ["standard", "proleptic_gregorian", "noleap", "all_leap", "360_day", "julian"]
+)
 def test_calendars(tmp_path, calendar):
     ds = synthetic_cube(nt=10, nlat=6, nlon=12, variables=("t2m",), calendar=calendar)
     path = tmp_path / f"{calendar}.nc"
@@ -220,7 +222,9 @@ def test_curvilinear_grid(tmp_path):
 def test_mismatched_grids_name_both_files(tmp_path, small_ds):
     a, b = tmp_path / "a.nc", tmp_path / "b.nc"
     write_netcdf(small_ds.isel(time=slice(0, 5)), a)
-    coarse = synthetic_cube(nt=5, nlat=6, nlon=12, variables=("sst", "t2m", "sp"), start="2000-01-06")
+    coarse = synthetic_cube(
+        nt=5, nlat=6, nlon=12, variables=("sst", "t2m", "sp"), start="2000-01-06"
+    )
     write_netcdf(coarse, b)
     with pytest.raises(DataError, match=r"grids differ: .*a\.nc.*b\.nc"):
         open_cube([a, b])

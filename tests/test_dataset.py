@@ -46,7 +46,9 @@ def test_items_are_normalized_windows_with_masks(source, stats):
 def test_ranks_get_disjoint_shards_that_cover_everything(source, stats, world):
     spec = TileSpec(window=6, tile=(6, 12))
     parts = [
-        WindowDataset(source, stats, spec, rank=r, world_size=world, shuffle=True, seed=3).rank_windows()
+        WindowDataset(
+            source, stats, spec, rank=r, world_size=world, shuffle=True, seed=3
+        ).rank_windows()
         for r in range(world)
     ]
     flat = [i for p in parts for i in p]
@@ -56,7 +58,10 @@ def test_ranks_get_disjoint_shards_that_cover_everything(source, stats, world):
 
 def test_drop_uneven_gives_equal_lengths(source, stats):
     spec = TileSpec(window=7)
-    lens = {len(WindowDataset(source, stats, spec, rank=r, world_size=4, drop_uneven=True)) for r in range(4)}
+    lens = {
+        len(WindowDataset(source, stats, spec, rank=r, world_size=4, drop_uneven=True))
+        for r in range(4)
+    }
     assert len(lens) == 1
 
 

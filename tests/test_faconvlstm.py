@@ -17,9 +17,20 @@ COMPONENTS = ["factorized", "multiscale", "se", "peephole", "attention", "tempor
 
 @pytest.mark.parametrize(
     "padding,strides,data_format,return_sequences,return_state,go_backwards",
-    list(itertools.product(["valid", "same"], [1, 2], ["channels_last", "channels_first"], [False, True], [False, True], [False, True])),
+    list(
+        itertools.product(
+            ["valid", "same"],
+            [1, 2],
+            ["channels_last", "channels_first"],
+            [False, True],
+            [False, True],
+            [False, True],
+        )
+    ),
 )
-def test_drop_in_shapes_equal_convlstm(padding, strides, data_format, return_sequences, return_state, go_backwards):
+def test_drop_in_shapes_equal_convlstm(
+    padding, strides, data_format, return_sequences, return_state, go_backwards
+):
     args = dict(
         filters=6,
         kernel_size=(3, 2),
@@ -30,7 +41,11 @@ def test_drop_in_shapes_equal_convlstm(padding, strides, data_format, return_seq
         return_state=return_state,
         go_backwards=go_backwards,
     )
-    x = torch.randn(2, 5, 11, 9, 3) if data_format == "channels_last" else torch.randn(2, 5, 3, 11, 9)
+    x = (
+        torch.randn(2, 5, 11, 9, 3)
+        if data_format == "channels_last"
+        else torch.randn(2, 5, 3, 11, 9)
+    )
     base = ConvLSTM2D(**args)(x)
     fa = FAConvLSTM2D(**args)(x)
     base = base if isinstance(base, list) else [base]
@@ -50,7 +65,9 @@ def test_forward_backward_every_ablation(off):
     probe = torch.randn_like(feats.embeddings)
     loss = (feats.embeddings * probe).sum() + feats.output.pow(2).mean()
     loss.backward()
-    silent = [n for n, p in layer.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    silent = [
+        n for n, p in layer.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
+    ]
     assert not silent, f"parameters without gradient: {silent}"
     names = {n.split(".")[0] for n, _ in layer.named_parameters()}
     if off == "attention":
@@ -76,7 +93,9 @@ def test_attention_runs_ceil_t_over_k_times(T, k):
 
 
 def test_effective_attention_is_a_distribution_over_the_grid():
-    layer = FAConvLSTM2D(4, 3, padding="same", attention_heads=2, attention_dim=8, in_channels=2, periodic=True)
+    layer = FAConvLSTM2D(
+        4, 3, padding="same", attention_heads=2, attention_dim=8, in_channels=2, periodic=True
+    )
     feats = layer.forward_features(torch.randn(2, 3, 5, 7, 2))
     _, w = feats.attention[0]
     assert w.row.shape == (2, 2, 5, 7, 7) and w.col.shape == (2, 2, 7, 5, 5)
@@ -135,7 +154,9 @@ def test_stateful_halves_equal_one_pass():
 def test_initial_state_halves_equal_one_pass_without_attention():
     torch.manual_seed(0)
     x = torch.randn(1, 6, 6, 6, 2)
-    kw = dict(padding="same", return_sequences=True, return_state=True, attention=False, in_channels=2)
+    kw = dict(
+        padding="same", return_sequences=True, return_state=True, attention=False, in_channels=2
+    )
     layer = FAConvLSTM2D(4, 3, **kw).eval()
     full, h, c = layer(x)
     a, h1, c1 = layer(x[:, :3])

@@ -18,7 +18,15 @@ CELLS = [
 def _cell(name, kw, scan, dtype=torch.float32, chunk=7):
     torch.manual_seed(0)
     cell = create_cell(
-        name, filters=4, kernel_size=3, padding="same", return_sequences=True, in_channels=3, scan=scan, chunk_size=chunk, **kw
+        name,
+        filters=4,
+        kernel_size=3,
+        padding="same",
+        return_sequences=True,
+        in_channels=3,
+        scan=scan,
+        chunk_size=chunk,
+        **kw,
     )
     return cell.to(dtype)
 
@@ -28,7 +36,10 @@ def _cell(name, kw, scan, dtype=torch.float32, chunk=7):
 def test_parallel_equals_sequential_equals_chunked_float64(name, kw, with_h0):
     x = torch.randn(2, 30, 6, 5, 3, dtype=torch.float64)
     h0 = [torch.randn(2, 6, 5, 4, dtype=torch.float64)] if with_h0 else None
-    outs = {s: _cell(name, kw, s, torch.float64)(x, initial_state=h0) for s in ("parallel", "sequential", "chunked")}
+    outs = {
+        s: _cell(name, kw, s, torch.float64)(x, initial_state=h0)
+        for s in ("parallel", "sequential", "chunked")
+    }
     torch.testing.assert_close(outs["parallel"], outs["sequential"], atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(outs["chunked"], outs["sequential"], atol=1e-12, rtol=1e-10)
 

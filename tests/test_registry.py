@@ -11,7 +11,14 @@ from faextract.models import CELLS, create_cell
 @pytest.mark.parametrize("name", sorted(CELLS))
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_every_cell_forward_backward(name, data_format):
-    cell = create_cell(name, filters=4, kernel_size=3, padding="same", data_format=data_format, return_sequences=True)
+    cell = create_cell(
+        name,
+        filters=4,
+        kernel_size=3,
+        padding="same",
+        data_format=data_format,
+        return_sequences=True,
+    )
     x = torch.randn(2, 5, 6, 7, 3) if data_format == "channels_last" else torch.randn(2, 5, 3, 6, 7)
     out = cell(x)
     expect = (2, 5, 6, 7, 4) if data_format == "channels_last" else (2, 5, 4, 6, 7)
@@ -23,5 +30,7 @@ def test_every_cell_forward_backward(name, data_format):
 
 
 def test_unknown_cell_lists_choices():
-    with pytest.raises(ValueError, match="choose from convlstm, faconvlstm, minconvgru, minconvlstm"):
+    with pytest.raises(
+        ValueError, match="choose from convlstm, faconvlstm, minconvgru, minconvlstm"
+    ):
         create_cell("lstm", filters=4, kernel_size=3)

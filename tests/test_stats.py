@@ -101,6 +101,8 @@ def test_save_load_roundtrip(tmp_path, small_nc, suffix):
     path = tmp_path / f"stats{suffix}"
     save_stats(st, path)
     back = load_stats(path)
-    xr.testing.assert_allclose(back[["mean", "std", "climatology"]], st[["mean", "std", "climatology"]])
+    xr.testing.assert_allclose(
+        back[["mean", "std", "climatology"]], st[["mean", "std", "climatology"]]
+    )
     with pytest.raises(DataError, match="already exists"):
         save_stats(st, path)

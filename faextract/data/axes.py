@@ -64,11 +64,15 @@ def parse_dims(spec: str | Mapping[str, str] | None) -> dict[str, str]:
         for part in str(spec).split(","):
             key, sep, value = part.partition("=")
             if not sep or not key.strip() or not value.strip():
-                raise DataError(f"--dims: expected NAME=DIM pairs like 'time=T,lat=Y', got {part!r}")
+                raise DataError(
+                    f"--dims: expected NAME=DIM pairs like 'time=T,lat=Y', got {part!r}"
+                )
             items[key.strip()] = value.strip()
     unknown = sorted(set(items) - set(STANDARD))
     if unknown:
-        raise DataError(f"--dims: unknown axis {unknown[0]!r}; expected one of {', '.join(STANDARD)}")
+        raise DataError(
+            f"--dims: unknown axis {unknown[0]!r}; expected one of {', '.join(STANDARD)}"
+        )
     return items
 
 

@@ -79,7 +79,9 @@ class Cube:
             compat="override",
             join="override",
         )
-        arr = arr.assign_coords(channel=list(self.channels)).transpose("time", "channel", "lat", "lon")
+        arr = arr.assign_coords(channel=list(self.channels)).transpose(
+            "time", "channel", "lat", "lon"
+        )
         arr.name = "cube"
         return arr
 
@@ -132,7 +134,9 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
 
 def _is_zarr(path: str) -> bool:
     p = Path(path)
-    return p.is_dir() and any((p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+    return p.is_dir() and any(
+        (p / m).exists() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+    )
 
 
 def _open_one(path: str) -> xr.Dataset:
@@ -150,7 +154,9 @@ def _open_one(path: str) -> xr.Dataset:
         raise
     except Exception as err:  # noqa: BLE001 - netCDF4/zarr raise many types for bad files
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: cannot read as NetCDF or Zarr (corrupt or truncated?): {msg}") from err
+        raise DataError(
+            f"{path}: cannot read as NetCDF or Zarr (corrupt or truncated?): {msg}"
+        ) from err
 
 
 def _data_variables(ds: xr.Dataset) -> list[str]:
@@ -168,7 +174,12 @@ def _check_curvilinear(ds: xr.Dataset, source: str, dims: set[str]) -> None:
     for name, var in ds.variables.items():
         std = str(var.attrs.get("standard_name", "")).lower()
         units = str(var.attrs.get("units", "")).lower()
-        geo = std in ("latitude", "longitude") or units in ("degrees_north", "degrees_east", "degree_north", "degree_east")
+        geo = std in ("latitude", "longitude") or units in (
+            "degrees_north",
+            "degrees_east",
+            "degree_north",
+            "degree_east",
+        )
         if var.ndim == 2 and set(var.dims) <= dims and geo:
             raise DataError(
                 f"{source}: curvilinear grid ({name!r} has dims {var.dims}); only regular "
@@ -244,7 +255,9 @@ def _standardize(
     calendar = str(t.attrs.get("calendar", "standard")).lower()
     if np.issubdtype(t.dtype, np.number):
         if "since" not in units:
-            raise DataError(f"{source}: time axis {axes['time'][0]!r} has no CF units ('<unit> since <date>')")
+            raise DataError(
+                f"{source}: time axis {axes['time'][0]!r} has no CF units ('<unit> since <date>')"
+            )
         decoded = decode_time(t.values, units, calendar)
         attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
         ds = ds.assign_coords(time=("time", decoded, attrs))

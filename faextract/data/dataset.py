@@ -44,9 +44,11 @@ class CubeSource:
     dims: dict[str, str] = field(default_factory=dict)
     sort_time: bool = False
     time_chunk: int = 32
+    #: Restrict to time steps ``[start, stop)`` of the full cube (e.g. the training years).
+    time_range: tuple[int, int] | None = None
 
     def open(self) -> Cube:
-        return open_cube(
+        cube = open_cube(
             list(self.paths),
             self.variables,
             levels=self.levels,
@@ -54,6 +56,9 @@ class CubeSource:
             sort_time=self.sort_time,
             time_chunk=self.time_chunk,
         )
+        if self.time_range is not None:
+            cube = cube.isel_time(slice(*self.time_range))
+        return cube
 
 
 class BlockReader:
@@ -105,9 +110,13 @@ class BlockReader:
 class WindowDataset(IterableDataset):
     """Windows of a cube, normalized, sharded across ranks and workers.
 
-    ``windows`` restricts the dataset to those window indices (e.g. a time range or an embed
-    shard). ``drop_uneven`` gives every rank the same number of windows (needed by DDP, which
+    ``windows`` restricts the dataset to those window indices (e.g. an embed shard).
+    ``drop_uneven`` gives every rank the same number of windows (needed by DDP, which
     deadlocks when ranks take different numbers of steps); embedding never drops.
+
+    Workers take whole batches round-robin (worker w yields batches w, w + N, ...), which is the
+    order in which the DataLoader collects them: the batch sequence is the same for any number
+    of workers, and ``skip_batches`` resumes it exactly where a checkpoint left off.
     """
 
     def __init__(
@@ -122,6 +131,7 @@ class WindowDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         drop_uneven: bool = False,
+        batch_size: int = 1,
         cube: Cube | None = None,
     ):
         super().__init__()
@@ -131,7 +141,9 @@ class WindowDataset(IterableDataset):
         self.windows = list(range(len(self.tiler.windows))) if windows is None else list(windows)
         self.shuffle, self.seed = shuffle, seed
         self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
+        self.batch_size = max(1, int(batch_size))
         self.epoch = 0
+        self.skip_batches = 0
         self._cube = cube
 
     def __getstate__(self):
@@ -155,14 +167,21 @@ class WindowDataset(IterableDataset):
     def __len__(self) -> int:
         return len(self.rank_windows())
 
+    def num_batches(self) -> int:
+        return -(-len(self.rank_windows()) // self.batch_size)
+
     def __iter__(self):
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
         if self._cube is None:
             self._cube = self.source.open()
         reader = BlockReader(self._cube, self.stats)
-        for i in self.rank_windows()[wid::nworkers]:
-            yield reader.window_item(self.tiler, self.tiler.windows[i])
+        order = self.rank_windows()
+        bs = self.batch_size
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)][self.skip_batches :]
+        for batch in batches[wid::nworkers]:
+            for i in batch:
+                yield reader.window_item(self.tiler, self.tiler.windows[i])
 
 
 def make_loader(

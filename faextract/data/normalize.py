@@ -16,7 +16,9 @@ from faextract.data.stats import season_index
 from faextract.errors import DataError
 
 
-def _aligned(x: xr.DataArray, stats: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
+def _aligned(
+    x: xr.DataArray, stats: xr.Dataset
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
     have = [str(c) for c in stats["channel"].values]
     want = [str(c) for c in x["channel"].values]
     missing = [c for c in want if c not in have]

@@ -17,7 +17,9 @@ from faextract.data.time import time_step
 def _size_on_disk(path: str) -> int:
     if os.path.isdir(path):
         return sum(
-            os.path.getsize(os.path.join(root, f)) for root, _d, files in os.walk(path) for f in files
+            os.path.getsize(os.path.join(root, f))
+            for root, _d, files in os.walk(path)
+            for f in files
         )
     return os.path.getsize(path)
 

@@ -106,7 +106,11 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
     out = xr.Dataset(
         {
             "mean": ("channel", mean.astype(np.float64), {"long_name": "mean of each channel"}),
-            "std": ("channel", std.astype(np.float64), {"long_name": "standard deviation of each channel"}),
+            "std": (
+                "channel",
+                std.astype(np.float64),
+                {"long_name": "standard deviation of each channel"},
+            ),
             "valid_fraction": (
                 "channel",
                 (count_v / float(T * H * W)).astype(np.float64),

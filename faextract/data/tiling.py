@@ -54,7 +54,9 @@ class TileSpec:
         if self.window < 1:
             raise ConfigError(f"tiles.window must be >= 1, got {self.window}")
         if not 0 <= self.warmup < self.window:
-            raise ConfigError(f"tiles.warmup must be in [0, window={self.window}), got {self.warmup}")
+            raise ConfigError(
+                f"tiles.warmup must be in [0, window={self.window}), got {self.warmup}"
+            )
         if self.stride is not None and self.stride < 1:
             raise ConfigError(f"tiles.stride must be >= 1, got {self.stride}")
         if self.edge not in EDGE_POLICIES:
@@ -118,7 +120,9 @@ class Tiler:
         self.shape = tuple(int(s) for s in shape)
         T, H, W = self.shape
         h, w = spec.tile if spec.tile is not None else (None, None)
-        self.lat_tiles, self.lat_weight = _axis_tiles(H, h, spec.halo, spec.multiple, spec.edge, False)
+        self.lat_tiles, self.lat_weight = _axis_tiles(
+            H, h, spec.halo, spec.multiple, spec.edge, False
+        )
         self.lon_tiles, self.lon_weight = _axis_tiles(
             W, w, spec.halo, spec.multiple, spec.edge, periodic_lon
         )
@@ -245,7 +249,10 @@ class Untiler:
             else:
                 for c, col in enumerate(xi):
                     self._update(
-                        t - self.t0, np.ix_(yi, [col]), y[j][:, rows][:, :, cols][:, :, [c]], w[:, [c]]
+                        t - self.t0,
+                        np.ix_(yi, [col]),
+                        y[j][:, rows][:, :, cols][:, :, [c]],
+                        w[:, [c]],
                     )
 
     def _update(self, ti: int, pairs, y: np.ndarray, w: np.ndarray) -> None:

@@ -116,9 +116,13 @@ class TemporalSelfAttention(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+        self.ff = nn.Sequential(
+            nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim)
+        )
 
-    def forward(self, z: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor | None = None):
+    def forward(
+        self, z: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ):
         h = self.norm1(z + pos)
         if key_padding_mask is not None:
             # A fully padded row would make softmax NaN; let such rows attend to themselves.

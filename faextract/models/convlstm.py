@@ -101,7 +101,10 @@ class ConvLSTM2D(RecurrentConv2D):
         if not (self.training and rate > 0):
             return None
         keep = 1.0 - rate
-        return [torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep for _ in range(4)]
+        return [
+            torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
+            for _ in range(4)
+        ]
 
     def _run(self, x: torch.Tensor, state):
         B, T, C, H, W = x.shape
@@ -132,7 +135,9 @@ class ConvLSTM2D(RecurrentConv2D):
             else:
                 rz = torch.cat(
                     [
-                        self._recurrent_conv(h * rec_masks[g], self.recurrent_kernel[g * F_ : (g + 1) * F_])
+                        self._recurrent_conv(
+                            h * rec_masks[g], self.recurrent_kernel[g * F_ : (g + 1) * F_]
+                        )
                         for g in range(4)
                     ],
                     dim=1,

@@ -32,7 +32,8 @@ Defaults (the paper does not fix them; reference.md §1 gives ranges):
 - ``se_reduction = 4``: the bottleneck is already narrow;
 - ``attention_every = 4``: a refresh every 4 steps keeps attention at ~1/4 of its per-step cost,
   which is small against the gates; ``attention_heads = 2`` on ``attention_dim = 16`` channels;
-- ``embedding_dim = 32``, ``temporal_heads = 4``, ``seasonal_period = 365`` (daily data).
+- ``embedding_dim = 32``, ``temporal_heads = 4``, ``seasonal_period = 365`` (daily data);
+  ``embedding_dim = 0`` drops the head (e.g. for inner layers of a stack).
 """
 
 from __future__ import annotations
@@ -164,7 +165,15 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.rec_act = get_activation(self.recurrent_activation_name)
         if self.factorized:
             # Input spatial mixing with the layer's geometry, then the x-half of the 1x1 bottleneck.
-            self.in_dw = nn.Conv2d(C, C, (kh, kw), stride=self.strides, dilation=self.dilation_rate, groups=C, bias=False)
+            self.in_dw = nn.Conv2d(
+                C,
+                C,
+                (kh, kw),
+                stride=self.strides,
+                dilation=self.dilation_rate,
+                groups=C,
+                bias=False,
+            )
             self.x_to_b = nn.Conv2d(C, b, 1, bias=True)
             self.h_to_b = nn.Conv2d(F_, b, 1, bias=False)
             mix_ch = b
@@ -188,10 +197,11 @@ class FAConvLSTM2D(RecurrentConv2D):
             self.peep = nn.Parameter(torch.zeros(3, F_, 1, 1))  # i, f, o
         if self.attention:
             self.axial = AxialAttention(F_, self.attention_dim, self.attention_heads, self.periodic)
-        self.head = SubspaceHead(F_, self.embedding_dim)
-        self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
-        if self.temporal_attention:
-            self.temporal = TemporalSelfAttention(self.embedding_dim, self.temporal_heads)
+        if self.embedding_dim:
+            self.head = SubspaceHead(F_, self.embedding_dim)
+            self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
+            if self.temporal_attention:
+                self.temporal = TemporalSelfAttention(self.embedding_dim, self.temporal_heads)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -245,7 +255,9 @@ class FAConvLSTM2D(RecurrentConv2D):
         flat = x.reshape(B * T, C, H, W)
         # Input half of the gates for all timesteps at once (one batched conv, not T small ones).
         if self.factorized:
-            xin = self.x_to_b(self._geometry_conv(flat, self.in_dw)).reshape(B, T, self.bottleneck, Ho, Wo)
+            xin = self.x_to_b(self._geometry_conv(flat, self.in_dw)).reshape(
+                B, T, self.bottleneck, Ho, Wo
+            )
         else:
             xin = self._geometry_conv(flat, self.kernel).reshape(B, T, 4 * F_, Ho, Wo)
         if state is None or len(state) < 2:
@@ -267,7 +279,9 @@ class FAConvLSTM2D(RecurrentConv2D):
                 kh, kw = self.kernel_size
                 pt, pb = same_padding(Ho, kh, 1, 1)
                 pl, pr = same_padding(Wo, kw, 1, 1)
-                z = self._mix(xin[:, t] + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel))
+                z = self._mix(
+                    xin[:, t] + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel)
+                )
             if bias is not None:
                 z = z + bias
             zi, zf, zc, zo = z.chunk(4, dim=1)
@@ -315,6 +329,8 @@ class FAConvLSTM2D(RecurrentConv2D):
         offset = int(state[3]) if state is not None and len(state) > 3 else 0
         hseq, last, maps = self._run(x, state, need_weights=need_weights)
         output = self._outputs(hseq, last)
+        if not self.embedding_dim:
+            return FAFeatures(output, hseq, None, None, maps, None, last)
         raw = self.head(hseq, valid)
         phase = None if times is None else phase_from_times(times, calendar).to(x.device)
         if phase is not None and self.go_backwards:

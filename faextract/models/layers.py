@@ -44,7 +44,9 @@ def get_activation(name) -> Callable[[torch.Tensor], torch.Tensor]:
         return name
     key = name.lower() if isinstance(name, str) else name
     if key not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose from {sorted(k for k in ACTIVATIONS if k)}")
+        raise ValueError(
+            f"unknown activation {name!r}; choose from {sorted(k for k in ACTIVATIONS if k)}"
+        )
     return ACTIVATIONS[key]
 
 
@@ -108,7 +110,9 @@ def orthogonal_(w_keras_shape: tuple[int, ...], generator=None) -> torch.Tensor:
 class DepthwiseConv(nn.Module):
     """Depthwise 'same' convolution ``(N, C, H, W) -> (N, C, H, W)``, circular in lon if periodic."""
 
-    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1, periodic_lon: bool = False):
+    def __init__(
+        self, channels: int, kernel_size: int = 3, dilation: int = 1, periodic_lon: bool = False
+    ):
         super().__init__()
         self.conv = nn.Conv2d(
             channels, channels, kernel_size, dilation=dilation, groups=channels, bias=False

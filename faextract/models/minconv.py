@@ -48,13 +48,17 @@ class _MinConvRNN(RecurrentConv2D):
     state_size = 1
     n_gates = 2
 
-    def __init__(self, filters: int, kernel_size, *args, scan: str = "auto", chunk_size: int = 256, **kwargs):
+    def __init__(
+        self, filters: int, kernel_size, *args, scan: str = "auto", chunk_size: int = 256, **kwargs
+    ):
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
         self.scan, self.chunk_size = scan, int(chunk_size)
         super().__init__(filters, kernel_size, *args, **kwargs)
         if self.recurrent_dropout:
-            raise ValueError(f"recurrent_dropout does not apply to {type(self).__name__}: its gates never see h")
+            raise ValueError(
+                f"recurrent_dropout does not apply to {type(self).__name__}: its gates never see h"
+            )
 
     def _build(self, in_channels: int) -> None:
         (kh, kw), F_ = self.kernel_size, self.filters
@@ -86,7 +90,12 @@ class _MinConvRNN(RecurrentConv2D):
     def _run(self, x: torch.Tensor, state):
         if self.training and self.dropout > 0:
             keep = 1.0 - self.dropout
-            x = x * (torch.bernoulli(torch.full((x.shape[0], 1, *x.shape[2:]), keep, device=x.device, dtype=x.dtype)) / keep)
+            x = x * (
+                torch.bernoulli(
+                    torch.full((x.shape[0], 1, *x.shape[2:]), keep, device=x.device, dtype=x.dtype)
+                )
+                / keep
+            )
         k = self._gates(x)
         h0 = state[0] if state else None
         mode = self._mode(x.device)
@@ -129,7 +138,9 @@ class MinConvLSTM(_MinConvRNN):
 
     n_gates = 3
 
-    def __init__(self, filters: int, kernel_size, *args, exponential_gating: bool = False, **kwargs):
+    def __init__(
+        self, filters: int, kernel_size, *args, exponential_gating: bool = False, **kwargs
+    ):
         self.exponential_gating = exponential_gating
         super().__init__(filters, kernel_size, *args, **kwargs)
 

@@ -58,7 +58,9 @@ class RecurrentConv2D(nn.Module, abc.ABC):
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
         if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be channels_last or channels_first, got {data_format!r}")
+            raise ValueError(
+                f"data_format must be channels_last or channels_first, got {data_format!r}"
+            )
         self.filters = int(filters)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.strides = pair(strides, "strides")

@@ -37,7 +37,9 @@ def log_space_scan(
     return h
 
 
-def sequential_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+def sequential_scan(
+    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+) -> torch.Tensor:
     """Step-by-step ``h_t = a_t h_{t-1} + b_t`` in linear space."""
     T = a.shape[1]
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0

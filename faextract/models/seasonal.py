@@ -46,7 +46,9 @@ class SeasonalEncoding(nn.Module):
         super().__init__()
         self.dim, self.period = dim, float(period)
 
-    def forward(self, phase: torch.Tensor | None, B: int, T: int, device, offset: int = 0) -> torch.Tensor:
+    def forward(
+        self, phase: torch.Tensor | None, B: int, T: int, device, offset: int = 0
+    ) -> torch.Tensor:
         if phase is None:
             steps = torch.arange(offset, offset + T, device=device, dtype=torch.float32)
             phase = (steps / self.period).remainder(1.0).expand(B, T)

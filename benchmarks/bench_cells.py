@@ -1,0 +1,141 @@
+"""ConvLSTM2D vs FAConvLSTM2D (full and each ablation): parameters, FLOPs, throughput, memory.
+
+    python benchmarks/bench_cells.py [--quick]
+
+Setting (issue #3): filters=64, kernel 3, input B=4, T=12, 64x64, C=8; on CPU, and on CUDA
+with bf16 autocast when a GPU is present. Targets: FAConvLSTM2D has >= 10x fewer parameters
+and FLOPs and >= 3x the forward+backward throughput of ConvLSTM2D. Parameters are those the
+recurrent path uses (``forward``); the embedding head used only by ``forward_features`` is
+listed separately. FLOPs count convolutions and matrix products (torch.utils.flop_counter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import cpu_peak_tensor_mb, cuda_peak, table, timeit  # noqa: E402
+
+from faextract.models import ConvLSTM2D, FAConvLSTM2D  # noqa: E402
+
+ABLATIONS = ["factorized", "multiscale", "se", "peephole", "attention", "temporal_attention"]
+
+
+def make(name: str, C: int, F: int):
+    kw = dict(
+        filters=F,
+        kernel_size=3,
+        padding="same",
+        data_format="channels_first",
+        return_sequences=True,
+        in_channels=C,
+    )
+    if name == "ConvLSTM2D":
+        return ConvLSTM2D(**kw)
+    if name == "FAConvLSTM2D":
+        return FAConvLSTM2D(**kw)
+    return FAConvLSTM2D(**kw, **{name.removeprefix("FA no-"): False})
+
+
+def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> list[dict]:
+    names = [
+        "ConvLSTM2D",
+        "FAConvLSTM2D",
+        *[f"FA no-{a}" for a in ABLATIONS if a != "temporal_attention"],
+    ]
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    x = torch.randn(B, T, C, S, S, device=device)
+    rows = []
+    for name in names:
+        torch.manual_seed(0)
+        layer = make(name, C, F).to(device)
+        head = sum(
+            p.numel() for n, p in layer.named_parameters() if n.startswith(("head.", "temporal."))
+        )
+        params = sum(p.numel() for p in layer.parameters()) - head
+
+        def fwd(layer=layer):
+            with torch.no_grad(), amp:
+                layer(x)
+
+        def fwd_bwd(layer=layer):
+            with amp:
+                y = layer(x)
+            y.float().square().mean().backward()
+
+        with FlopCounterMode(display=False) as fc:
+            with torch.no_grad():
+                layer(x)
+        flops = fc.get_total_flops()
+        t_f = timeit(fwd, repeat=repeat, sync=sync)
+        t_fb = timeit(fwd_bwd, repeat=repeat, sync=sync)
+        mem = cuda_peak(fwd_bwd) if device == "cuda" else cpu_peak_tensor_mb(fwd_bwd)
+        rows.append(
+            dict(
+                name=name,
+                params=params,
+                head=head,
+                flops=flops,
+                fwd=B * T / t_f,
+                fwdbwd=B * T / t_fb,
+                mem=mem,
+            )
+        )
+    base = rows[0]
+    out = []
+    for r in rows:
+        out.append(
+            {
+                "cell": r["name"],
+                "params": f"{r['params']:,}",
+                "params ratio": f"{base['params'] / r['params']:.1f}x fewer",
+                "GFLOPs": f"{r['flops'] / 1e9:.2f}",
+                "FLOPs ratio": f"{base['flops'] / max(r['flops'], 1):.1f}x fewer",
+                "fwd frames/s": f"{r['fwd']:.1f}",
+                "fwd+bwd frames/s": f"{r['fwdbwd']:.1f}",
+                "fwd+bwd speedup": f"{r['fwdbwd'] / base['fwdbwd']:.2f}x",
+                "peak MB": f"{r['mem']:.0f}",
+            }
+        )
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    args = ap.parse_args()
+    B, T, S, C, F = (2, 6, 32, 8, 32) if args.quick else (4, 12, 64, 8, 64)
+    cols = [
+        "cell",
+        "params",
+        "params ratio",
+        "GFLOPs",
+        "FLOPs ratio",
+        "fwd frames/s",
+        "fwd+bwd frames/s",
+        "fwd+bwd speedup",
+        "peak MB",
+    ]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        rows = run(dev, B, T, S, C, F, repeat=3 if dev == "cpu" else 10)
+        label = (
+            "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        )
+        print(
+            table(
+                rows,
+                cols,
+                f"Cells at filters={F}, kernel 3, B={B}, T={T}, {S}x{S}, C={C} ({label})",
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

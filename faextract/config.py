@@ -1,0 +1,210 @@
+"""Configuration: typed dataclasses loaded from YAML, with ``--set key=value`` overrides.
+
+``configs/default.yaml`` documents every key. A config file only needs the keys it changes;
+everything else takes the defaults below. Unknown keys are an error listing the valid ones,
+so a typo never silently does nothing. The resolved config is saved with every run and inside
+every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+import yaml
+
+from faextract.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=lambda: ["sample_data/sample_cube.nc"])
+    variables: list[str] | None = None
+    levels: list[float] | None = None
+    dims: dict[str, str] | None = None
+    sort_time: bool = False
+    # The last fraction of the time axis is held out for validation (a contiguous range, so
+    # validation never sees days adjacent to training days).
+    val_fraction: float = 0.15
+    # Normalization: per-gridpoint climatology removed first ("none", "monthly", "dayofyear").
+    climatology: str = "dayofyear"
+    area_weighted: bool = True
+    # Precomputed statistics file (from `faextract stats`); computed on the training range if null.
+    stats: str | None = None
+
+
+@dataclass
+class TilesConfig:
+    window: int = 12
+    stride: int = 6
+    tile: list[int] | None = None  # [h, w] grid cells; null = whole grid
+    halo: int = 0
+    edge: str = "pad"
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "faconvlstm"
+    filters: int = 32
+    layers: int = 2
+    kernel_size: int = 3
+    stem_channels: int = 16
+    # Stride-2 stages before the recurrent cells: 2 = a 4x coarser latent grid.
+    downsample: int = 2
+    embedding_dim: int = 32
+    # Extra options for the cell (FAConvLSTM ablation switches, scan mode, ...).
+    cell_options: dict[str, Any] = field(default_factory=dict)
+    objective: str = "both"  # reconstruct, forecast or both
+    # Weight of the coarse reconstruction from the embedding alone: this is what makes the
+    # embedding carry the large-scale state rather than ride along unused.
+    embedding_loss_weight: float = 0.5
+    clusters: int = 0  # DEC clustering head with K clusters; 0 = off
+    cluster_weight: float = 0.1
+    cluster_start_epoch: int = 1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    early_stopping: int = 0  # patience in epochs; 0 = off
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    bf16: bool = True  # autocast on CUDA only
+    compile: bool = False
+    num_workers: int = 0
+    log_every: int = 10  # steps between metric rows
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of epoch only
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    tiles: TilesConfig = field(default_factory=TilesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        valid = ", ".join(f"{where}.{n}" if where else n for n in sorted(names))
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {valid}")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if isinstance(typ, type) and dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value or {}, f"{where}.{name}" if where else name)
+        else:
+            kwargs[name] = _coerce(value, typ, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def _coerce(value, typ, key: str):
+    """Light type checking: numbers, bools and strings must be what the key expects."""
+    if value is None:
+        return None
+    text = str(typ)
+    if typ is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if text.startswith("list") and not isinstance(value, list):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return [value]  # `paths: cube.nc` means a list of one
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if text.startswith("dict") and not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "cell_options":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["model.cell=convlstm", "train.epochs=3"]`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: expected KEY=VALUE like train.epochs=3, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({err})") from None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Defaults, then the YAML file (which may ``extends: other.yaml``), then ``--set`` overrides."""
+    data: dict = {}
+    if path is not None:
+        data = _read_yaml(os.fspath(path), seen=())
+    data = _deep_merge(data, parse_overrides(overrides))
+    return _build(Config, data, "")
+
+
+def config_from_dict(data: dict) -> Config:
+    return _build(Config, data, "")
+
+
+def _read_yaml(path: str, seen: tuple) -> dict:
+    if not os.path.exists(path):
+        raise ConfigError(f"{path}: no such config file")
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent:
+        base = _read_yaml(os.path.join(os.path.dirname(path), parent), seen + (path,))
+        data = _deep_merge(base, data)
+    return data
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    with open(path, "w") as fh:
+        yaml.safe_dump(config.to_dict(), fh, sort_keys=False)

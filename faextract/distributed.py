@@ -1,0 +1,91 @@
+"""Process-group setup for DDP, from torchrun's or SLURM's environment.
+
+``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``;
+``srun`` without torchrun sets ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` and the
+first host of ``SLURM_JOB_NODELIST`` serves as the rendezvous. Either way we use ``env://``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _from_slurm() -> None:
+    """Fill torchrun-style variables from SLURM's when srun started us directly."""
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ:
+        return
+    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if ntasks <= 1:
+        return
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = str(ntasks)
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in os.environ:
+        nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+        os.environ["MASTER_ADDR"] = first_host(nodes)
+    os.environ.setdefault(
+        "MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000)
+    )
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a SLURM nodelist: ``node[03-05,07]`` -> ``node03``."""
+    if "[" not in nodelist:
+        return nodelist.split(",")[0]
+    prefix, rest = nodelist.split("[", 1)
+    first = rest.split(",")[0].split("-")[0].rstrip("]")
+    return prefix + first
+
+
+def setup() -> DistInfo:
+    """Initialize the default process group when launched with several processes."""
+    _from_slurm()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend, init_method="env://")
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, info: DistInfo):
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

@@ -1,0 +1,539 @@
+"""Stream a cube through a trained encoder into the embeddings store.
+
+Flow: open the cube (checked against the checkpoint: variables, levels, resolution, calendar,
+periodicity) -> normalize with the checkpoint's statistics -> windows with a time warm-up
+(outputs of the first ``warmup`` steps of each window are discarded, so the recurrent state
+has settled; the very first window starts on padding) and a spatial halo -> the model, in
+``torch.inference_mode``, batched, optionally in bf16 -> untile (halo blending) -> the Zarr
+store (:mod:`faextract.store`), one time block at a time, by a writer thread so compute and
+writes overlap.
+
+Each time block is computed from a fixed set of windows in a fixed order and batch layout,
+so a block's bytes do not depend on which process computes it, on ``--shard``, or on whether
+the run was interrupted: a resumed or sharded run is bitwise identical to one uninterrupted
+process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from faextract import __version__
+from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_from_dict
+from faextract.data.cube import Cube, open_cube
+from faextract.data.dataset import BlockReader
+from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
+from faextract.errors import FaextractError
+from faextract.models.faconvlstm import FAConvLSTM2D
+from faextract.signals import StopFlag
+from faextract.store import REFERENCES, EmbeddingStore, create_template, history_line
+
+EARTH_RADIUS_KM = 6371.0
+
+
+@dataclass
+class EmbedOptions:
+    batch_size: int = 8
+    device: str = "auto"
+    bf16: bool = False
+    latent: bool = False
+    queries: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    zarr_format: int = 3
+    shard: tuple[int, int] = (0, 1)
+    overwrite: bool = False
+    keep: int | None = None  # kept steps per window (default: the training window)
+    warmup: int | None = None  # warm-up steps per window (default: half the training window)
+    block: int | None = (
+        None  # time steps per block / Zarr chunk (default: a multiple of keep near 64)
+    )
+    tile: tuple[int, int] | None = None  # override the checkpoint's spatial tile
+    halo: int | None = None
+    num_workers: int = 0  # reserved: reading happens in a prefetch thread
+
+
+@dataclass
+class EmbedResult:
+    path: str
+    status: str  # "complete", "partial" (other shards still running) or "stopped"
+    blocks_written: int
+    blocks_total: int
+    windows: int
+    seconds: float
+    bytes: int
+
+
+def parse_query(text: str) -> tuple[str, tuple[float, float, float, float]]:
+    """``NAME=lat0:lat1,lon0:lon1`` -> (NAME, (lat0, lat1, lon0, lon1))."""
+    name, sep, rest = text.partition("=")
+    try:
+        lat_part, lon_part = rest.split(",")
+        lat0, lat1 = (float(v) for v in lat_part.split(":"))
+        lon0, lon1 = (float(v) for v in lon_part.split(":"))
+    except ValueError:
+        raise FaextractError(
+            f"--attention-query: expected NAME=lat0:lat1,lon0:lon1 like nino34=-5:5,190:240, got {text!r}"
+        ) from None
+    if not sep or not name.isidentifier():
+        raise FaextractError(
+            f"--attention-query: the name must be a plain identifier, got {name!r}"
+        )
+    return name, (min(lat0, lat1), max(lat0, lat1), lon0, lon1)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise FaextractError(f"--shard: expected I/N like 0/4, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise FaextractError(f"--shard: need 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def check_compatible(ckpt: dict, cube: Cube, source: str) -> None:
+    """Checkpoint vs data: channels, grid resolution, calendar, periodicity."""
+    want, have = list(ckpt["channels"]), list(cube.channels)
+    missing = [c for c in want if c not in have]
+    if missing:
+        raise FaextractError(
+            f"{source}: the checkpoint needs variable {missing[0]!r}, which the input lacks "
+            f"(input has {', '.join(have)})"
+        )
+    g = ckpt["grid"]
+    mine = cube.grid()
+    for key, label in (("dlat", "latitude"), ("dlon", "longitude")):
+        if not math.isclose(g[key], mine[key], rel_tol=1e-3, abs_tol=1e-6):
+            raise FaextractError(
+                f"{source}: {label} resolution {mine[key]:g} deg differs from the checkpoint's {g[key]:g} deg"
+            )
+    cal = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
+    if cal.get(g["calendar"], g["calendar"]) != cal.get(cube.calendar, cube.calendar):
+        raise FaextractError(
+            f"{source}: calendar {cube.calendar!r} differs from the checkpoint's {g['calendar']!r}"
+        )
+    if bool(g["periodic"]) != bool(cube.periodic):
+        what = "global (periodic)" if cube.periodic else "regional"
+        raise FaextractError(
+            f"{source}: the input grid is {what} but the checkpoint was trained on the other kind"
+        )
+
+
+def _inputs_digest(cube: Cube, ckpt_sha: str) -> str:
+    facts = {
+        "sources": [os.path.abspath(s) for s in cube.sources],
+        "shape": list(cube.shape),
+        "channels": list(cube.channels),
+        "start": str(cube.time.values[0]),
+        "end": str(cube.time.values[-1]),
+        "checkpoint": ckpt_sha,
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _latent_geo(
+    tiler_lat: np.ndarray, tiler_lon: np.ndarray, lat: np.ndarray, lon: np.ndarray, m: int
+):
+    """Centres (deg) of the latent cells of one tile; NaN where a cell covers only padding."""
+
+    def centres(idx, coord):
+        vals = np.where(idx >= 0, coord[np.maximum(idx, 0)], np.nan).reshape(-1, m)
+        with np.errstate(invalid="ignore"):
+            return (
+                np.nanmean(vals, axis=1)
+                if np.isfinite(vals).any()
+                else np.full(vals.shape[0], np.nan)
+            )
+
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lat_c = centres(tiler_lat, lat)
+            lon_u = np.unwrap(
+                np.deg2rad(np.where(tiler_lon >= 0, lon[np.maximum(tiler_lon, 0)], np.nan))
+            )
+            lon_c = np.rad2deg(np.nanmean(lon_u.reshape(-1, m), axis=1))
+    return lat_c, lon_c
+
+
+def _great_circle(lat1, lon1, lat2, lon2) -> np.ndarray:
+    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
+    dl = np.deg2rad(lon2 - lon1)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+class AttentionMaps:
+    """Turns axial attention weights of one window into maps on the latent grid.
+
+    Uses the effective 2-D attention ``E[q, k] = col[x](y, y') * row[y'](x, x')`` (see
+    :mod:`faextract.models.attention`), one query row at a time to bound memory.
+    """
+
+    def __init__(
+        self,
+        lat_c: np.ndarray,
+        lon_c: np.ndarray,
+        queries: dict,
+        in_lat: np.ndarray,
+        in_lon: np.ndarray,
+    ):
+        """``lat_c``/``lon_c``: latent cell centres; ``in_lat``/``in_lon``: the tile's input-grid
+        coordinates (NaN where padded), used to find the latent cells a query region overlaps."""
+        h, w = lat_c.size, lon_c.size
+        la = np.repeat(lat_c, w)
+        lo = np.tile(lon_c, h)
+        valid = np.isfinite(la) & np.isfinite(lo)
+        dist = _great_circle(la[:, None], lo[:, None], la[None, :], lo[None, :])
+        self.dist = torch.from_numpy(
+            np.where(valid[:, None] & valid[None, :], dist, 0.0).astype(np.float32)
+        )
+        self.h, self.w = h, w
+        my, mx = in_lat.size // h, in_lon.size // w
+        self.query_cells = {}
+        for name, (lat0, lat1, lon0, lon1) in queries.items():
+            lo360 = np.mod(in_lon, 360.0)
+            a, b = np.mod(lon0, 360.0), np.mod(lon1, 360.0)
+            in_lon_box = (lo360 >= a) & (lo360 <= b) if a <= b else (lo360 >= a) | (lo360 <= b)
+            in_lat_box = (in_lat >= lat0) & (in_lat <= lat1)
+            # A latent cell belongs to the query if any input cell under it lies in the box:
+            # a region smaller than one latent cell still has a query.
+            rows = in_lat_box.reshape(h, my).any(axis=1)
+            cols = in_lon_box.reshape(w, mx).any(axis=1)
+            cells = np.nonzero((rows[:, None] & cols[None, :]).ravel() & valid)[0]
+            self.query_cells[name] = torch.from_numpy(cells)
+
+    def __call__(self, row: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``row (n, h, w, w)``, ``col (n, w, h, h)`` for one window and step -> maps ``(n, h, w)``."""
+        n, h, w = row.shape[0], self.h, self.w
+        received = torch.einsum("nxk,nkxl->nkl", col.sum(dim=2), row)  # sum over queries
+        distance = torch.empty(n, h, w)
+        qsum = {k: torch.zeros(n, h * w) for k in self.query_cells}
+        dist = self.dist.view(h, w, h * w)
+        for y in range(h):
+            e = torch.einsum("nxk,nkxl->nxkl", col[:, :, y, :], row).reshape(n, w, h * w)
+            distance[:, y] = (e * dist[y][None]).sum(dim=-1)
+            for name, cells in self.query_cells.items():
+                sel = cells[(cells // w) == y] % w
+                if sel.numel():
+                    qsum[name] += e[:, sel].sum(dim=1)
+        out = {"attention_received": received, "attention_distance": distance}
+        for name, cells in self.query_cells.items():
+            if cells.numel():
+                out[f"attention_query_{name}"] = (qsum[name] / cells.numel() * (h * w)).view(
+                    n, h, w
+                )
+        return out
+
+
+def _upsample(t: torch.Tensor, m: int) -> np.ndarray:
+    """``(..., h, w)`` -> ``(..., h*m, w*m)`` nearest (latent cells back onto the input grid)."""
+    if m > 1:
+        t = t.repeat_interleave(m, dim=-2).repeat_interleave(m, dim=-1)
+    return t.float().numpy()
+
+
+class _Writer(threading.Thread):
+    """Writes finished blocks from a queue so the next block computes meanwhile."""
+
+    def __init__(self, store: EmbeddingStore):
+        super().__init__(daemon=True)
+        self.store = store
+        self.q: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.written = 0
+
+    def run(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            try:
+                self.store.write_block(*item)
+                self.written += 1
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self.error = err
+                return
+
+    def put(self, item):
+        if self.error:
+            raise self.error
+        self.q.put(item)
+
+    def close(self):
+        self.q.put(None)
+        self.join()
+        if self.error:
+            raise self.error
+
+
+def embed(
+    inputs,
+    checkpoint: str,
+    out: str,
+    options: EmbedOptions | None = None,
+    *,
+    command: str = "faextract embed",
+    progress=None,
+) -> EmbedResult:
+    """Embed ``inputs`` with ``checkpoint`` into the Zarr store ``out``; see the module docstring."""
+    opts = options or EmbedOptions()
+    t_start = time.perf_counter()
+    ckpt = load_checkpoint(checkpoint)
+    ckpt_sha = sha256(checkpoint)
+    levels = ckpt.get("levels")
+    cube = open_cube(inputs, ckpt["variables"], levels=levels)
+    source = (
+        cube.sources[0]
+        if len(cube.sources) == 1
+        else f"{cube.sources[0]} (+{len(cube.sources) - 1})"
+    )
+    check_compatible(ckpt, cube, source)
+    if list(cube.channels) != list(ckpt["channels"]):
+        cube = dataclasses.replace(cube, channels=tuple(ckpt["channels"]))
+    stats = stats_from_dict(ckpt["stats"])
+    model = build_model(ckpt)
+    device = _device(opts.device)
+    model.to(device)
+
+    fa_cell = model.cells[-1] if isinstance(model.cells[-1], FAConvLSTM2D) else None
+    k = fa_cell.attention_every if fa_cell is not None and fa_cell.attention else None
+    heads = fa_cell.attention_heads if k else 0
+    tiles = ckpt["tiles"]
+    keep = opts.keep or tiles["window"]
+    warmup = opts.warmup if opts.warmup is not None else tiles["window"] // 2
+    if k:  # align kept steps and warm-up on attention steps: attention times are t % k == 0
+        keep, warmup = _round_up(keep, k), _round_up(warmup, k)
+    block = opts.block or keep * max(1, round(64 / keep))
+    block = _round_up(block, keep)
+    tile = opts.tile if opts.tile is not None else (tuple(tiles["tile"]) if tiles["tile"] else None)
+    spec = TileSpec(
+        window=warmup + keep,
+        stride=keep,
+        warmup=warmup,
+        tile=tile,
+        halo=opts.halo if opts.halo is not None else tiles["halo"],
+        multiple=model.multiple,
+        edge="pad",
+    )
+    nt, _, H, W = cube.shape
+    tiler = Tiler(spec, (nt, H, W), cube.periodic)
+    nblocks = -(-nt // block)
+    digest = _inputs_digest(cube, ckpt_sha)
+
+    if os.path.exists(out):
+        if opts.overwrite:
+            shutil.rmtree(out) if os.path.isdir(out) else os.unlink(out)
+        else:
+            existing = EmbeddingStore(out)
+            if existing.attrs.get("faextract_inputs_digest") != digest:
+                raise FaextractError(
+                    f"{out}: exists and was made from another checkpoint or input (use --overwrite to replace it)"
+                )
+            if existing.attrs.get("complete"):
+                raise FaextractError(f"{out}: already complete (use --overwrite to recompute it)")
+    attrs = {
+        "Conventions": "CF-1.8",
+        "title": "faextract embeddings",
+        "institution": "",
+        "source": f"faextract {__version__}; checkpoint sha256 {ckpt_sha}",
+        "history": history_line(command),
+        "references": REFERENCES,
+        "comment": f"embeddings of {', '.join(os.path.basename(s) for s in cube.sources)} "
+        f"with a {model.cell_name} encoder; channels {', '.join(cube.channels)}",
+        "faextract_format_version": 1,
+        "faextract_inputs_digest": digest,
+        "faextract_checkpoint_sha256": ckpt_sha,
+        "faextract_cell": model.cell_name,
+        "faextract_window": f"warmup {warmup} + keep {keep} steps; block {block} steps",
+    }
+    created = create_template(
+        out,
+        time=cube.time,
+        lat=cube.lat,
+        lon=cube.lon,
+        block=block,
+        embedding_dim=ckpt["model"]["args"]["embedding_dim"],
+        tile_grid=tiler.tile_grid,
+        heads=heads,
+        attention_every=k,
+        queries=opts.queries,
+        latent_channels=ckpt["model"]["args"]["filters"] if opts.latent else None,
+        attrs=attrs,
+        zarr_format=opts.zarr_format,
+    )
+    store = EmbeddingStore(out)
+    if not created:
+        if store.attrs.get("faextract_inputs_digest") != digest:
+            raise FaextractError(
+                f"{out}: exists and was made from another checkpoint or input (use --overwrite)"
+            )
+        store.append_history(history_line(command))
+        _check_layout(store, opts, k)
+    done = store.done()
+    shard_i, shard_n = opts.shard
+    todo = [b for b in range(nblocks) if b % shard_n == shard_i and not done[b]]
+
+    reader = BlockReader(cube, stats)
+    att_builders: dict[tuple[int, int], AttentionMaps] = {}
+    writer = _Writer(store)
+    writer.start()
+    stopped = False
+    n_windows = 0
+    windows_total = sum(len(tiler.windows_in(b * block, min(nt, (b + 1) * block))) for b in todo)
+    task = progress.start("embedding", total=windows_total) if progress is not None else None
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
+    with StopFlag() as stop, torch.inference_mode():
+        for b in todo:
+            if stop.requested:
+                stopped = True
+                break
+            t0, t1 = b * block, min(nt, (b + 1) * block)
+            wins = tiler.windows_in(t0, t1)
+            arrays = _block_arrays(t0, t1, tiler, k, heads, opts, ckpt)
+            untilers = _untilers(tiler, t0, t1, k, heads, opts, ckpt)
+            for i in range(0, len(wins), opts.batch_size):
+                group = wins[i : i + opts.batch_size]
+                batch = [reader.window_item(tiler, w) for w in group]
+                x = torch.stack([it["x"] for it in batch]).to(device, non_blocking=True)
+                mask = torch.stack([it["mask"] for it in batch]).to(device, non_blocking=True)
+                phase = torch.stack([it["phase"] for it in batch]).to(device)
+                step_valid = torch.stack([it["time"] >= 0 for it in batch]).to(device)
+                with amp:
+                    latent, z, attn = model.encode(x, mask, phase, step_valid, need_weights=bool(k))
+                z = z.float().cpu().numpy()
+                for j, w in enumerate(group):
+                    _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
+                    if opts.latent:
+                        untilers["latent"].add(
+                            w, _upsample(latent[j].float().cpu(), model.multiple)
+                        )
+                    if k:
+                        _add_attention(
+                            untilers,
+                            att_builders,
+                            attn,
+                            j,
+                            w,
+                            tiler,
+                            cube,
+                            model.multiple,
+                            opts.queries,
+                            k,
+                        )
+                n_windows += len(group)
+                if task is not None:
+                    rate = n_windows / max(time.perf_counter() - t_start, 1e-9)
+                    progress.advance(task, len(group), info=f"{rate:.1f} win/s")
+            for name, acc in untilers.items():
+                arrays[name] = acc.result()
+            att_slice = slice(t0 // k, -(-t1 // k)) if k else None
+            writer.put((b, t0, t1, arrays, att_slice))
+    writer.close()
+    if task is not None:
+        progress.finish(task)
+    complete = store.mark_complete_if_done()
+    status = "complete" if complete else ("stopped" if stopped else "partial")
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(out) for f in fs)
+    return EmbedResult(
+        out, status, writer.written, nblocks, n_windows, time.perf_counter() - t_start, size
+    )
+
+
+def _round_up(v: int, m: int) -> int:
+    return int(math.ceil(v / m) * m)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FaextractError(f"--device {name}: no CUDA device is available")
+    return torch.device(name)
+
+
+def _check_layout(store: EmbeddingStore, opts: EmbedOptions, k) -> None:
+    names = set(store.group.array_keys())
+    for q in opts.queries:
+        if f"attention_query_{q}" not in names:
+            raise FaextractError(
+                f"{store.path}: was started without --attention-query {q}; use the same options to resume, or --overwrite"
+            )
+    if opts.latent and "latent" not in names:
+        raise FaextractError(
+            f"{store.path}: was started without --latent; use the same options to resume, or --overwrite"
+        )
+
+
+def _block_arrays(t0, t1, tiler: Tiler, k, heads, opts, ckpt) -> dict:
+    d = ckpt["model"]["args"]["embedding_dim"]
+    ty, tx = tiler.tile_grid
+    shape = (t1 - t0, d) if (ty, tx) == (1, 1) else (t1 - t0, ty, tx, d)
+    return {"embedding": np.full(shape, np.nan, dtype=np.float32)}
+
+
+def _untilers(tiler: Tiler, t0, t1, k, heads, opts, ckpt) -> dict[str, Untiler]:
+    out = {}
+    if opts.latent:
+        out["latent"] = Untiler(tiler, ckpt["model"]["args"]["filters"], t0, t1)
+    if k:
+        a0, a1 = t0 // k, -(-t1 // k)
+        for name in [
+            "attention_received",
+            "attention_distance",
+            *[f"attention_query_{q}" for q in opts.queries],
+        ]:
+            out[name] = Untiler(tiler, heads, a0, a1)
+    return out
+
+
+def _store_embedding(
+    target: np.ndarray, z: np.ndarray, w: Window, tiler: Tiler, t0: int, t1: int
+) -> None:
+    keep = tiler.time_weight(w) > 0
+    for j, t in enumerate(w.time):
+        if keep[j] and t0 <= t < t1:
+            if target.ndim == 2:
+                target[t - t0] = z[j]
+            else:
+                target[t - t0, w.tile[0], w.tile[1]] = z[j]
+
+
+def _add_attention(
+    untilers, builders, attn, j, w: Window, tiler: Tiler, cube: Cube, m: int, queries, k
+) -> None:
+    key = w.tile
+    if key not in builders:
+        lat_c, lon_c = _latent_geo(w.lat, w.lon, cube.lat, cube.lon, m)
+        in_lat = np.where(w.lat >= 0, cube.lat[np.maximum(w.lat, 0)], np.nan)
+        in_lon = np.where(w.lon >= 0, cube.lon[np.maximum(w.lon, 0)], np.nan)
+        builders[key] = AttentionMaps(lat_c, lon_c, queries, in_lat, in_lon)
+    build = builders[key]
+    for step, weights in attn:
+        t = w.time[step]
+        if t < 0 or t % k:
+            continue
+        maps = build(weights.row[j].float().cpu(), weights.col[j].float().cpu())
+        att_time = np.full_like(w.time, -1)
+        att_time[step] = t // k
+        aw = dataclasses.replace(w, time=att_time)
+        for name, value in maps.items():
+            y = np.zeros(
+                (len(w.time), *value.shape[:1], value.shape[1] * m, value.shape[2] * m),
+                dtype=np.float32,
+            )
+            y[step] = _upsample(value, m)
+            untilers[name].add(aw, y)

@@ -1,0 +1,48 @@
+"""Training losses: masked, area-weighted MSE per variable, and the DEC clustering term.
+
+Every squared error is weighted by ``cos(latitude)`` (a grid cell's area on a regular grid)
+and by the validity mask (land in an ocean field, padding), then averaged per channel and
+the channels averaged, so a variable with many invalid cells counts as much as any other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def area_weights(lat: torch.Tensor) -> torch.Tensor:
+    """``lat (B, H)`` degrees -> ``(B, 1, 1, H, 1)`` cos-latitude weights, 0 where lat is NaN."""
+    w = torch.cos(torch.deg2rad(torch.nan_to_num(lat, nan=90.0))).clamp(min=0.0)
+    return w[:, None, None, :, None]
+
+
+def weighted_sse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lat: torch.Tensor):
+    """Per-channel weighted sum of squared errors and sum of weights: two ``(C,)`` tensors.
+
+    Shapes: ``pred``/``target``/``mask`` ``(B, T, C, H, W)``, ``lat`` ``(B, H)``.
+    """
+    w = mask.to(pred.dtype) * area_weights(lat).to(pred.dtype)
+    err = (pred.float() - target.float()).pow(2) * w
+    return err.sum(dim=(0, 1, 3, 4)), w.float().sum(dim=(0, 1, 3, 4))
+
+
+def masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lat: torch.Tensor
+) -> torch.Tensor:
+    """Mean over channels of the area-weighted, masked MSE of each channel."""
+    sse, wsum = weighted_sse(pred, target, mask, lat)
+    present = wsum > 0
+    if not present.any():
+        return pred.sum() * 0.0
+    return (sse[present] / wsum[present]).mean()
+
+
+def dec_kl(q: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(P || Q) between the sharpened target P and soft assignments ``q (B, T, K)``."""
+    from faextract.models.autoencoder import ClusterHead
+
+    if valid is not None:
+        q = q[valid]
+    q = q.reshape(-1, q.shape[-1]).clamp(min=1e-8)
+    p = ClusterHead.target(q)
+    return (p * (p.clamp(min=1e-8).log() - q.log())).sum(dim=-1).mean()

@@ -1,0 +1,263 @@
+"""The trainable network around a recurrent cell: encoder, embedding head, decoders.
+
+Data flow, per window ``x (B, T, C, H, W)`` (normalized, 0 where invalid) and
+``mask (B, T, C, H, W)``::
+
+    [x, mask] -> stem 3x3 conv -> `downsample` stride-2 convs          (per frame)
+              -> `layers` residual recurrent cells, u + cell(u) (the last one gives z_t)
+              -> latent (B, T, F, h, w), z (B, T, d)
+    latent, FiLM(z) -> upsampling decoder -> reconstruction of x_t   (objective reconstruct)
+                                          -> prediction of x_{t+1}   (objective forecast)
+    z alone -> linear -> coarse (pooled) x_t                         (keeps z informative)
+    z -> Student's t soft assignment q (B, T, K)                     (optional DEC head)
+
+FAConvLSTM produces z itself (subspace head + seasonal temporal attention); the other cells
+get a plain :class:`~faextract.models.subspace.SubspaceHead`. Spatial convolutions wrap around
+in longitude for periodic global grids and pad with zeros in latitude. The cells are
+residual (as in the minimal conv RNNs' official layout): the recurrent state only has to carry
+what the current frame does not show, which trains several times faster than a plain stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faextract.models.attention import AxialWeights
+from faextract.models.faconvlstm import FAConvLSTM2D
+from faextract.models.layers import pad_spatial
+from faextract.models.registry import create_cell
+from faextract.models.subspace import SubspaceHead
+
+#: Grid of the coarse field reconstructed from the embedding alone (lat x lon cells).
+COARSE_SHAPE = (4, 8)
+
+
+class GridConv(nn.Module):
+    """``(N, C, H, W)`` conv with 'same'-style padding: circular in lon when periodic."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 3, stride: int = 1, periodic: bool = False
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride)
+        self.pad = (kernel - 1) // 2, kernel - 1 - (kernel - 1) // 2
+        self.periodic = periodic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.pad
+        return self.conv(pad_spatial(x, (a, b, a, b), self.periodic))
+
+
+class ClusterHead(nn.Module):
+    """DEC soft assignment (Xie et al. 2016): Student's t kernel between z and K centres."""
+
+    def __init__(self, clusters: int, dim: int, alpha: float = 1.0):
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(clusters, dim) * 0.1)
+        self.alpha = alpha
+        self.initialized = False
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        d2 = torch.cdist(z.reshape(-1, z.shape[-1]), self.centers).pow(2)
+        q = (1.0 + d2 / self.alpha).pow(-(self.alpha + 1) / 2)
+        q = q / q.sum(dim=-1, keepdim=True)
+        return q.reshape(*z.shape[:-1], -1)
+
+    @staticmethod
+    def target(q: torch.Tensor) -> torch.Tensor:
+        """The sharpened target p_ik = (q_ik^2 / f_k) / sum_j (q_ij^2 / f_j), f_k = sum_i q_ik."""
+        flat = q.reshape(-1, q.shape[-1])
+        w = flat.pow(2) / flat.sum(dim=0, keepdim=True)
+        return (w / w.sum(dim=-1, keepdim=True)).reshape(q.shape).detach()
+
+    @torch.no_grad()
+    def init_kmeans(self, z: torch.Tensor, iters: int = 25, seed: int = 0) -> None:
+        """Initialize the centres by k-means (k-means++ seeding) on embeddings ``(N, d)``."""
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        z = z.detach().float().cpu()
+        K = self.centers.shape[0]
+        centers = [z[torch.randint(len(z), (1,), generator=g)].squeeze(0)]
+        for _ in range(1, K):
+            d2 = torch.cdist(z, torch.stack(centers)).pow(2).min(dim=1).values
+            centers.append(z[torch.multinomial(d2 / d2.sum() + 1e-12, 1, generator=g)].squeeze(0))
+        c = torch.stack(centers)
+        for _ in range(iters):
+            assign = torch.cdist(z, c).argmin(dim=1)
+            for k in range(K):
+                members = z[assign == k]
+                if len(members):
+                    c[k] = members.mean(dim=0)
+        self.centers.copy_(c.to(self.centers.device))
+        self.initialized = True
+
+
+@dataclass
+class NetworkOutput:
+    """Shapes: recon/forecast ``(B, T, C, H, W)``; coarse ``(B, T, C, *COARSE_SHAPE)``;
+    embeddings ``(B, T, d)``; latent ``(B, T, F, h, w)``; q ``(B, T, K)`` or None."""
+
+    recon: torch.Tensor | None
+    forecast: torch.Tensor | None
+    coarse: torch.Tensor
+    embeddings: torch.Tensor
+    latent: torch.Tensor
+    attention: list[tuple[int, AxialWeights]] = field(default_factory=list)
+    q: torch.Tensor | None = None
+
+
+class ClimateAutoencoder(nn.Module):
+    """Encoder (stem, downsampling, recurrent cells, embedding head) and decoders."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        cell: str = "faconvlstm",
+        filters: int = 32,
+        layers: int = 2,
+        kernel_size: int = 3,
+        stem_channels: int = 16,
+        downsample: int = 2,
+        embedding_dim: int = 32,
+        cell_options: dict | None = None,
+        objective: str = "both",
+        clusters: int = 0,
+        periodic: bool = False,
+        seasonal_period: float = 365.0,
+    ):
+        super().__init__()
+        if objective not in ("reconstruct", "forecast", "both"):
+            raise ValueError(f"objective must be reconstruct, forecast or both, got {objective!r}")
+        if layers < 1:
+            raise ValueError(f"model.layers must be >= 1, got {layers}")
+        self.in_channels, self.objective, self.downsample = in_channels, objective, downsample
+        self.cell_name = cell
+        self.periodic = periodic
+        self.stem = GridConv(2 * in_channels, stem_channels, 3, 1, periodic)
+        self.down = nn.ModuleList(
+            GridConv(stem_channels if i == 0 else filters, filters, 3, 2, periodic)
+            for i in range(downsample)
+        )
+        # The residual stack needs the cells' width at its input.
+        self.proj = nn.Identity() if downsample else nn.Conv2d(stem_channels, filters, 1)
+        width = filters
+        options = dict(cell_options or {})
+        self.cells = nn.ModuleList()
+        for i in range(layers):
+            kw = dict(
+                filters=filters,
+                kernel_size=kernel_size,
+                padding="same",
+                data_format="channels_first",
+                return_sequences=True,
+                in_channels=width if i == 0 else filters,
+            )
+            if cell == "faconvlstm":
+                last = i == layers - 1
+                kw.update(periodic=periodic, seasonal_period=seasonal_period)
+                kw.update({k: v for k, v in options.items()})
+                kw["embedding_dim"] = embedding_dim if last else 0
+            else:
+                kw.update(options)
+            self.cells.append(create_cell(cell, **kw))
+        self.head = None if cell == "faconvlstm" else SubspaceHead(filters, embedding_dim)
+        self.film = nn.Linear(embedding_dim, 2 * filters)
+        self.up = nn.ModuleList(
+            GridConv(filters, filters, 3, 1, periodic) for _ in range(downsample)
+        )
+        dec_in = filters if downsample else filters
+        self.recon_out = (
+            GridConv(dec_in, in_channels, 3, 1, periodic) if objective != "forecast" else None
+        )
+        self.forecast_out = (
+            GridConv(dec_in, in_channels, 3, 1, periodic) if objective != "reconstruct" else None
+        )
+        self.coarse = nn.Linear(embedding_dim, in_channels * COARSE_SHAPE[0] * COARSE_SHAPE[1])
+        self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes must be multiples of this (the downsampling factor)."""
+        return 2**self.downsample
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        phase: torch.Tensor | None = None,
+        step_valid: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ):
+        """``(B, T, C, H, W)`` -> latent ``(B, T, F, h, w)``, embeddings ``(B, T, d)``, attention."""
+        B, T, C, H, W = x.shape
+        if H % self.multiple or W % self.multiple:
+            raise ValueError(
+                f"grid {H}x{W} must be a multiple of {self.multiple} (tile with multiple={self.multiple})"
+            )
+        u = torch.cat([x, mask.to(x.dtype)], dim=2).reshape(B * T, 2 * C, H, W)
+        u = F.gelu(self.stem(u))
+        for conv in self.down:
+            u = F.gelu(conv(u))
+        u = self.proj(u)
+        u = u.reshape(B, T, *u.shape[1:])
+        # Validity on the latent grid: a latent cell is valid if any input cell under it is.
+        valid = mask.any(dim=2).to(x.dtype).reshape(B * T, 1, H, W)
+        if self.downsample:
+            valid = F.max_pool2d(valid, self.multiple)
+        valid = valid.reshape(B, T, *valid.shape[2:]) > 0
+        attention: list = []
+        for i, cell in enumerate(self.cells):
+            last = i == len(self.cells) - 1
+            if isinstance(cell, FAConvLSTM2D) and last:
+                feats = cell.forward_features(
+                    u, phase, valid=valid, step_valid=step_valid, need_weights=need_weights
+                )
+                u, z, attention = u + feats.hidden, feats.embeddings, feats.attention
+            else:
+                u = u + cell(u)
+        if self.head is not None:
+            z = self.head(u, valid)
+        return u, z, attention
+
+    def decode(self, latent: torch.Tensor, z: torch.Tensor):
+        B, T, Fc, h, w = latent.shape
+        g, b = self.film(z).reshape(B * T, 2 * Fc, 1, 1).chunk(2, dim=1)
+        u = latent.reshape(B * T, Fc, h, w) * (1 + g) + b
+        for conv in self.up:
+            u = F.gelu(conv(F.interpolate(u, scale_factor=2, mode="nearest")))
+
+        def unflat(t):
+            return None if t is None else t.reshape(B, T, *t.shape[1:])
+
+        recon = unflat(self.recon_out(u)) if self.recon_out is not None else None
+        forecast = unflat(self.forecast_out(u)) if self.forecast_out is not None else None
+        return recon, forecast
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        phase: torch.Tensor | None = None,
+        step_valid: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> NetworkOutput:
+        latent, z, attention = self.encode(x, mask, phase, step_valid, need_weights)
+        recon, forecast = self.decode(latent, z)
+        B, T = z.shape[:2]
+        coarse = self.coarse(z).reshape(B, T, self.in_channels, *COARSE_SHAPE)
+        q = self.cluster(z) if self.cluster is not None else None
+        return NetworkOutput(recon, forecast, coarse, z, latent, attention, q)
+
+
+def coarse_target(x: torch.Tensor, mask: torch.Tensor):
+    """Masked average-pool of ``x (B, T, C, H, W)`` to ``COARSE_SHAPE``: (target, valid)."""
+    B, T, C, H, W = x.shape
+    m = mask.to(x.dtype).reshape(B * T, C, H, W)
+    s = F.adaptive_avg_pool2d(x.reshape(B * T, C, H, W) * m, COARSE_SHAPE)
+    n = F.adaptive_avg_pool2d(m, COARSE_SHAPE)
+    target = s / n.clamp(min=1e-6)
+    return target.reshape(B, T, C, *COARSE_SHAPE), (n > 0).reshape(B, T, C, *COARSE_SHAPE)

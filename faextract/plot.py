@@ -1,0 +1,94 @@
+"""Quicklook PNGs of an embeddings store, for a human to look at.
+
+- ``embedding_pcs.png``: the leading principal components of the embeddings over time
+  (with their explained variance), the quickest view of what the encoder tracks;
+- ``<map>_head<N>.png``: each attention map (received, distance, queries) averaged over the
+  attention steps, one figure per head, on a lat/lon grid.
+
+Needs matplotlib (``pip install "faextract[plot]"``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from faextract.errors import FaextractError
+from faextract.store import open_embeddings
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FaextractError("faextract plot needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def principal_components(emb: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``emb (T, d)`` -> (scores ``(T, k)``, explained variance ratios ``(k,)``)."""
+    x = emb - np.nanmean(emb, axis=0, keepdims=True)
+    x = np.nan_to_num(x)
+    u, s, _vt = np.linalg.svd(x, full_matrices=False)
+    k = min(k, s.size)
+    var = s**2 / max((s**2).sum(), 1e-30)
+    return u[:, :k] * s[:k], var[:k]
+
+
+def plot_store(
+    path: str | os.PathLike, out_dir: str | os.PathLike, max_heads: int = 4
+) -> list[str]:
+    """Write quicklook PNGs of the store at ``path`` into ``out_dir``; returns their paths."""
+    plt = _pyplot()
+    ds = open_embeddings(path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    emb = ds["embedding"].values
+    if emb.ndim == 4:  # (time, tile_y, tile_x, d): average the tiles
+        emb = np.nanmean(emb, axis=(1, 2))
+    scores, var = principal_components(emb)
+    times = np.arange(emb.shape[0])
+    labels = [str(t)[:10] for t in ds["time"].values]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i in range(scores.shape[1]):
+        ax.plot(times, scores[:, i], label=f"PC{i + 1} ({100 * var[i]:.0f}%)")
+    step = max(1, len(times) // 8)
+    ax.set_xticks(times[::step], labels[::step], rotation=30, ha="right")
+    ax.set_title("Embeddings: leading principal components")
+    ax.set_ylabel("score")
+    ax.legend()
+    fig.tight_layout()
+    p = out / "embedding_pcs.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    written.append(str(p))
+
+    lat, lon = ds["lat"].values, ds["lon"].values
+    for name in [v for v in ds.data_vars if v.startswith("attention_")]:
+        da = ds[name]
+        mean = da.mean("attention_time").values  # (head, lat, lon)
+        units = da.attrs.get("units", "")
+        for h in range(min(mean.shape[0], max_heads)):
+            fig, ax = plt.subplots(figsize=(8, 4))
+            order = np.argsort(lat)
+            im = ax.pcolormesh(lon, lat[order], mean[h][order], shading="nearest", cmap="viridis")
+            fig.colorbar(im, ax=ax, label=units)
+            ax.set_title(
+                f"{da.attrs.get('long_name', name)}\nhead {h}, mean over {da.sizes['attention_time']} steps",
+                fontsize=9,
+            )
+            ax.set_xlabel("longitude (deg E)")
+            ax.set_ylabel("latitude (deg N)")
+            fig.tight_layout()
+            p = out / f"{name}_head{h}.png"
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            written.append(str(p))
+    return written

@@ -1,0 +1,300 @@
+"""The embeddings store: a CF-described, restartable, shardable Zarr store.
+
+Layout (``faextract_format_version = 1``):
+
+- ``embedding (time, [tile_y, tile_x,] component)`` per-timestep subspace embeddings;
+- ``attention_received (attention_time, head, lat, lon)``: how much attention each grid point
+  receives, summed over all query points (1 = the average point);
+- ``attention_distance (attention_time, head, lat, lon)``: mean great-circle distance (km)
+  from each query point to where it attends;
+- ``attention_query_<NAME> (attention_time, head, lat, lon)``: where the region NAME attends
+  (1 = uniform), one per ``--attention-query``;
+- ``latent (time, channel, lat, lon)`` with ``--latent``: the encoder's feature maps;
+- ``block_done (block)``: 1 once a time block is written (the restart ledger).
+
+Writing: :func:`create_template` writes metadata only (``compute=False``), into a temporary
+directory renamed into place, so that of several processes racing to create it exactly one
+wins and the others reuse it. Workers then write whole time blocks (chunk-aligned, never two
+writers in one chunk) and mark ``block_done`` last, so a block is either recorded complete or
+recomputed on the next run. The global attribute ``complete`` is set when every block is done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from faextract.errors import FaextractError
+
+FORMAT_VERSION = 1
+REFERENCES = (
+    "Nji & Wang, FAConvLSTM, arXiv:2601.10914; Shi et al., ConvLSTM, arXiv:1506.04214; "
+    "Horuz et al., minimal conv RNNs, arXiv:2508.03614"
+)
+
+
+def history_line(command: str) -> str:
+    return f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}: {command}"
+
+
+def _time_encoding(time: xr.DataArray) -> dict:
+    units = str(time.encoding.get("units") or "days since 1970-01-01")
+    calendar = str(time.encoding.get("calendar") or "standard")
+    if " since 0000" in units or " since 0-" in units:
+        # Year 0 is outside CF for most calendars: re-base on the first timestamp.
+        unit = units.split(" since ")[0]
+        units = f"{unit} since {str(time.values[0])[:19].replace('T', ' ')}"
+    return {"units": units, "calendar": calendar, "dtype": "float64", "_FillValue": None}
+
+
+def create_template(
+    path: str,
+    *,
+    time: xr.DataArray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    block: int,
+    embedding_dim: int,
+    tile_grid: tuple[int, int],
+    heads: int,
+    attention_every: int | None,
+    queries: dict[str, tuple[float, float, float, float]],
+    latent_channels: int | None,
+    attrs: dict,
+    zarr_format: int = 3,
+) -> bool:
+    """Create the store's metadata if it does not exist. Returns True if this call created it."""
+    if os.path.exists(path):
+        return False
+    nt = time.size
+    nblocks = -(-nt // block)
+    coords = {
+        "time": ("time", time.values, {"standard_name": "time", "long_name": "time", "axis": "T"}),
+        "lat": (
+            "lat",
+            np.asarray(lat, dtype=np.float64),
+            {
+                "standard_name": "latitude",
+                "long_name": "latitude",
+                "units": "degrees_north",
+                "axis": "Y",
+            },
+        ),
+        "lon": (
+            "lon",
+            np.asarray(lon, dtype=np.float64),
+            {
+                "standard_name": "longitude",
+                "long_name": "longitude",
+                "units": "degrees_east",
+                "axis": "X",
+            },
+        ),
+        "component": (
+            "component",
+            np.arange(embedding_dim, dtype=np.int32),
+            {"long_name": "embedding component index", "units": "1"},
+        ),
+        "block": (
+            "block",
+            np.arange(nblocks, dtype=np.int32),
+            {"long_name": "time block index of the restart ledger", "units": "1"},
+        ),
+    }
+    import dask.array as da
+
+    data_vars = {}
+    encoding = {}
+    tiled = tile_grid != (1, 1)
+    emb_dims = ("time", "tile_y", "tile_x", "component") if tiled else ("time", "component")
+    emb_shape = (nt, *tile_grid, embedding_dim) if tiled else (nt, embedding_dim)
+    emb_chunks = (block, *tile_grid, embedding_dim) if tiled else (block, embedding_dim)
+    if tiled:
+        coords["tile_y"] = (
+            "tile_y",
+            np.arange(tile_grid[0], dtype=np.int32),
+            {"long_name": "spatial tile row", "units": "1"},
+        )
+        coords["tile_x"] = (
+            "tile_x",
+            np.arange(tile_grid[1], dtype=np.int32),
+            {"long_name": "spatial tile column", "units": "1"},
+        )
+    data_vars["embedding"] = (
+        emb_dims,
+        da.full(emb_shape, np.nan, dtype=np.float32, chunks=emb_chunks),
+        {
+            "long_name": "per-timestep subspace embedding",
+            "units": "1",
+            "comment": "FAConvLSTM subspace head refined by seasonal temporal self-attention; dimensionless",
+        },
+    )
+    encoding["embedding"] = {"chunks": emb_chunks}
+    H, W = len(lat), len(lon)
+    if attention_every:
+        att_idx = np.arange(0, nt, attention_every)
+        coords["attention_time"] = (
+            "attention_time",
+            time.values[att_idx],
+            {"standard_name": "time", "long_name": "time steps where axial attention ran"},
+        )
+        na = att_idx.size
+        ab = block // attention_every
+        chunks = (ab, heads, H, W)
+        maps = {
+            "attention_received": ("attention received by each grid point, summed over query points", "1",
+                                   "1 = the average grid point; per attention head"),
+            "attention_distance": ("mean great-circle distance from a query point to where it attends", "km",
+                                   "expectation of distance under the effective 2-D axial attention"),
+        }  # fmt: skip
+        for name, (q, box) in zip(
+            [f"attention_query_{k}" for k in queries], queries.items(), strict=True
+        ):
+            maps[name] = (
+                f"where the region {q} attends",
+                "1",
+                f"mean attention from query points in lat {box[0]}..{box[1]}, lon {box[2]}..{box[3]}; 1 = uniform",
+            )
+        for name, (long_name, units, comment) in maps.items():
+            data_vars[name] = (
+                ("attention_time", "head", "lat", "lon"),
+                da.full((na, heads, H, W), np.nan, dtype=np.float32, chunks=chunks),
+                {"long_name": long_name, "units": units, "comment": comment},
+            )
+            encoding[name] = {"chunks": chunks}
+        coords["head"] = (
+            "head",
+            np.arange(heads, dtype=np.int32),
+            {"long_name": "attention head index", "units": "1"},
+        )
+        encoding["attention_time"] = _time_encoding(time)
+    if latent_channels:
+        coords["channel"] = (
+            "channel",
+            np.arange(latent_channels, dtype=np.int32),
+            {"long_name": "latent channel index", "units": "1"},
+        )
+        chunks = (block, latent_channels, H, W)
+        data_vars["latent"] = (
+            ("time", "channel", "lat", "lon"),
+            da.full((nt, latent_channels, H, W), np.nan, dtype=np.float32, chunks=chunks),
+            {
+                "long_name": "encoder latent feature maps",
+                "units": "1",
+                "comment": "last recurrent layer's hidden state, upsampled to the input grid",
+            },
+        )
+        encoding["latent"] = {"chunks": chunks}
+    data_vars["block_done"] = (
+        ("block",),
+        da.zeros((nblocks,), dtype=np.int8, chunks=1),
+        {"long_name": "1 when this time block has been written", "units": "1"},
+    )
+    encoding["block_done"] = {"chunks": (1,), "_FillValue": None}
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs, complete=0))
+    encoding["time"] = _time_encoding(time)
+    for name in ("lat", "lon", "component", "block", "tile_y", "tile_x", "head", "channel"):
+        if name in ds.coords:
+            encoding[name] = {"_FillValue": None}
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        ds.to_zarr(
+            tmp,
+            mode="w-",
+            compute=False,
+            encoding=encoding,
+            zarr_format=zarr_format,
+            consolidated=False,
+        )
+        for name in ("block_done",):
+            zarr.open_array(f"{tmp}/{name}", mode="r+")[:] = 0
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if os.path.exists(path):  # another process created it first: use theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            raise
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+class EmbeddingStore:
+    """Block-level access to an existing store (direct zarr writes, chunk-aligned)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.group = zarr.open_group(path, mode="r+")
+        except Exception as err:  # noqa: BLE001
+            raise FaextractError(
+                f"{path}: exists but is not a faextract embeddings store ({err})"
+            ) from err
+        if "faextract_format_version" not in self.group.attrs:
+            raise FaextractError(f"{path}: exists but is not a faextract embeddings store")
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    def done(self) -> np.ndarray:
+        return np.asarray(self.group["block_done"][:]) == 1
+
+    def write_block(
+        self, b: int, t0: int, t1: int, arrays: dict[str, np.ndarray], att_slice: slice | None
+    ) -> None:
+        """Write one time block's data, then record it done (in that order)."""
+        for name, values in arrays.items():
+            arr = self.group[name]
+            if name.startswith("attention_"):
+                arr[att_slice] = values
+            else:
+                arr[t0:t1] = values
+        self.group["block_done"][b] = 1
+
+    def mark_complete_if_done(self) -> bool:
+        """Set ``complete`` and consolidate the metadata once every block is written."""
+        if not self.done().all():
+            return False
+        if not dict(self.group.attrs).get("complete"):
+            self.group.attrs["complete"] = 1
+        import warnings
+
+        with warnings.catch_warnings():
+            # Zarr v3 has no consolidated metadata in the spec; zarr-python and xarray read it.
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self.path)
+        return True
+
+    def append_history(self, line: str) -> None:
+        prev = str(self.group.attrs.get("history", ""))
+        self.group.attrs["history"] = f"{prev}\n{line}" if prev else line
+
+
+def open_embeddings(path: str | os.PathLike, allow_incomplete: bool = False) -> xr.Dataset:
+    """Open an embeddings store as an ``xr.Dataset`` (lazy). Incomplete stores are an error
+    unless ``allow_incomplete`` (unwritten blocks read as NaN)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FaextractError(f"{path}: no such embeddings store")
+    try:
+        ds = xr.open_zarr(path, consolidated=None)
+    except Exception as err:  # noqa: BLE001
+        raise FaextractError(f"{path}: not a readable Zarr store ({err})") from err
+    if "faextract_format_version" not in ds.attrs:
+        raise FaextractError(f"{path}: not a faextract embeddings store")
+    if not ds.attrs.get("complete") and not allow_incomplete:
+        done = int(ds["block_done"].sum())
+        raise FaextractError(
+            f"{path}: incomplete store ({done} of {ds.sizes['block']} time blocks written); "
+            "rerun the same embed command to finish it"
+        )
+    return ds

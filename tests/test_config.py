@@ -1,0 +1,63 @@
+"""Config loading: defaults, extends, --set overrides, and errors that name the bad key."""
+
+from __future__ import annotations
+
+import pytest
+
+from faextract.config import load_config, parse_overrides
+from faextract.errors import ConfigError
+from faextract.paths import CONFIG_DIR
+
+
+def test_defaults_and_bundled_configs_load():
+    cfg = load_config()
+    assert cfg.model.cell == "faconvlstm" and cfg.train.epochs == 10
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        load_config(path)  # every shipped config is valid
+
+
+def test_extends_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {filters: 8, cell_options: {se: false}}\ntrain: {epochs: 2}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\ntrain: {lr: 0.01}\n")
+    cfg = load_config(child, ["train.epochs=5", "model.cell=convlstm", "tiles.tile=[8, 16]"])
+    assert cfg.model.filters == 8 and cfg.model.cell_options == {"se": False}
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == 5
+    assert cfg.model.cell == "convlstm" and cfg.tiles.tile == [8, 16]
+
+
+def test_unknown_key_lists_valid_ones(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train: {epoch: 3}\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'train.epoch'; valid keys here: .*train.epochs"
+    ):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
+        load_config(None, ["modle.cell=convlstm"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.epochs=many", "expected an integer"),
+        ("train.deterministic=3", "expected true or false"),
+        ("model.cell=5", "expected a string"),
+        ("novalue", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)

@@ -1,0 +1,88 @@
+"""DDP on CPU (gloo): two processes give the same training as one with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from faextract.checkpoint import load_checkpoint
+from faextract.distributed import first_host
+from faextract.train import read_metrics
+
+ARGS = [
+    "--set", "model.filters=8", "--set", "model.layers=1", "--set", "model.stem_channels=8",
+    "--set", "model.embedding_dim=8", "--set", "model.downsample=1",
+    "--set", "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
+    "--set", "tiles.window=6", "--set", "tiles.stride=3", "--set", "train.batch_size=4",
+    "--set", "train.epochs=2", "--set", "data.climatology=none", "--set", "train.warmup_steps=2",
+    "--set", "train.log_every=1", "--deterministic",
+]  # fmt: skip
+
+
+def _run(cmd, env=None):
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, small_nc):
+    common = [*ARGS, "--set", f"data.paths=[{small_nc}]"]
+    env = {"OMP_NUM_THREADS": "1"}
+    _run([sys.executable, "-m", "faextract", "train", "--out", str(tmp_path / "one"), *common], env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "faextract",
+            "train",
+            "--out",
+            str(tmp_path / "two"),
+            *common,
+        ],  # fmt: skip
+        env,
+    )
+    one = [r for r in read_metrics(tmp_path / "one") if r["kind"] == "val"]
+    two = [r for r in read_metrics(tmp_path / "two") if r["kind"] == "val"]
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        assert float(b["recon"]) == pytest.approx(float(a["recon"]), rel=2e-2)
+    wa = load_checkpoint(tmp_path / "one" / "last.pt")["model"]["state_dict"]
+    wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["state_dict"]
+    diffs = [float((wa[k] - wb[k]).abs().max()) for k in wa if wa[k].is_floating_point()]
+    assert max(diffs) < 5e-2
+    scale = max(float(wa[k].abs().max()) for k in wa if wa[k].is_floating_point())
+    assert max(diffs) < 0.05 * scale
+
+
+def test_first_host_of_a_nodelist():
+    assert first_host("node[03-05,07]") == "node03"
+    assert first_host("gpu17,gpu18") == "gpu17"
+    assert first_host("localhost") == "localhost"
+
+
+def test_slurm_environment_becomes_torch_environment(monkeypatch):
+    from faextract import distributed
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "cn[01-02]")
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    distributed._from_slurm()
+    assert os.environ["RANK"] == "1" and os.environ["WORLD_SIZE"] == "2"
+    assert os.environ["MASTER_ADDR"] == "cn01" and os.environ["MASTER_PORT"] == str(29500 + 234)
+    assert torch.distributed.is_available()

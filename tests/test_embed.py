@@ -1,0 +1,264 @@
+"""embed: the store's content and metadata, restart after a kill, shards, and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from faextract.cli import app
+from faextract.config import load_config
+from faextract.embed import EmbedOptions, embed
+from faextract.errors import FaextractError
+from faextract.store import open_embeddings
+from faextract.testing import synthetic_cube, write_netcdf
+from faextract.train import train
+
+runner = CliRunner()
+ARRAYS = ["embedding", "attention_received", "attention_distance", "attention_query_nino", "latent"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embed")
+    ds = synthetic_cube(nt=50, nlat=12, nlon=24, variables=("sst", "t2m"), seed=2)
+    cube = root / "cube.nc"
+    write_netcdf(ds, cube)
+    cfg = load_config(
+        None,
+        [
+            f"data.paths=[{cube}]",
+            "data.climatology=none",
+            "model.filters=8",
+            "model.layers=1",
+            "model.stem_channels=8",
+            "model.embedding_dim=8",
+            "model.downsample=1",
+            "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
+            "tiles.window=6",
+            "tiles.stride=6",
+            "train.epochs=1",
+            "train.batch_size=4",
+        ],
+    )
+    train(cfg, root / "run", plain_progress=True)
+    return cube, root / "run" / "last.pt", ds
+
+
+def _opts(**kw):
+    base = dict(queries={"nino": (-10.0, 10.0, 190.0, 270.0)}, latent=True, block=8)
+    base.update(kw)
+    return EmbedOptions(**base)
+
+
+def _arrays(path):
+    ds = open_embeddings(path)
+    return {k: ds[k].values for k in ARRAYS if k in ds}
+
+
+def test_store_content_and_metadata(tmp_path, trained):
+    cube, ckpt, src = trained
+    out = tmp_path / "emb.zarr"
+    result = embed([cube], ckpt, str(out), _opts(), command="faextract embed test")
+    assert result.status == "complete"
+    ds = open_embeddings(out)
+    assert ds["embedding"].dims == ("time", "component") and ds["embedding"].shape == (50, 8)
+    assert np.isfinite(ds["embedding"].values).all()
+    assert (
+        ds["latent"].dims == ("time", "channel", "lat", "lon")
+        and np.isfinite(ds["latent"].values).all()
+    )
+    assert ds.sizes["attention_time"] == 25  # attention every 2 steps
+    rec = ds["attention_received"].values
+    assert np.isfinite(rec).all()
+    assert rec.mean() == pytest.approx(1.0, rel=0.05)
+    dist = ds["attention_distance"].values
+    assert (dist > 0).all() and dist.max() < 20_000  # km, less than half the circumference
+    assert np.isfinite(ds["attention_query_nino"].values).all()
+    # time keeps the input calendar; CF attributes are there
+    assert ds["time"].values[0].calendar == "noleap"
+    assert (
+        ds.attrs["Conventions"].startswith("CF-") and "faextract embed test" in ds.attrs["history"]
+    )
+    assert "sha256" in ds.attrs["source"] and "2601.10914" in ds.attrs["references"]
+    for name in ARRAYS:
+        assert ds[name].attrs["long_name"] and "units" in ds[name].attrs
+    assert ds["lat"].attrs["units"] == "degrees_north"
+
+
+def test_zarr_format_2(tmp_path, trained):
+    cube, ckpt, _ = trained
+    out = tmp_path / "v2.zarr"
+    embed([cube], ckpt, str(out), _opts(zarr_format=2, latent=False))
+    assert (out / ".zgroup").exists()
+    assert open_embeddings(out)["embedding"].shape == (50, 8)
+
+
+def test_restart_after_a_kill_is_bitwise_identical(tmp_path, trained, monkeypatch):
+    cube, ckpt, _ = trained
+    ref = tmp_path / "ref.zarr"
+    embed([cube], ckpt, str(ref), _opts())
+    out = tmp_path / "killed.zarr"
+    import faextract.store as store_mod
+
+    real = store_mod.EmbeddingStore.write_block
+    count = {"n": 0}
+
+    def dying(self, *a, **k):
+        count["n"] += 1
+        if count["n"] == 3:
+            raise KeyboardInterrupt  # the process dies while writing the third block
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(store_mod.EmbeddingStore, "write_block", dying)
+    with pytest.raises(KeyboardInterrupt):
+        embed([cube], ckpt, str(out), _opts())
+    with pytest.raises(FaextractError, match="incomplete store"):
+        open_embeddings(out)
+    monkeypatch.setattr(store_mod.EmbeddingStore, "write_block", real)
+    result = embed([cube], ckpt, str(out), _opts())
+    assert result.status == "complete" and result.blocks_written == result.blocks_total - 2
+    a, b = _arrays(ref), _arrays(out)
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=True), k
+
+
+def test_shards_into_one_store_equal_one_process(tmp_path, trained):
+    cube, ckpt, _ = trained
+    ref = tmp_path / "ref.zarr"
+    embed([cube], ckpt, str(ref), _opts())
+    out = tmp_path / "sharded.zarr"
+    statuses = [embed([cube], ckpt, str(out), _opts(shard=(i, 3))).status for i in (2, 0, 1)]
+    assert statuses == ["partial", "partial", "complete"]
+    a, b = _arrays(ref), _arrays(out)
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=True), k
+
+
+def test_spatial_tiles_with_halo(tmp_path, trained):
+    cube, ckpt, _ = trained
+    out = tmp_path / "tiled.zarr"
+    embed([cube], ckpt, str(out), _opts(tile=(8, 12), halo=2))
+    ds = open_embeddings(out)
+    assert ds["embedding"].dims == ("time", "tile_y", "tile_x", "component")
+    assert np.isfinite(ds["attention_received"].values).all()
+    assert np.isfinite(ds["latent"].values).all()
+
+
+def test_refusals(tmp_path, trained):
+    cube, ckpt, src = trained
+    out = tmp_path / "e.zarr"
+    embed([cube], ckpt, str(out), _opts(latent=False))
+    with pytest.raises(FaextractError, match="already complete"):
+        embed([cube], ckpt, str(out), _opts(latent=False))
+    other = tmp_path / "other.nc"
+    write_netcdf(src.isel(time=slice(0, 30)), other)
+    with pytest.raises(FaextractError, match="another checkpoint or input"):
+        embed([other], ckpt, str(out), _opts(latent=False))
+    embed([other], ckpt, str(out), _opts(latent=False, overwrite=True))
+    assert open_embeddings(out).sizes["time"] == 30
+
+
+def test_mismatches_are_named(tmp_path, trained):
+    cube, ckpt, src = trained
+    cases = [
+        (src[["sst"]], "needs variable 't2m'"),
+        (synthetic_cube(nt=20, nlat=6, nlon=12, variables=("sst", "t2m")), "resolution"),
+        (
+            synthetic_cube(nt=20, nlat=12, nlon=24, variables=("sst", "t2m"), calendar="360_day"),
+            "calendar",
+        ),
+    ]
+    for i, (ds, message) in enumerate(cases):
+        path = tmp_path / f"m{i}.nc"
+        write_netcdf(ds, path)
+        with pytest.raises(FaextractError, match=message):
+            embed([path], ckpt, str(tmp_path / f"m{i}.zarr"), _opts())
+        assert not (tmp_path / f"m{i}.zarr").exists(), "nothing is written on bad input"
+
+
+def test_inputs_are_not_modified(tmp_path, trained):
+    cube, ckpt, _ = trained
+    before = (cube.read_bytes(), ckpt.read_bytes())
+    embed([cube], ckpt, str(tmp_path / "x.zarr"), _opts())
+    assert (cube.read_bytes(), ckpt.read_bytes()) == before
+
+
+@pytest.mark.slow
+def test_cf_compliance(tmp_path, trained):
+    checker = pytest.importorskip("compliance_checker.runner")
+    cube, ckpt, _ = trained
+    out = tmp_path / "cf.zarr"
+    embed([cube], ckpt, str(out), _opts())
+    nc = tmp_path / "cf.nc"
+    xr.open_zarr(out).to_netcdf(nc)
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    report = tmp_path / "report.json"
+    ok, errors = ComplianceChecker.run_checker(
+        str(nc),
+        ["cf:1.8"],
+        verbose=0,
+        criteria="normal",
+        output_filename=str(report),
+        output_format="json",
+    )
+    import json
+
+    data = json.loads(report.read_text())
+    scored = data["cf:1.8"]
+    high = [m for item in scored.get("high_priorities", []) for m in item.get("msgs", [])]
+    assert not high, high
+    del checker, ok, errors
+
+
+def test_cli_embed(tmp_path, trained):
+    cube, ckpt, _ = trained
+    out = tmp_path / "cli.zarr"
+    args = [
+        "embed",
+        str(cube),
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--attention-query",
+        "box=0:30,0:60",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "complete" in result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already complete" in again.output
+    bad = runner.invoke(
+        app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(out), "--shard", "3/2"]
+    )
+    assert bad.exit_code == 2 and "--shard" in bad.output
+    assert "attention_query_box" in open_embeddings(out)
+
+
+def test_stop_file_stops_cleanly_and_rerun_finishes(tmp_path, trained, monkeypatch):
+    cube, ckpt, _ = trained
+    stop = tmp_path / "STOP"
+    stop.touch()
+    monkeypatch.setenv("FAEXTRACT_STOP_FILE", str(stop))
+    out = tmp_path / "stopped.zarr"
+    result = runner.invoke(app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(out)])
+    assert result.exit_code == 75 and "rerun the same command" in result.output
+    stop.unlink()
+    done = embed([cube], ckpt, str(out), _opts(latent=False, queries={}))
+    assert done.status == "complete"
+
+
+def test_plot_writes_pngs(tmp_path, trained):
+    pytest.importorskip("matplotlib")
+    cube, ckpt, _ = trained
+    out = tmp_path / "p.zarr"
+    embed([cube], ckpt, str(out), _opts(latent=False))
+    result = runner.invoke(app, ["plot", str(out), "--out", str(tmp_path / "figs")])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
+    assert "embedding_pcs.png" in names and "attention_received_head0.png" in names
+    assert "attention_query_nino_head1.png" in names

@@ -1,0 +1,186 @@
+"""Training: it learns, checkpoints are complete and atomic, resume continues exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from faextract.checkpoint import build_model, load_checkpoint, save_checkpoint, stats_from_dict
+from faextract.cli import app
+from faextract.config import load_config
+from faextract.errors import FaextractError
+from faextract.train import read_metrics, train
+
+runner = CliRunner()
+
+TINY = [
+    "model.filters=8",
+    "model.layers=1",
+    "model.stem_channels=8",
+    "model.embedding_dim=8",
+    "model.downsample=1",
+    "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
+    "tiles.window=6",
+    "tiles.stride=6",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "data.climatology=none",
+    "data.val_fraction=0.2",
+]
+
+
+@pytest.fixture
+def tiny_config(small_nc):
+    def make(*extra):
+        return load_config(None, [*TINY, f"data.paths=[{small_nc}]", *extra])
+
+    return make
+
+
+def test_train_writes_a_self_describing_checkpoint(tmp_path, tiny_config):
+    result = train(tiny_config("train.epochs=2"), tmp_path / "run", plain_progress=True)
+    assert result.status == "finished" and result.epoch == 2
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    for key in (
+        "model",
+        "config",
+        "stats",
+        "channels",
+        "variables",
+        "grid",
+        "tiles",
+        "optimizer",
+        "rng",
+    ):
+        assert key in ckpt
+    assert ckpt["channels"] == ["sst", "t2m", "sp"]
+    assert ckpt["grid"]["calendar"] == "noleap" and ckpt["grid"]["periodic"] is True
+    assert ckpt["faextract_version"]
+    model = build_model(ckpt)  # rebuilds without the config file
+    assert isinstance(model, torch.nn.Module)
+    stats = stats_from_dict(ckpt["stats"])
+    assert list(stats["channel"].values) == ["sst", "t2m", "sp"]
+    rows = read_metrics(tmp_path / "run")
+    assert {r["kind"] for r in rows} == {"train", "val"}
+    val = [r for r in rows if r["kind"] == "val"]
+    assert all(float(r["persistence"]) > 0 and float(r["climatology"]) > 0 for r in val)
+    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["faconvlstm", "convlstm", "minconvgru", "minconvlstm"])
+def test_loss_decreases_for_every_cell(tmp_path, tiny_config, cell):
+    cfg = tiny_config(
+        "train.epochs=4", f"model.cell={cell}", "train.lr=0.01", "model.objective=reconstruct"
+    )
+    if cell != "faconvlstm":
+        cfg.model.cell_options = {}
+    train(cfg, tmp_path / cell, plain_progress=True)
+    losses = [float(r["recon"]) for r in read_metrics(tmp_path / cell) if r["kind"] == "train"]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_resume_continues_the_same_curve(tmp_path, tiny_config):
+    full = tmp_path / "full"
+    train(tiny_config("train.epochs=2", "train.deterministic=true"), full, plain_progress=True)
+    part = tmp_path / "part"
+    train(tiny_config("train.epochs=1", "train.deterministic=true"), part, plain_progress=True)
+    result = train(
+        tiny_config("train.epochs=2", "train.deterministic=true"),
+        part,
+        resume=True,
+        plain_progress=True,
+    )
+    assert result.epoch == 2
+    a = [r for r in read_metrics(full) if r["kind"] == "train"]
+    b = [r for r in read_metrics(part) if r["kind"] == "train"]
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert math.isclose(float(ra["loss"]), float(rb["loss"]), rel_tol=1e-4), (ra, rb)
+    wa = load_checkpoint(full / "last.pt")["model"]["state_dict"]
+    wb = load_checkpoint(part / "last.pt")["model"]["state_dict"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
+    """A preempted job (SIGUSR1) checkpoints mid-epoch; the resumed job ends where an uninterrupted one does."""
+    import faextract.train as tr
+
+    full = tmp_path / "full"
+    train(tiny_config("train.epochs=2"), full, plain_progress=True)
+
+    calls = {"n": 0}
+    real = tr.compute_losses
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "compute_losses", flaky)
+    part = tmp_path / "part"
+    r1 = train(tiny_config("train.epochs=2"), part, plain_progress=True)
+    assert r1.status == "preempted" and (part / "PREEMPTED").exists()
+    assert load_checkpoint(part / "last.pt")["batch_in_epoch"] == 3
+    monkeypatch.setattr(tr, "compute_losses", real)
+    r2 = train(tiny_config("train.epochs=2"), part, resume=True, plain_progress=True)
+    assert r2.status == "finished" and r2.step == load_checkpoint(full / "last.pt")["step"]
+    assert not (part / "PREEMPTED").exists()
+
+
+def test_resume_with_incompatible_config_is_refused(tmp_path, tiny_config):
+    train(tiny_config("train.epochs=1"), tmp_path / "run", plain_progress=True)
+    with pytest.raises(FaextractError, match="model filters is 8 in the checkpoint, 16 now"):
+        train(tiny_config("train.epochs=2", "model.filters=16"), tmp_path / "run", resume=True)
+
+
+def test_run_dir_not_overwritten_without_flag(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    train(tiny_config("train.epochs=1"), run, plain_progress=True)
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(FaextractError, match="not empty"):
+        train(tiny_config("train.epochs=1"), run)
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_atomic_checkpoint_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    save_checkpoint({"model": {"args": {}, "state_dict": {}}, "x": 1}, path)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"model": {}, "x": 2}, path)
+    assert path.read_bytes() == before
+    assert list(tmp_path.iterdir()) == [path], "no temporary file is left behind"
+
+
+def test_cli_train_errors_are_one_line(tmp_path, small_nc):
+    result = runner.invoke(app, ["train", "--out", str(tmp_path / "r"), "--set", "train.epoch=1"])
+    assert result.exit_code == 2 and "unknown config key 'train.epoch'" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            f"data.paths=[{small_nc}]",
+            "--set",
+            "data.variables=[msl]",
+        ],
+    )
+    assert result.exit_code == 2 and "unknown variable 'msl'" in result.output
+    assert "Traceback" not in result.output
