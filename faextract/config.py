@@ -29,7 +29,7 @@ class DataConfig:
     # validation never sees days adjacent to training days).
     val_fraction: float = 0.15
     # Normalization: per-gridpoint climatology removed first ("none", "monthly", "dayofyear").
-    climatology: str = "dayofyear"
+    climatology: str = "none"
     area_weighted: bool = True
     # Precomputed statistics file (from `faextract stats`); computed on the training range if null.
     stats: str | None = None

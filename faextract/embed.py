@@ -295,6 +295,13 @@ def embed(
     ckpt = load_checkpoint(checkpoint)
     ckpt_sha = sha256(checkpoint)
     levels = ckpt.get("levels")
+    everything = open_cube(inputs)  # lazy: only metadata is read
+    lacking = [v for v in ckpt["variables"] if v not in everything.dataset.data_vars]
+    if lacking:
+        raise FaextractError(
+            f"{everything.sources[0]}: the checkpoint needs variable {lacking[0]!r}, which the input "
+            f"lacks (input has {', '.join(everything.variables)})"
+        )
     cube = open_cube(inputs, ckpt["variables"], levels=levels)
     source = (
         cube.sources[0]
@@ -359,6 +366,7 @@ def embed(
         "faextract_checkpoint_sha256": ckpt_sha,
         "faextract_cell": model.cell_name,
         "faextract_window": f"warmup {warmup} + keep {keep} steps; block {block} steps",
+        "faextract_layout": json.dumps(_layout(spec, block, opts), sort_keys=True),
     }
     created = create_template(
         out,
@@ -381,8 +389,8 @@ def embed(
             raise FaextractError(
                 f"{out}: exists and was made from another checkpoint or input (use --overwrite)"
             )
+        _check_layout(store, _layout(spec, block, opts))
         store.append_history(history_line(command))
-        _check_layout(store, opts, k)
     done = store.done()
     shard_i, shard_n = opts.shard
     todo = [b for b in range(nblocks) if b % shard_n == shard_i and not done[b]]
@@ -465,17 +473,27 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check_layout(store: EmbeddingStore, opts: EmbedOptions, k) -> None:
-    names = set(store.group.array_keys())
-    for q in opts.queries:
-        if f"attention_query_{q}" not in names:
+def _layout(spec: TileSpec, block: int, opts: EmbedOptions) -> dict:
+    """The options that decide a store's content; a resume must use the same ones."""
+    return {
+        "warmup": spec.warmup,
+        "keep": spec.step,
+        "block": block,
+        "tile": list(spec.tile) if spec.tile else None,
+        "halo": spec.halo,
+        "latent": bool(opts.latent),
+        "queries": {k: list(v) for k, v in sorted(opts.queries.items())},
+    }
+
+
+def _check_layout(store: EmbeddingStore, layout: dict) -> None:
+    before = json.loads(store.attrs.get("faextract_layout", "{}"))
+    for key, value in layout.items():
+        if before.get(key) != value:
             raise FaextractError(
-                f"{store.path}: was started without --attention-query {q}; use the same options to resume, or --overwrite"
+                f"{store.path}: was started with {key}={before.get(key)!r}, now {value!r}; "
+                "rerun with the same options to resume, or use --overwrite"
             )
-    if opts.latent and "latent" not in names:
-        raise FaextractError(
-            f"{store.path}: was started without --latent; use the same options to resume, or --overwrite"
-        )
 
 
 def _block_arrays(t0, t1, tiler: Tiler, k, heads, opts, ckpt) -> dict:

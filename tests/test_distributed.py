@@ -75,6 +75,8 @@ def test_first_host_of_a_nodelist():
 def test_slurm_environment_becomes_torch_environment(monkeypatch):
     from faextract import distributed
 
+    # _from_slurm writes os.environ: give it a copy so nothing leaks into other tests.
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("SLURM_PROCID", "1")

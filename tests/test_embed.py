@@ -248,7 +248,9 @@ def test_stop_file_stops_cleanly_and_rerun_finishes(tmp_path, trained, monkeypat
     result = runner.invoke(app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(out)])
     assert result.exit_code == 75 and "rerun the same command" in result.output
     stop.unlink()
-    done = embed([cube], ckpt, str(out), _opts(latent=False, queries={}))
+    with pytest.raises(FaextractError, match=r"was started with block=66, now 12; rerun with the same options"):
+        embed([cube], ckpt, str(out), _opts())
+    done = embed([cube], ckpt, str(out), EmbedOptions())  # the CLI's defaults: same layout
     assert done.status == "complete"
 
 

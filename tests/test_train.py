@@ -130,7 +130,7 @@ def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
     part = tmp_path / "part"
     r1 = train(tiny_config("train.epochs=2"), part, plain_progress=True)
     assert r1.status == "preempted" and (part / "PREEMPTED").exists()
-    assert load_checkpoint(part / "last.pt")["batch_in_epoch"] == 3
+    assert load_checkpoint(part / "last.pt")["step"] == 3
     monkeypatch.setattr(tr, "compute_losses", real)
     r2 = train(tiny_config("train.epochs=2"), part, resume=True, plain_progress=True)
     assert r2.status == "finished" and r2.step == load_checkpoint(full / "last.pt")["step"]
