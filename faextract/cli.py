@@ -347,6 +347,24 @@ def plot(
     typer.echo(f"wrote {len(written)} figures to {out}")
 
 
+@app.command()
+@user_errors
+def export(
+    store: Annotated[Path, typer.Argument(help="Embeddings store written by faextract embed.")],
+    out: Annotated[Path, typer.Argument(help="NetCDF file to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+):
+    """Convert an embeddings store to CF-clean NetCDF4 (for Panoply and CF checkers)."""
+    from faextract.store import to_netcdf
+
+    if out.exists() and not overwrite:
+        raise FaextractError(f"{out}: already exists (use --overwrite to replace it)")
+    tmp = out.with_name(out.name + ".partial")
+    to_netcdf(store, tmp)
+    tmp.replace(out)
+    typer.echo(f"wrote {out}")
+
+
 slurm_app = typer.Typer(
     help="Render (and optionally submit) SLURM batch jobs for train and embed.",
     no_args_is_help=True,

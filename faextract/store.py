@@ -279,6 +279,24 @@ class EmbeddingStore:
         self.group.attrs["history"] = f"{prev}\n{line}" if prev else line
 
 
+def to_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Convert an embeddings store to NetCDF4 (for Panoply and CF checkers).
+
+    Sets the encodings xarray would otherwise default wrongly for CF: no ``_FillValue`` on
+    coordinates, float64 times with the store's units and calendar.
+    """
+    ds = open_embeddings(path)
+    encoding = {}
+    for name in ds.coords:
+        enc = {"_FillValue": None}
+        if name in ("time", "attention_time"):
+            enc.update(dtype="float64")
+        encoding[name] = enc
+    for name in ds.data_vars:
+        encoding[name] = {"zlib": True, "complevel": 4}
+    ds.to_netcdf(out, encoding=encoding, format="NETCDF4")
+
+
 def open_embeddings(path: str | os.PathLike, allow_incomplete: bool = False) -> xr.Dataset:
     """Open an embeddings store as an ``xr.Dataset`` (lazy). Incomplete stores are an error
     unless ``allow_incomplete`` (unwritten blocks read as NaN)."""

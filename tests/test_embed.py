@@ -11,7 +11,7 @@ from faextract.cli import app
 from faextract.config import load_config
 from faextract.embed import EmbedOptions, embed
 from faextract.errors import FaextractError
-from faextract.store import open_embeddings
+from faextract.store import open_embeddings, to_netcdf
 from faextract.testing import synthetic_cube, write_netcdf
 from faextract.train import train
 
@@ -192,7 +192,7 @@ def test_cf_compliance(tmp_path, trained):
     out = tmp_path / "cf.zarr"
     embed([cube], ckpt, str(out), _opts())
     nc = tmp_path / "cf.nc"
-    xr.open_zarr(out).to_netcdf(nc)
+    to_netcdf(out, nc)  # xr.open_zarr(out).to_netcdf(nc) with CF-correct encodings
     from compliance_checker.runner import CheckSuite, ComplianceChecker
 
     CheckSuite.load_all_available_checkers()
@@ -212,6 +212,19 @@ def test_cf_compliance(tmp_path, trained):
     high = [m for item in scored.get("high_priorities", []) for m in item.get("msgs", [])]
     assert not high, high
     del checker, ok, errors
+
+
+def test_cli_export_to_netcdf(tmp_path, trained):
+    cube, ckpt, _ = trained
+    out = tmp_path / "x.zarr"
+    embed([cube], ckpt, str(out), _opts(latent=False))
+    nc = tmp_path / "x.nc"
+    result = runner.invoke(app, ["export", str(out), str(nc)])
+    assert result.exit_code == 0, result.output
+    back = xr.open_dataset(nc)
+    np.testing.assert_array_equal(back["embedding"].values, open_embeddings(out)["embedding"].values)
+    assert "_FillValue" not in back["lat"].encoding or back["lat"].encoding["_FillValue"] is None
+    assert runner.invoke(app, ["export", str(out), str(nc)]).exit_code == 2
 
 
 def test_cli_embed(tmp_path, trained):
