@@ -6,7 +6,6 @@ machine; absolute seconds depend on the machine and are only printed for orienta
 
 from __future__ import annotations
 
-import gc
 import resource
 import statistics
 import time
@@ -44,22 +43,33 @@ def cuda_peak(fn) -> float:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def cpu_peak_tensor_mb(fn) -> float:
-    """Peak memory (MB) of CPU tensors allocated while running ``fn()`` (torch profiler)."""
-    gc.collect()
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        fn()
-    # Self memory per event; the running sum over the timeline gives the peak.
-    events = sorted(
-        (e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start
-    )
-    cur = peak = 0
-    for e in events:
-        cur += e.cpu_memory_usage
-        peak = max(peak, cur)
-    return peak / 2**20
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def cpu_step_peak_mb(fn) -> float:
+    """Peak memory (MB) that ``fn()`` adds on top of what the process already holds.
+
+    Reads the kernel's high-water mark (VmHWM) around one call; meaningful for the first large
+    call in a fresh process, so the benchmark scripts measure memory in a child process each.
+    """
+    before = _status_mb("VmRSS")
+    fn()
+    return max(0.0, _status_mb("VmHWM") - before)
+
+
+def in_child(argv: list[str]) -> dict:
+    """Run ``python <argv>`` and parse the JSON it prints last."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict], columns: list[str], title: str) -> str:
@@ -69,3 +79,18 @@ def table(rows: list[dict], columns: list[str], title: str) -> str:
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def growth_table(results: list[dict], label: str, title: str) -> str:
+    """Peak-RSS table for runs on 1x and 10x the data (``results``: child JSON, 1x first)."""
+    rows = [
+        {
+            label: f"{f}x",
+            "windows": r["windows"],
+            "peak RSS MB": f"{r['peak_rss_mb']:.0f}",
+            "growth": "-",
+        }
+        for f, r in zip((1, 10), results, strict=True)
+    ]
+    rows[1]["growth"] = f"{100 * (results[1]['peak_rss_mb'] / results[0]['peak_rss_mb'] - 1):+.0f}%"
+    return table(rows, [label, "windows", "peak RSS MB", "growth"], title)

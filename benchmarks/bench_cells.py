@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_peak_tensor_mb, cuda_peak, table, timeit  # noqa: E402
+from _common import cpu_step_peak_mb, cuda_peak, in_child, table, timeit  # noqa: E402
 
 from faextract.models import ConvLSTM2D, FAConvLSTM2D  # noqa: E402
 
@@ -75,7 +75,10 @@ def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> lis
         flops = fc.get_total_flops()
         t_f = timeit(fwd, repeat=repeat, sync=sync)
         t_fb = timeit(fwd_bwd, repeat=repeat, sync=sync)
-        mem = cuda_peak(fwd_bwd) if device == "cuda" else cpu_peak_tensor_mb(fwd_bwd)
+        if device == "cuda":
+            mem = cuda_peak(fwd_bwd)
+        else:  # a fresh process, so the high-water mark is this step's
+            mem = in_child([__file__, "--memory", name, *map(str, (B, T, S, C, F))])["mb"]
         rows.append(
             dict(
                 name=name,
@@ -106,10 +109,26 @@ def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> lis
     return out
 
 
+def memory_child(name: str, B: int, T: int, S: int, C: int, F: int) -> None:
+    import json
+
+    torch.manual_seed(0)
+    layer = make(name, C, F)
+    x = torch.randn(B, T, C, S, S)
+
+    def fwd_bwd():
+        layer(x).square().mean().backward()
+
+    print(json.dumps({"mb": cpu_step_peak_mb(fwd_bwd)}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    ap.add_argument("--memory", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory:
+        return memory_child(args.memory[0], *map(int, args.memory[1:]))
     B, T, S, C, F = (2, 6, 32, 8, 32) if args.quick else (4, 12, 64, 8, 64)
     cols = [
         "cell",

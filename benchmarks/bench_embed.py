@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import peak_rss_mb, table  # noqa: E402
+from _common import growth_table, in_child, peak_rss_mb, table  # noqa: E402
 
 
 def make_cube(path: Path, nt: int) -> None:
@@ -104,31 +103,14 @@ def main():
                 f"Embedding throughput, sample model, {nt} days of 24x48x4 (CPU {torch.get_num_threads()} threads)",
             )
         )
-        mem = []
+        results = []
         for factor in (1, 10):
             c = Path(tmp) / f"c{factor}.nc"
             make_cube(c, (nt // 4 if args.quick else nt // 2) * factor)
-            out = subprocess.run([sys.executable, __file__, "--child", str(c), str(Path(tmp) / f"m{factor}.zarr")],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            mem.append(
-                {
-                    "cube length": f"{factor}x",
-                    "windows": res["windows"],
-                    "peak RSS MB": f"{res['peak_rss_mb']:.0f}",
-                }
+            results.append(
+                in_child([__file__, "--child", str(c), str(Path(tmp) / f"m{factor}.zarr")])
             )
-        mem[0]["growth"] = "-"
-        mem[1]["growth"] = (
-            f"{100 * (float(mem[1]['peak RSS MB']) / float(mem[0]['peak RSS MB']) - 1):+.0f}%"
-        )
-        print(
-            table(
-                mem,
-                ["cube length", "windows", "peak RSS MB", "growth"],
-                "Memory: a full embed, fresh process each",
-            )
-        )
+        print(growth_table(results, "cube length", "Memory: a full embed, fresh process each"))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import peak_rss_mb, table  # noqa: E402
+from _common import growth_table, in_child, peak_rss_mb, table  # noqa: E402
 
 
 def make_store(path: Path, nt: int, nlat: int, nlon: int) -> None:
@@ -95,32 +94,12 @@ def main():
             )
         )
 
-        mem_rows = []
+        results = []
         for factor in (1, 10):
             long_store = Path(tmp) / f"cube_x{factor}.zarr"
-            make_store(
-                long_store, nt * factor // (4 if not args.quick else 1), nlat // 2, nlon // 2
-            )
-            out = subprocess.run([sys.executable, __file__, "--child", str(long_store), str(window)],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            mem_rows.append(
-                {
-                    "store length": f"{factor}x",
-                    "windows": res["windows"],
-                    "peak RSS MB": f"{res['peak_rss_mb']:.0f}",
-                }
-            )
-        growth = float(mem_rows[1]["peak RSS MB"]) / float(mem_rows[0]["peak RSS MB"]) - 1
-        mem_rows[1]["growth"] = f"{100 * growth:+.0f}%"
-        mem_rows[0]["growth"] = "-"
-        print(
-            table(
-                mem_rows,
-                ["store length", "windows", "peak RSS MB", "growth"],
-                "Memory: a full pass, fresh process each",
-            )
-        )
+            make_store(long_store, nt * factor // (1 if args.quick else 4), nlat // 2, nlon // 2)
+            results.append(in_child([__file__, "--child", str(long_store), str(window)]))
+        print(growth_table(results, "store length", "Memory: a full pass, fresh process each"))
 
 
 if __name__ == "__main__":

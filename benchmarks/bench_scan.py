@@ -15,6 +15,7 @@ then closed-loop rollout), RMSE per cell at matched parameters.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_peak_tensor_mb, cuda_peak, table, timeit  # noqa: E402
+from _common import cpu_step_peak_mb, cuda_peak, in_child, table, timeit  # noqa: E402
 
 from faextract.models import create_cell  # noqa: E402
 
@@ -72,7 +73,11 @@ def speed(device: str, Ts, B: int, S: int, repeat: int) -> list[dict]:
                 y.float().square().mean().backward()
 
             t = timeit(step, repeat=repeat, warmup=1, sync=sync)
-            mem = cuda_peak(step) if device == "cuda" else cpu_peak_tensor_mb(step)
+            if device == "cuda":
+                mem = cuda_peak(step)
+            else:
+                args = [label, cell, json.dumps(kw), w, B, T, S]
+                mem = in_child([__file__, "--memory", *map(str, args)])["mb"]
             fps = B * T / t
             base = base or fps
             rows.append({"T": T, "cell": label, "width": w, "params": f"{n_params(layer):,}",
@@ -153,10 +158,24 @@ def forecasting(quick: bool) -> list[dict]:
     return rows
 
 
+def memory_child(label, cell, kw, width, B, T, S) -> None:
+    torch.manual_seed(0)
+    layer = build(cell, int(width), **json.loads(kw))
+    x = torch.randn(int(B), int(T), int(width), int(S), int(S))
+
+    def step():
+        layer(x).square().mean().backward()
+
+    print(json.dumps({"mb": cpu_step_peak_mb(step)}))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--memory", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory:
+        return memory_child(*args.memory)
     Ts = [12, 48] if args.quick else [12, 48, 192]
     B, S = (2, 16) if args.quick else (4, 32)
     cols = ["T", "cell", "width", "params", "train frames/s", "vs ConvLSTM2D", "peak MB"]

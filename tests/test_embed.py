@@ -222,7 +222,9 @@ def test_cli_export_to_netcdf(tmp_path, trained):
     result = runner.invoke(app, ["export", str(out), str(nc)])
     assert result.exit_code == 0, result.output
     back = xr.open_dataset(nc)
-    np.testing.assert_array_equal(back["embedding"].values, open_embeddings(out)["embedding"].values)
+    np.testing.assert_array_equal(
+        back["embedding"].values, open_embeddings(out)["embedding"].values
+    )
     assert "_FillValue" not in back["lat"].encoding or back["lat"].encoding["_FillValue"] is None
     assert runner.invoke(app, ["export", str(out), str(nc)]).exit_code == 2
 
@@ -261,7 +263,9 @@ def test_stop_file_stops_cleanly_and_rerun_finishes(tmp_path, trained, monkeypat
     result = runner.invoke(app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(out)])
     assert result.exit_code == 75 and "rerun the same command" in result.output
     stop.unlink()
-    with pytest.raises(FaextractError, match=r"was started with block=66, now 12; rerun with the same options"):
+    with pytest.raises(
+        FaextractError, match=r"was started with block=66, now 12; rerun with the same options"
+    ):
         embed([cube], ckpt, str(out), _opts())
     done = embed([cube], ckpt, str(out), EmbedOptions())  # the CLI's defaults: same layout
     assert done.status == "complete"

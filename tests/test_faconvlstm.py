@@ -170,3 +170,28 @@ def test_far_fewer_parameters_than_convlstm():
     head = sum(p.numel() for n, p in fa.named_parameters() if n.startswith(("head.", "temporal.")))
     cell = sum(p.numel() for p in fa.parameters()) - head
     assert sum(p.numel() for p in base.parameters()) >= 10 * cell
+
+
+def test_fused_pointwise_step_matches_reference_and_gradcheck():
+    from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(2, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(3, 2, 1, 1, dtype=torch.float64, requires_grad=True)
+    for peep in (p, None):
+        got = lstm_pointwise(z, c, peep)
+        want = lstm_pointwise_reference(z, c, peep)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lstm_pointwise, (z, c, p))
+    assert torch.autograd.gradcheck(lambda z, c: lstm_pointwise(z, c, None), (z, c))
+
+
+def test_non_default_activations_take_the_unfused_path():
+    layer = FAConvLSTM2D(
+        4, 3, padding="same", activation="relu", recurrent_activation="hard_sigmoid", in_channels=2
+    )
+    assert not layer._fused
+    out = layer(torch.randn(1, 3, 5, 5, 2))
+    assert torch.isfinite(out).all()

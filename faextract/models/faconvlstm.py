@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faextract.models.attention import AxialAttention, AxialWeights, TemporalSelfAttention
+from faextract.models.fused import lstm_pointwise
 from faextract.models.layers import (
     DepthwiseConv,
     SqueezeExcite,
@@ -163,6 +164,8 @@ class FAConvLSTM2D(RecurrentConv2D):
         C, b = in_channels, self.bottleneck
         self.act = get_activation(self.activation_name)
         self.rec_act = get_activation(self.recurrent_activation_name)
+        # The default activations have a fused pointwise step (fewer passes over memory).
+        self._fused = self.activation_name == "tanh" and self.recurrent_activation_name == "sigmoid"
         if self.factorized:
             # Input spatial mixing with the layer's geometry, then the x-half of the 1x1 bottleneck.
             self.in_dw = nn.Conv2d(
@@ -284,14 +287,17 @@ class FAConvLSTM2D(RecurrentConv2D):
                 )
             if bias is not None:
                 z = z + bias
-            zi, zf, zc, zo = z.chunk(4, dim=1)
-            if self.peephole:
-                zi = zi + self.peep[0] * c
-                zf = zf + self.peep[1] * c
-            c = self.rec_act(zf) * c + self.rec_act(zi) * self.act(zc)
-            if self.peephole:
-                zo = zo + self.peep[2] * c
-            h = self.rec_act(zo) * self.act(c)
+            if self._fused:
+                h, c = lstm_pointwise(z, c, self.peep if self.peephole else None)
+            else:
+                zi, zf, zc, zo = z.chunk(4, dim=1)
+                if self.peephole:
+                    zi = zi + self.peep[0] * c
+                    zf = zf + self.peep[1] * c
+                c = self.rec_act(zf) * c + self.rec_act(zi) * self.act(zc)
+                if self.peephole:
+                    zo = zo + self.peep[2] * c
+                h = self.rec_act(zo) * self.act(c)
             if self.attention:
                 if (step + t) % self.attention_every == 0:
                     ctx, w = self.axial(h, need_weights=need_weights)
