@@ -60,7 +60,6 @@ class EmbedOptions:
     )
     tile: tuple[int, int] | None = None  # override the checkpoint's spatial tile
     halo: int | None = None
-    num_workers: int = 0  # reserved: reading happens in a prefetch thread
 
 
 @dataclass
@@ -401,55 +400,56 @@ def embed(
     writer.start()
     stopped = False
     n_windows = 0
-    windows_total = sum(len(tiler.windows_in(b * block, min(nt, (b + 1) * block))) for b in todo)
-    task = progress.start("embedding", total=windows_total) if progress is not None else None
+    plan = [(b, tiler.windows_in(b * block, min(nt, (b + 1) * block))) for b in todo]
+    task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
+    prefetch = _Prefetcher(_batches(plan, reader, tiler, opts.batch_size, device.type == "cuda"))
     with StopFlag() as stop, torch.inference_mode():
-        for b in todo:
-            if stop.requested:
-                stopped = True
-                break
-            t0, t1 = b * block, min(nt, (b + 1) * block)
-            wins = tiler.windows_in(t0, t1)
-            arrays = _block_arrays(t0, t1, tiler, k, heads, opts, ckpt)
-            untilers = _untilers(tiler, t0, t1, k, heads, opts, ckpt)
-            for i in range(0, len(wins), opts.batch_size):
-                group = wins[i : i + opts.batch_size]
-                batch = [reader.window_item(tiler, w) for w in group]
-                x = torch.stack([it["x"] for it in batch]).to(device, non_blocking=True)
-                mask = torch.stack([it["mask"] for it in batch]).to(device, non_blocking=True)
-                phase = torch.stack([it["phase"] for it in batch]).to(device)
-                step_valid = torch.stack([it["time"] >= 0 for it in batch]).to(device)
-                with amp:
-                    latent, z, attn = model.encode(x, mask, phase, step_valid, need_weights=bool(k))
-                z = z.float().cpu().numpy()
-                for j, w in enumerate(group):
-                    _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
-                    if opts.latent:
-                        untilers["latent"].add(
-                            w, _upsample(latent[j].float().cpu(), model.multiple)
-                        )
-                    if k:
-                        _add_attention(
-                            untilers,
-                            att_builders,
-                            attn,
-                            j,
-                            w,
-                            tiler,
-                            cube,
-                            model.multiple,
-                            opts.queries,
-                            k,
-                        )
-                n_windows += len(group)
-                if task is not None:
-                    rate = n_windows / max(time.perf_counter() - t_start, 1e-9)
-                    progress.advance(task, len(group), info=f"{rate:.1f} win/s")
-            for name, acc in untilers.items():
-                arrays[name] = acc.result()
-            att_slice = slice(t0 // k, -(-t1 // k)) if k else None
-            writer.put((b, t0, t1, arrays, att_slice))
+        current = None  # (b, t0, t1, arrays, untilers) of the block being assembled
+        for b, group, batch, last in prefetch:
+            if current is None:
+                if stop.requested:
+                    stopped = True
+                    break
+                t0, t1 = b * block, min(nt, (b + 1) * block)
+                current = (
+                    b,
+                    t0,
+                    t1,
+                    _block_arrays(t0, t1, tiler, ckpt),
+                    _untilers(tiler, t0, t1, k, heads, opts, ckpt),
+                )
+            _, t0, t1, arrays, untilers = current
+            batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+            with amp:
+                latent, z, attn = model.encode(
+                    batch["x"],
+                    batch["mask"],
+                    batch["phase"],
+                    batch["time"] >= 0,
+                    need_weights=bool(k),
+                )
+            z = z.float().cpu().numpy()
+            for j, w in enumerate(group):
+                _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
+                if opts.latent:
+                    untilers["latent"].add(w, _upsample(latent[j].float().cpu(), model.multiple))
+                if k:
+                    maps = _AttentionContext(
+                        att_builders, tiler, cube, model.multiple, opts.queries, k
+                    )
+                    maps.add(untilers, attn, j, w)
+            n_windows += len(group)
+            if task is not None:
+                rate = n_windows / max(time.perf_counter() - t_start, 1e-9)
+                progress.advance(task, len(group), info=f"{rate:.1f} win/s")
+            if last:
+                for name, acc in untilers.items():
+                    arrays[name] = acc.result()
+                att_slice = slice(t0 // k, -(-t1 // k)) if k else None
+                writer.put((b, t0, t1, arrays, att_slice))
+                current = None
+    prefetch.close()
     writer.close()
     if task is not None:
         progress.finish(task)
@@ -496,7 +496,69 @@ def _check_layout(store: EmbeddingStore, layout: dict) -> None:
             )
 
 
-def _block_arrays(t0, t1, tiler: Tiler, k, heads, opts, ckpt) -> dict:
+def _batches(plan, reader: BlockReader, tiler: Tiler, batch_size: int, pin: bool):
+    """Yield ``(block, windows, batch, last_of_block)``; batch tensors are ``(B, T, C, H, W)``."""
+    for b, wins in plan:
+        for i in range(0, len(wins), batch_size):
+            group = wins[i : i + batch_size]
+            items = [reader.window_item(tiler, w) for w in group]
+            batch = {
+                key: torch.stack([it[key] for it in items])
+                for key in ("x", "mask", "phase", "time")
+            }
+            if pin:
+                batch = {key: v.pin_memory() for key, v in batch.items()}
+            yield b, group, batch, i + batch_size >= len(wins)
+
+
+class _Prefetcher(threading.Thread):
+    """Reads and prepares the next batches in a thread while the model runs on the current one
+    (reading and decompression release the GIL)."""
+
+    _DONE = object()
+
+    def __init__(self, source, depth: int = 3):
+        super().__init__(daemon=True)
+        self.source = source
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.start()
+
+    def run(self):
+        try:
+            for item in self.source:
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self.q.put(self._DONE)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            self.q.put(err)
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        self.stop.set()
+        while self.is_alive():
+            try:
+                self.q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self.join()
+
+
+def _block_arrays(t0, t1, tiler: Tiler, ckpt) -> dict:
     d = ckpt["model"]["args"]["embedding_dim"]
     ty, tx = tiler.tile_grid
     shape = (t1 - t0, d) if (ty, tx) == (1, 1) else (t1 - t0, ty, tx, d)
@@ -530,28 +592,36 @@ def _store_embedding(
                 target[t - t0, w.tile[0], w.tile[1]] = z[j]
 
 
-def _add_attention(
-    untilers, builders, attn, j, w: Window, tiler: Tiler, cube: Cube, m: int, queries, k
-) -> None:
-    key = w.tile
-    if key not in builders:
-        lat_c, lon_c = _latent_geo(w.lat, w.lon, cube.lat, cube.lon, m)
-        in_lat = np.where(w.lat >= 0, cube.lat[np.maximum(w.lat, 0)], np.nan)
-        in_lon = np.where(w.lon >= 0, cube.lon[np.maximum(w.lon, 0)], np.nan)
-        builders[key] = AttentionMaps(lat_c, lon_c, queries, in_lat, in_lon)
-    build = builders[key]
-    for step, weights in attn:
-        t = w.time[step]
-        if t < 0 or t % k:
-            continue
-        maps = build(weights.row[j].float().cpu(), weights.col[j].float().cpu())
-        att_time = np.full_like(w.time, -1)
-        att_time[step] = t // k
-        aw = dataclasses.replace(w, time=att_time)
-        for name, value in maps.items():
-            y = np.zeros(
-                (len(w.time), *value.shape[:1], value.shape[1] * m, value.shape[2] * m),
-                dtype=np.float32,
-            )
-            y[step] = _upsample(value, m)
-            untilers[name].add(aw, y)
+class _AttentionContext:
+    """Adds one window's attention maps (all its attention steps) to the block's untilers."""
+
+    def __init__(
+        self, builders: dict, tiler: Tiler, cube: Cube, multiple: int, queries: dict, k: int
+    ):
+        self.builders, self.tiler, self.cube = builders, tiler, cube
+        self.m, self.queries, self.k = multiple, queries, k
+
+    def _builder(self, w: Window) -> AttentionMaps:
+        if w.tile not in self.builders:
+            cube, m = self.cube, self.m
+            lat_c, lon_c = _latent_geo(w.lat, w.lon, cube.lat, cube.lon, m)
+            in_lat = np.where(w.lat >= 0, cube.lat[np.maximum(w.lat, 0)], np.nan)
+            in_lon = np.where(w.lon >= 0, cube.lon[np.maximum(w.lon, 0)], np.nan)
+            self.builders[w.tile] = AttentionMaps(lat_c, lon_c, self.queries, in_lat, in_lon)
+        return self.builders[w.tile]
+
+    def add(self, untilers: dict, attn, j: int, w: Window) -> None:
+        build, m, k = self._builder(w), self.m, self.k
+        for step, weights in attn:
+            t = w.time[step]
+            if t < 0 or t % k:
+                continue
+            maps = build(weights.row[j].float().cpu(), weights.col[j].float().cpu())
+            att_time = np.full_like(w.time, -1)
+            att_time[step] = t // k
+            aw = dataclasses.replace(w, time=att_time)
+            for name, value in maps.items():
+                n, h, wd = value.shape
+                y = np.zeros((len(w.time), n, h * m, wd * m), dtype=np.float32)
+                y[step] = _upsample(value, m)
+                untilers[name].add(aw, y)
