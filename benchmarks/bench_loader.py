@@ -53,9 +53,13 @@ def dataset_pass(path: Path, window: int, workers: int) -> tuple[float, int, int
     stats = compute_stats(cube)
     ds = WindowDataset(src, stats, TileSpec(window=window, stride=window), batch_size=4, cube=cube)
     loader = make_loader(ds, batch_size=4, num_workers=workers)
-    t0 = time.perf_counter()
+    # Steady state: the clock starts once the first batch is out (workers have started).
     n = nbytes = 0
+    t0 = None
     for batch in loader:
+        if t0 is None:
+            t0 = time.perf_counter()
+            continue
         n += batch["x"].shape[0]
         nbytes += batch["x"].numel() * 4
     return time.perf_counter() - t0, n, nbytes

@@ -28,7 +28,7 @@ import xarray as xr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from faextract.data.cube import Cube, open_cube
-from faextract.data.normalize import normalize
+from faextract.data.normalize import ArrayNormalizer
 from faextract.data.tiling import Tiler, TileSpec, Window
 from faextract.data.time import season_phase
 from faextract.errors import DataError
@@ -67,7 +67,8 @@ class BlockReader:
     def __init__(self, cube: Cube, stats: xr.Dataset):
         self.cube = cube
         self.stats = stats
-        self.array = cube.to_array()
+        self.array = cube.to_array().data  # dask (T, C, H, W)
+        self.normalizer = ArrayNormalizer(stats, cube.channels, cube.time, cube.shape[2], cube.shape[3])
         self._key: tuple[int, int] | None = None
         self._block: np.ndarray | None = None
         self.phase = season_phase(cube.time.values, cube.calendar).astype(np.float32)
@@ -75,11 +76,10 @@ class BlockReader:
     def read(self, t0: int, t1: int) -> np.ndarray:
         if self._key == (t0, t1):
             return self._block
-        raw = self.array.isel(time=slice(t0, t1))
         import dask
 
         with dask.config.set(scheduler="synchronous"):
-            block = normalize(raw, self.stats).values
+            block = self.normalizer(np.asarray(self.array[t0:t1].compute()), t0)
         if np.isinf(block).any():
             c = int(np.nonzero(np.isinf(block).any(axis=(0, 2, 3)))[0][0])
             raise DataError(

@@ -62,3 +62,34 @@ def denormalize(y: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
     if clim is not None:
         x = x + clim.data
     return x.astype("float32")
+
+
+class ArrayNormalizer:
+    """:func:`normalize` for numpy blocks ``(T, C, H, W)`` of one cube, without xarray overhead.
+
+    The streaming dataset normalizes many small time blocks; building an xarray expression for
+    each costs more than the arithmetic. This precomputes the aligned statistics once; results
+    equal :func:`normalize`'s (tested in tests/test_dataset.py).
+    """
+
+    def __init__(self, stats: xr.Dataset, channels, time: xr.DataArray, lat_size: int, lon_size: int):
+        probe = xr.DataArray(
+            np.zeros((1, len(channels), lat_size, lon_size), dtype=np.float32),
+            dims=("time", "channel", "lat", "lon"),
+            coords={"channel": list(channels), "time": time.values[:1]},
+        )
+        _aligned(probe, stats)  # validates channels and the climatology grid
+        want = [str(c) for c in channels]
+        self.mean = stats["mean"].sel(channel=want).values.astype(np.float32)[None, :, None, None]
+        self.std = stats["std"].sel(channel=want).values.astype(np.float32)[None, :, None, None]
+        self.clim = None
+        if "climatology" in stats:
+            kind = stats.attrs.get("climatology", "monthly")
+            self.keys = np.clip(season_index(time, kind), 1, stats.sizes["season"]) - 1
+            self.clim = stats["climatology"].sel(channel=want).values.astype(np.float32)
+
+    def __call__(self, x: np.ndarray, t0: int) -> np.ndarray:
+        """Normalize ``x``, the steps ``t0 .. t0 + len(x)`` of the cube."""
+        if self.clim is not None:
+            x = x - self.clim[self.keys[t0 : t0 + x.shape[0]]]
+        return ((x - self.mean) / self.std).astype(np.float32, copy=False)

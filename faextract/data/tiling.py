@@ -112,6 +112,13 @@ def _axis_tiles(n: int, size: int | None, halo: int, multiple: int, edge: str, p
     return tiles, weight
 
 
+def _as_index(idx: np.ndarray):
+    """A slice when ``idx`` is a contiguous increasing run, else the array itself."""
+    if idx.size and idx[-1] - idx[0] == idx.size - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
 class Tiler:
     """All windows of a cube of ``shape = (T, H, W)`` under ``spec``."""
 
@@ -195,9 +202,10 @@ class Tiler:
                 f"window {window.index} needs steps {window.time[tv].min()}..{window.time[tv].max()}, "
                 f"block holds {time_offset}..{time_offset + x.shape[0] - 1}"
             )
-        ti = np.where(tv, t, 0)
-        yi = np.where(window.lat >= 0, window.lat, 0)
-        xi = np.where(window.lon >= 0, window.lon, 0)
+        ti = _as_index(np.where(tv, t, 0))
+        yi = _as_index(np.where(window.lat >= 0, window.lat, 0))
+        xi = _as_index(np.where(window.lon >= 0, window.lon, 0))
+        # Slices where the indices are a contiguous run (the common case): views, one copy.
         out = x[ti][:, :, yi][:, :, :, xi].astype(np.float32, copy=True)
         out[~tv] = np.nan
         out[:, :, window.lat < 0] = np.nan
