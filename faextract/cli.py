@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -57,6 +58,16 @@ def user_errors(fn):
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _command_line(subcommand: str) -> str:
+    """The command as the user typed it, for the output's ``history`` attribute."""
+    import shlex
+
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if argv0 in ("faextract", "__main__.py") and subcommand in sys.argv[1:]:
+        return shlex.join(["faextract", *sys.argv[1:]])
+    return f"faextract {subcommand}"  # called as a library or from a test runner
 
 
 def _floats(text: str | None) -> list[float] | None:
@@ -303,11 +314,7 @@ def embed(
         warmup=warmup,
         keep=keep,
     )
-    command = (
-        " ".join(["faextract", *sys.argv[1:]])
-        if sys.argv and sys.argv[0].endswith("faextract")
-        else "faextract embed"
-    )
+    command = _command_line("embed")
     with Progress(unit="windows") as progress:
         result = run_embed(
             inputs or [str(SAMPLE_CUBE)],
