@@ -215,9 +215,26 @@ class AttentionMaps:
             cells = np.nonzero((rows[:, None] & cols[None, :]).ravel() & valid)[0]
             self.query_cells[name] = torch.from_numpy(cells)
 
+    #: Up to this many entries the full effective attention (n, HW, HW) is built in one go.
+    FULL_LIMIT = 1 << 24
+
+    def _from_full(self, row: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
+        n, h, w = row.shape[0], self.h, self.w
+        e = torch.einsum("nxyk,nkxl->nyxkl", col, row).reshape(n, h * w, h * w)  # query -> key
+        out = {
+            "attention_received": e.sum(dim=1).view(n, h, w),
+            "attention_distance": (e * self.dist[None]).sum(dim=-1).view(n, h, w),
+        }
+        for name, cells in self.query_cells.items():
+            if cells.numel():
+                out[f"attention_query_{name}"] = (e[:, cells].mean(dim=1) * (h * w)).view(n, h, w)
+        return out
+
     def __call__(self, row: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
         """``row (n, h, w, w)``, ``col (n, w, h, h)`` for one window and step -> maps ``(n, h, w)``."""
         n, h, w = row.shape[0], self.h, self.w
+        if n * (h * w) ** 2 <= self.FULL_LIMIT:
+            return self._from_full(row, col)
         received = torch.einsum("nxk,nkxl->nkl", col.sum(dim=2), row)  # sum over queries
         distance = torch.empty(n, h, w)
         qsum = {k: torch.zeros(n, h * w) for k in self.query_cells}

@@ -281,3 +281,29 @@ def test_plot_writes_pngs(tmp_path, trained):
     names = sorted(p.name for p in (tmp_path / "figs").glob("*.png"))
     assert "embedding_pcs.png" in names and "attention_received_head0.png" in names
     assert "attention_query_nino_head1.png" in names
+
+
+def test_attention_maps_full_and_row_by_row_agree():
+    import torch
+
+    from faextract.embed import AttentionMaps
+
+    torch.manual_seed(0)
+    h, w, n = 4, 6, 2
+    lat = np.linspace(-60, 60, h)
+    lon = np.linspace(0, 300, w)
+    in_lat, in_lon = np.repeat(lat, 2), np.repeat(lon, 2)
+    maps = AttentionMaps(lat, lon, {"box": (-70.0, 0.0, 0.0, 130.0)}, in_lat, in_lon)
+    row = torch.rand(n, h, w, w).softmax(-1)
+    col = torch.rand(n, w, h, h).softmax(-1)
+    full = maps(row, col)
+    maps.FULL_LIMIT = 0  # force the row-by-row path
+    rows = maps(row, col)
+    assert (
+        set(full)
+        == set(rows)
+        == {"attention_received", "attention_distance", "attention_query_box"}
+    )
+    for k in full:
+        torch.testing.assert_close(full[k], rows[k], rtol=1e-5, atol=1e-4)
+    assert full["attention_received"].mean().item() == pytest.approx(1.0, rel=1e-5)

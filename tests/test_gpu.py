@@ -17,7 +17,9 @@ pytestmark = [
 @pytest.mark.parametrize("name", ["convlstm", "faconvlstm", "minconvgru", "minconvlstm"])
 def test_cells_on_cuda_bf16_match_cpu(name):
     torch.manual_seed(0)
-    cell = create_cell(name, filters=8, kernel_size=3, padding="same", return_sequences=True, in_channels=3)
+    cell = create_cell(
+        name, filters=8, kernel_size=3, padding="same", return_sequences=True, in_channels=3
+    )
     x = torch.randn(2, 10, 12, 16, 3)
     ref = cell(x)
     gpu = cell.cuda()
@@ -33,8 +35,18 @@ def test_embed_on_cuda_matches_cpu(tmp_path):
     from faextract.paths import SAMPLE_CHECKPOINT, SAMPLE_CUBE
     from faextract.store import open_embeddings
 
-    cpu = embed([str(SAMPLE_CUBE)], str(SAMPLE_CHECKPOINT), str(tmp_path / "cpu.zarr"), EmbedOptions(device="cpu"))
-    gpu = embed([str(SAMPLE_CUBE)], str(SAMPLE_CHECKPOINT), str(tmp_path / "gpu.zarr"), EmbedOptions(device="cuda"))
+    cpu = embed(
+        [str(SAMPLE_CUBE)],
+        str(SAMPLE_CHECKPOINT),
+        str(tmp_path / "cpu.zarr"),
+        EmbedOptions(device="cpu"),
+    )
+    gpu = embed(
+        [str(SAMPLE_CUBE)],
+        str(SAMPLE_CHECKPOINT),
+        str(tmp_path / "gpu.zarr"),
+        EmbedOptions(device="cuda"),
+    )
     assert cpu.status == gpu.status == "complete"
     a = open_embeddings(tmp_path / "cpu.zarr")["embedding"].values
     b = open_embeddings(tmp_path / "gpu.zarr")["embedding"].values

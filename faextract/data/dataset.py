@@ -68,7 +68,9 @@ class BlockReader:
         self.cube = cube
         self.stats = stats
         self.array = cube.to_array().data  # dask (T, C, H, W)
-        self.normalizer = ArrayNormalizer(stats, cube.channels, cube.time, cube.shape[2], cube.shape[3])
+        self.normalizer = ArrayNormalizer(
+            stats, cube.channels, cube.time, cube.shape[2], cube.shape[3]
+        )
         self._key: tuple[int, int] | None = None
         self._block: np.ndarray | None = None
         self.phase = season_phase(cube.time.values, cube.calendar).astype(np.float32)

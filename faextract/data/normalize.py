@@ -72,7 +72,9 @@ class ArrayNormalizer:
     equal :func:`normalize`'s (tested in tests/test_dataset.py).
     """
 
-    def __init__(self, stats: xr.Dataset, channels, time: xr.DataArray, lat_size: int, lon_size: int):
+    def __init__(
+        self, stats: xr.Dataset, channels, time: xr.DataArray, lat_size: int, lon_size: int
+    ):
         probe = xr.DataArray(
             np.zeros((1, len(channels), lat_size, lon_size), dtype=np.float32),
             dims=("time", "channel", "lat", "lon"),

@@ -13,7 +13,7 @@ with ``g(x) = x + 0.5`` for ``x >= 0`` else ``sigmoid(x)`` (positive, so logs ex
 
 ``scan`` picks the solver: ``"parallel"`` (log-space, one pass), ``"chunked"`` (log-space in
 chunks of ``chunk_size`` with the state carried linearly), ``"sequential"`` (linear-space loop),
-or ``"auto"``: sequential on CPU (cache-friendly, see scan.py), chunked on CUDA. All agree to
+or ``"auto"``: sequential on CPU for T <= 64 (cache-friendly, see scan.py), else chunked. All agree to
 float rounding. :meth:`step` advances one timestep for streaming.
 
 Call contract as ConvLSTM2D, except that the state is just ``h``: ``return_state`` gives
@@ -82,10 +82,17 @@ class _MinConvRNN(RecurrentConv2D):
     def _coefficients(self, k: torch.Tensor, log: bool):
         """``(a, b)`` of ``h_t = a h_{t-1} + b`` (or their logs) from gate pre-activations."""
 
-    def _mode(self, device: torch.device) -> str:
+    #: On CPU the linear-space loop wins for short sequences and the log-space scan for long
+    #: ones (benchmarks/bench_scan.py, 2 cores: 1.4x vs 1.2x ConvLSTM2D at T=48, 0.95x vs 2.6x
+    #: at T=192).
+    CPU_SEQUENTIAL_MAX_T = 64
+
+    def _mode(self, device: torch.device, T: int) -> str:
         if self.scan != "auto":
             return self.scan
-        return "sequential" if device.type == "cpu" else "chunked"
+        if device.type == "cpu" and T <= self.CPU_SEQUENTIAL_MAX_T:
+            return "sequential"
+        return "chunked"
 
     def _run(self, x: torch.Tensor, state):
         if self.training and self.dropout > 0:
@@ -98,7 +105,7 @@ class _MinConvRNN(RecurrentConv2D):
             )
         k = self._gates(x)
         h0 = state[0] if state else None
-        mode = self._mode(x.device)
+        mode = self._mode(x.device, x.shape[1])
         if mode == "sequential":
             a, b = self._coefficients(k, log=False)
             h = sequential_scan(a, b, h0)
