@@ -129,7 +129,7 @@ class ConvLSTM2D(RecurrentConv2D):
             h, c = state[0], state[1]
         rec_masks = self._masks(self.recurrent_dropout, (B, F_, Ho, Wo), x)
         outs = []
-        for t in range(T):
+        for xz_t in xz.unbind(1):  # unbind: see scan.sequential_scan on indexing in loops
             if rec_masks is None:
                 rz = self._recurrent_conv(h, self.recurrent_kernel)
             else:
@@ -142,7 +142,7 @@ class ConvLSTM2D(RecurrentConv2D):
                     ],
                     dim=1,
                 )
-            z = xz[:, t] + rz
+            z = xz_t + rz
             zi, zf, zc, zo = z.chunk(4, dim=1)
             i = self.rec_act(zi)
             f = self.rec_act(zf)

@@ -274,16 +274,16 @@ class FAConvLSTM2D(RecurrentConv2D):
         rec_mask = self._dropout_mask(self.recurrent_dropout, (B, F_, Ho, Wo), x)
         bias = self.bias.view(1, -1, 1, 1) if self.bias is not None else None
         outs, maps = [], []
-        for t in range(T):
+        for t, xin_t in enumerate(xin.unbind(1)):  # unbind: no per-step full-size grads
             hr = h * rec_mask if rec_mask is not None else h
             if self.factorized:
-                z = self.b_to_gates(self._mix(xin[:, t] + self.h_to_b(hr)))
+                z = self.b_to_gates(self._mix(xin_t + self.h_to_b(hr)))
             else:
                 kh, kw = self.kernel_size
                 pt, pb = same_padding(Ho, kh, 1, 1)
                 pl, pr = same_padding(Wo, kw, 1, 1)
                 z = self._mix(
-                    xin[:, t] + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel)
+                    xin_t + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel)
                 )
             if bias is not None:
                 z = z + bias

@@ -41,11 +41,12 @@ def sequential_scan(
     a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Step-by-step ``h_t = a_t h_{t-1} + b_t`` in linear space."""
-    T = a.shape[1]
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0
     out = []
-    for t in range(T):
-        h = torch.addcmul(b[:, t], a[:, t], h)
+    # unbind, not a[:, t]: each indexing op's backward would allocate and fill a gradient of the
+    # whole (B, T, ...) tensor, O(T^2) memory traffic; unbind's backward is one stack.
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1), strict=True):
+        h = torch.addcmul(b_t, a_t, h)
         out.append(h)
     return torch.stack(out, dim=1)
 
