@@ -141,31 +141,27 @@ def _inputs_digest(cube: Cube, ckpt_sha: str) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
+def _cell_means(idx: np.ndarray, coord: np.ndarray, m: int, circular: bool = False) -> np.ndarray:
+    """Mean coordinate of each run of ``m`` input cells (a latent cell); NaN for padding only.
+
+    ``circular`` unwraps longitudes first (over the valid cells only: a NaN inside
+    ``np.unwrap`` would turn every later value into NaN) so a cell across the dateline
+    averages to the right place.
+    """
+    vals = np.where(idx >= 0, coord[np.maximum(idx, 0)], np.nan).astype(np.float64)
+    ok = np.isfinite(vals)
+    if circular and ok.any():
+        vals[ok] = np.rad2deg(np.unwrap(np.deg2rad(vals[ok])))
+    vals = vals.reshape(-1, m)
+    n = np.isfinite(vals).sum(axis=1)
+    return np.where(n > 0, np.nansum(vals, axis=1) / np.maximum(n, 1), np.nan)
+
+
 def _latent_geo(
     tiler_lat: np.ndarray, tiler_lon: np.ndarray, lat: np.ndarray, lon: np.ndarray, m: int
 ):
     """Centres (deg) of the latent cells of one tile; NaN where a cell covers only padding."""
-
-    def centres(idx, coord):
-        vals = np.where(idx >= 0, coord[np.maximum(idx, 0)], np.nan).reshape(-1, m)
-        with np.errstate(invalid="ignore"):
-            return (
-                np.nanmean(vals, axis=1)
-                if np.isfinite(vals).any()
-                else np.full(vals.shape[0], np.nan)
-            )
-
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lat_c = centres(tiler_lat, lat)
-            lon_u = np.unwrap(
-                np.deg2rad(np.where(tiler_lon >= 0, lon[np.maximum(tiler_lon, 0)], np.nan))
-            )
-            lon_c = np.rad2deg(np.nanmean(lon_u.reshape(-1, m), axis=1))
-    return lat_c, lon_c
+    return _cell_means(tiler_lat, lat, m), _cell_means(tiler_lon, lon, m, circular=True)
 
 
 def _great_circle(lat1, lon1, lat2, lon2) -> np.ndarray:
@@ -420,6 +416,9 @@ def embed(
     plan = [(b, tiler.windows_in(b * block, min(nt, (b + 1) * block))) for b in todo]
     task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
+    attention_maps = _AttentionContext(
+        att_builders, tiler, cube, model.multiple, opts.queries, k or 1
+    )
     prefetch = _Prefetcher(_batches(plan, reader, tiler, opts.batch_size, device.type == "cuda"))
     with StopFlag() as stop, torch.inference_mode():
         current = None  # (b, t0, t1, arrays, untilers) of the block being assembled
@@ -452,10 +451,7 @@ def embed(
                 if opts.latent:
                     untilers["latent"].add(w, _upsample(latent[j].float().cpu(), model.multiple))
                 if k:
-                    maps = _AttentionContext(
-                        att_builders, tiler, cube, model.multiple, opts.queries, k
-                    )
-                    maps.add(untilers, attn, j, w)
+                    attention_maps.add(untilers, attn, j, w)
             n_windows += len(group)
             if task is not None:
                 rate = n_windows / max(time.perf_counter() - t_start, 1e-9)

@@ -27,7 +27,7 @@ import torch
 
 from faextract import distributed
 from faextract.checkpoint import load_checkpoint, save_checkpoint, stats_from_dict, stats_to_dict
-from faextract.config import Config, config_from_dict, save_config
+from faextract.config import Config, save_config
 from faextract.data.dataset import CubeSource, WindowDataset, make_loader
 from faextract.data.stats import StatsOptions, compute_stats, load_stats
 from faextract.data.tiling import TileSpec
@@ -162,7 +162,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _check_resume_compatible(ckpt: dict, config: Config, args: dict, channels) -> None:
+def _check_resume_compatible(ckpt: dict, args: dict, channels) -> None:
     old = ckpt["model"]["args"]
     for key in sorted(set(old) | set(args)):
         if old.get(key) != args.get(key):
@@ -297,7 +297,7 @@ def train(
 
         ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
         if ckpt is not None:
-            _check_resume_compatible(ckpt, config, args, cube.channels)
+            _check_resume_compatible(ckpt, args, cube.channels)
             stats = stats_from_dict(ckpt["stats"])
         elif d.stats:
             stats = load_stats(d.stats)
@@ -563,7 +563,3 @@ def _tensorboard(run_dir: Path):
 def read_metrics(run_dir) -> list[dict]:
     with open(Path(run_dir) / "metrics.csv", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def config_of(ckpt: dict) -> Config:
-    return config_from_dict(ckpt["config"])

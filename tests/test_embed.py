@@ -307,3 +307,17 @@ def test_attention_maps_full_and_row_by_row_agree():
     for k in full:
         torch.testing.assert_close(full[k], rows[k], rtol=1e-5, atol=1e-4)
     assert full["attention_received"].mean().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_latent_cell_centres_survive_padding_and_the_dateline():
+    from faextract.embed import _latent_geo
+
+    lat = np.array([10.0, 20.0, 30.0, 40.0])
+    lon = np.array([350.0, 355.0, 0.0, 5.0])  # crosses the dateline
+    # a regional tile whose halo hangs over the west edge: padding first (-1)
+    idx_lat = np.array([-1, -1, 0, 1, 2, 3])
+    idx_lon = np.array([-1, -1, 0, 1, 2, 3])
+    lat_c, lon_c = _latent_geo(idx_lat, idx_lon, lat, lon, 2)
+    assert np.isnan(lat_c[0]) and np.isnan(lon_c[0])
+    np.testing.assert_allclose(lat_c[1:], [15.0, 35.0])
+    np.testing.assert_allclose(np.mod(lon_c[1:], 360.0), [352.5, 2.5])

@@ -66,7 +66,6 @@ class BlockReader:
 
     def __init__(self, cube: Cube, stats: xr.Dataset):
         self.cube = cube
-        self.stats = stats
         self.array = cube.to_array().data  # dask (T, C, H, W)
         self.normalizer = ArrayNormalizer(
             stats, cube.channels, cube.time, cube.shape[2], cube.shape[3]

@@ -282,9 +282,7 @@ class FAConvLSTM2D(RecurrentConv2D):
                 kh, kw = self.kernel_size
                 pt, pb = same_padding(Ho, kh, 1, 1)
                 pl, pr = same_padding(Wo, kw, 1, 1)
-                z = self._mix(
-                    xin_t + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel)
-                )
+                z = self._mix(xin_t + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel))
             if bias is not None:
                 z = z + bias
             if self._fused:
