@@ -35,7 +35,7 @@ from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_fro
 from faextract.data.cube import Cube, open_cube
 from faextract.data.dataset import BlockReader
 from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
-from faextract.errors import FaextractError
+from faextract.errors import FaextractError, MissingVariableError
 from faextract.models.faconvlstm import FAConvLSTM2D
 from faextract.signals import StopFlag
 from faextract.store import REFERENCES, EmbeddingStore, create_template, history_line
@@ -172,11 +172,25 @@ def _great_circle(lat1, lon1, lat2, lon2) -> np.ndarray:
 
 
 class AttentionMaps:
-    """Turns axial attention weights of one window into maps on the latent grid.
+    """Turns axial attention weights into maps on one tile's latent grid.
 
-    Uses the effective 2-D attention ``E[q, k] = col[x](y, y') * row[y'](x, x')`` (see
-    :mod:`faextract.models.attention`), one query row at a time to bound memory.
+    The effective 2-D attention from query ``(y, x)`` to key ``(y', x')`` is
+    ``E = col[x](y, y') * row[y'](x, x')`` (see :mod:`faextract.models.attention`). The maps are
+    contractions of ``E`` computed without forming it (or any ``(h*w)^2`` array: a 1-degree
+    global latent grid would need gigabytes):
+
+    - attention received by key k: ``sum_q E[q, k]`` = ``sum_x (sum_y col[x](y, y')) row[y'](x, x')``;
+    - mean attention distance of query q: ``sum_k E[q, k] d(q, k)``, with the great-circle
+      distance ``d`` rebuilt for a few query rows at a time from per-row and per-column
+      factors (haversine: ``a = A[y, y'] + B[y, y'] * S[x, x']``);
+    - a query region's map: the mean over its cells q of ``E[q, :]``, times ``h*w`` (1 = uniform).
+
+    Tensors live on the model's device, so on a GPU the maps are computed there and only the
+    small ``(n, h, w)`` results travel to the host.
     """
+
+    #: Entries of the distance block ``(rows, h, w, w)`` built at a time.
+    BLOCK = 1 << 22
 
     def __init__(
         self,
@@ -185,19 +199,23 @@ class AttentionMaps:
         queries: dict,
         in_lat: np.ndarray,
         in_lon: np.ndarray,
+        device: torch.device | str = "cpu",
     ):
-        """``lat_c``/``lon_c``: latent cell centres; ``in_lat``/``in_lon``: the tile's input-grid
-        coordinates (NaN where padded), used to find the latent cells a query region overlaps."""
+        """``lat_c``/``lon_c``: latent cell centres (NaN for padding); ``in_lat``/``in_lon``:
+        the tile's input-grid coordinates (NaN where padded), used to find the latent cells a
+        query region overlaps."""
         h, w = lat_c.size, lon_c.size
-        la = np.repeat(lat_c, w)
-        lo = np.tile(lon_c, h)
-        valid = np.isfinite(la) & np.isfinite(lo)
-        dist = _great_circle(la[:, None], lo[:, None], la[None, :], lo[None, :])
-        self.dist = torch.from_numpy(
-            np.where(valid[:, None] & valid[None, :], dist, 0.0).astype(np.float32)
-        )
         self.h, self.w = h, w
+        phi = np.deg2rad(lat_c.astype(np.float64))
+        lam = np.deg2rad(lon_c.astype(np.float64))
+        A = np.sin((phi[None, :] - phi[:, None]) / 2) ** 2  # (y, y')
+        B = np.cos(phi[:, None]) * np.cos(phi[None, :])
+        S = np.sin((lam[None, :] - lam[:, None]) / 2) ** 2  # (x, x')
+        # Pairs with a padded cell get a == NaN -> distance 0 (they carry no weight anyway).
+        to = dict(device=device, dtype=torch.float32)
+        self.A, self.B, self.S = (torch.as_tensor(v, **to) for v in (A, B, S))
         my, mx = in_lat.size // h, in_lon.size // w
+        valid = (np.isfinite(lat_c)[:, None] & np.isfinite(lon_c)[None, :]).ravel()
         self.query_cells = {}
         for name, (lat0, lat1, lon0, lon1) in queries.items():
             lo360 = np.mod(in_lon, 360.0)
@@ -209,46 +227,39 @@ class AttentionMaps:
             rows = in_lat_box.reshape(h, my).any(axis=1)
             cols = in_lon_box.reshape(w, mx).any(axis=1)
             cells = np.nonzero((rows[:, None] & cols[None, :]).ravel() & valid)[0]
-            self.query_cells[name] = torch.from_numpy(cells)
+            self.query_cells[name] = (
+                torch.as_tensor(cells // w, device=device),
+                torch.as_tensor(cells % w, device=device),
+            )
 
-    #: Up to this many entries the full effective attention (n, HW, HW) is built in one go.
-    FULL_LIMIT = 1 << 24
-
-    def _from_full(self, row: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
-        n, h, w = row.shape[0], self.h, self.w
-        e = torch.einsum("nxyk,nkxl->nyxkl", col, row).reshape(n, h * w, h * w)  # query -> key
-        out = {
-            "attention_received": e.sum(dim=1).view(n, h, w),
-            "attention_distance": (e * self.dist[None]).sum(dim=-1).view(n, h, w),
-        }
-        for name, cells in self.query_cells.items():
-            if cells.numel():
-                out[f"attention_query_{name}"] = (e[:, cells].mean(dim=1) * (h * w)).view(n, h, w)
-        return out
+    def _distance_rows(self, y0: int, y1: int) -> torch.Tensor:
+        """Great-circle distance (km) from query rows ``y0:y1`` as ``(rows, y', x, x')``."""
+        a = self.A[y0:y1, :, None, None] + self.B[y0:y1, :, None, None] * self.S[None, None]
+        d = 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(a.clamp(0, 1)))
+        return torch.nan_to_num(d, nan=0.0)
 
     def __call__(self, row: torch.Tensor, col: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``row (n, h, w, w)``, ``col (n, w, h, h)`` for one window and step -> maps ``(n, h, w)``."""
+        """``row (n, h, w, w)``, ``col (n, w, h, h)`` (n = windows x steps x heads) -> maps
+        ``(n, h, w)`` on the host, float32."""
+        row, col = row.float(), col.float()
         n, h, w = row.shape[0], self.h, self.w
-        if n * (h * w) ** 2 <= self.FULL_LIMIT:
-            return self._from_full(row, col)
-        received = torch.einsum("nxk,nkxl->nkl", col.sum(dim=2), row)  # sum over queries
-        distance = torch.empty(n, h, w)
-        qsum = {k: torch.zeros(n, h * w) for k in self.query_cells}
-        dist = self.dist.view(h, w, h * w)
-        for y in range(h):
-            e = torch.einsum("nxk,nkxl->nxkl", col[:, :, y, :], row).reshape(n, w, h * w)
-            distance[:, y] = (e * dist[y][None]).sum(dim=-1)
-            for name, cells in self.query_cells.items():
-                sel = cells[(cells // w) == y] % w
-                if sel.numel():
-                    qsum[name] += e[:, sel].sum(dim=1)
-        out = {"attention_received": received, "attention_distance": distance}
-        for name, cells in self.query_cells.items():
-            if cells.numel():
-                out[f"attention_query_{name}"] = (qsum[name] / cells.numel() * (h * w)).view(
-                    n, h, w
-                )
-        return out
+        out = {"attention_received": torch.einsum("nxk,nkxl->nkl", col.sum(dim=2), row)}
+        distance = torch.empty(n, h, w, device=row.device)
+        step = max(1, self.BLOCK // (h * w * w))
+        for y0 in range(0, h, step):
+            y1 = min(h, y0 + step)
+            # R[n, y, x, y'] = sum_x' row[y'](x, x') d((y, x), (y', x'))
+            r = torch.einsum("nkxl,ykxl->nyxk", row, self._distance_rows(y0, y1))
+            distance[:, y0:y1] = torch.einsum("nxyk,nyxk->nyx", col[:, :, y0:y1], r)
+        out["attention_distance"] = distance
+        for name, (qy, qx) in self.query_cells.items():
+            if qy.numel():
+                # E[q, (y', x')] for each query cell q = (qy, qx): col[qx](qy, y') row[y'](qx, x')
+                cq = col[:, qx, qy, :]  # (n, Q, h)
+                rq = row[:, :, qx, :]  # (n, h, Q, w)
+                m = torch.einsum("nqk,nkql->nkl", cq, rq) / qy.numel()
+                out[f"attention_query_{name}"] = m * (h * w)
+        return {key: v.cpu() for key, v in out.items()}
 
 
 def _upsample(t: torch.Tensor, m: int) -> np.ndarray:
@@ -307,14 +318,13 @@ def embed(
     ckpt = load_checkpoint(checkpoint)
     ckpt_sha = sha256(checkpoint)
     levels = ckpt.get("levels")
-    everything = open_cube(inputs)  # lazy: only metadata is read
-    lacking = [v for v in ckpt["variables"] if v not in everything.dataset.data_vars]
-    if lacking:
+    try:
+        cube = open_cube(inputs, ckpt["variables"], levels=levels)  # lazy: metadata only
+    except MissingVariableError as err:
         raise FaextractError(
-            f"{everything.sources[0]}: the checkpoint needs variable {lacking[0]!r}, which the input "
-            f"lacks (input has {', '.join(everything.variables)})"
-        )
-    cube = open_cube(inputs, ckpt["variables"], levels=levels)
+            f"{err.source}: the checkpoint needs variable {err.variable!r}, which the input "
+            f"lacks (input has {', '.join(err.available)})"
+        ) from None
     source = (
         cube.sources[0]
         if len(cube.sources) == 1
@@ -336,8 +346,6 @@ def embed(
     warmup = opts.warmup if opts.warmup is not None else tiles["window"] // 2
     if k:  # align kept steps and warm-up on attention steps: attention times are t % k == 0
         keep, warmup = _round_up(keep, k), _round_up(warmup, k)
-    block = opts.block or keep * max(1, round(64 / keep))
-    block = _round_up(block, keep)
     tile = opts.tile if opts.tile is not None else (tuple(tiles["tile"]) if tiles["tile"] else None)
     spec = TileSpec(
         window=warmup + keep,
@@ -350,6 +358,10 @@ def embed(
     )
     nt, _, H, W = cube.shape
     tiler = Tiler(spec, (nt, H, W), cube.periodic)
+    block = opts.block or _stored_block(out, opts)
+    if block is None:
+        block = _default_block(keep, tiler.tile_grid[0] * tiler.tile_grid[1], opts.batch_size)
+    block = _round_up(block, keep)
     nblocks = -(-nt // block)
     digest = _inputs_digest(cube, ckpt_sha)
 
@@ -408,7 +420,6 @@ def embed(
     todo = [b for b in range(nblocks) if b % shard_n == shard_i and not done[b]]
 
     reader = BlockReader(cube, stats)
-    att_builders: dict[tuple[int, int], AttentionMaps] = {}
     writer = _Writer(store)
     writer.start()
     stopped = False
@@ -416,9 +427,7 @@ def embed(
     plan = [(b, tiler.windows_in(b * block, min(nt, (b + 1) * block))) for b in todo]
     task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
-    attention_maps = _AttentionContext(
-        att_builders, tiler, cube, model.multiple, opts.queries, k or 1
-    )
+    attention_maps = _AttentionContext(tiler, cube, model.multiple, opts.queries, k or 1, device)
     prefetch = _Prefetcher(_batches(plan, reader, tiler, opts.batch_size, device.type == "cuda"))
     with StopFlag() as stop, torch.inference_mode():
         current = None  # (b, t0, t1, arrays, untilers) of the block being assembled
@@ -450,8 +459,8 @@ def embed(
                 _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
                 if opts.latent:
                     untilers["latent"].add(w, _upsample(latent[j].float().cpu(), model.multiple))
-                if k:
-                    attention_maps.add(untilers, attn, j, w)
+            if k:
+                attention_maps.add(untilers, attn, group)
             n_windows += len(group)
             if task is not None:
                 rate = n_windows / max(time.perf_counter() - t_start, 1e-9)
@@ -472,6 +481,23 @@ def embed(
     return EmbedResult(
         out, status, writer.written, nblocks, n_windows, time.perf_counter() - t_start, size
     )
+
+
+def _default_block(keep: int, tiles: int, batch_size: int) -> int:
+    """Steps per block: near 64, a multiple of ``keep``, and holding a multiple of
+    ``batch_size`` windows, so that every batch is full (a block is batched on its own)."""
+    per_block = max(1, round(64 / keep))
+    return keep * _round_up(per_block, batch_size // math.gcd(batch_size, tiles))
+
+
+def _stored_block(out: str, opts: EmbedOptions) -> int | None:
+    """The block size of a store being resumed (its default may depend on the batch size)."""
+    if opts.overwrite or not os.path.isdir(out):
+        return None
+    try:
+        return json.loads(EmbeddingStore(out).attrs.get("faextract_layout", "{}")).get("block")
+    except Exception:  # noqa: BLE001 - not a store we made: the checks below name it
+        return None
 
 
 def _round_up(v: int, m: int) -> int:
@@ -512,6 +538,7 @@ def _check_layout(store: EmbeddingStore, layout: dict) -> None:
 def _batches(plan, reader: BlockReader, tiler: Tiler, batch_size: int, pin: bool):
     """Yield ``(block, windows, batch, last_of_block)``; batch tensors are ``(B, T, C, H, W)``."""
     for b, wins in plan:
+        reader.preload(wins)
         for i in range(0, len(wins), batch_size):
             group = wins[i : i + batch_size]
             items = [reader.window_item(tiler, w) for w in group]
@@ -606,12 +633,14 @@ def _store_embedding(
 
 
 class _AttentionContext:
-    """Adds one window's attention maps (all its attention steps) to the block's untilers."""
+    """Adds the attention maps of a batch's windows (all their attention steps) to the block's
+    untilers; one :class:`AttentionMaps` per spatial tile, built on first use."""
 
     def __init__(
-        self, builders: dict, tiler: Tiler, cube: Cube, multiple: int, queries: dict, k: int
+        self, tiler: Tiler, cube: Cube, multiple: int, queries: dict, k: int, device
     ):
-        self.builders, self.tiler, self.cube = builders, tiler, cube
+        self.builders: dict[tuple[int, int], AttentionMaps] = {}
+        self.tiler, self.cube, self.device = tiler, cube, device
         self.m, self.queries, self.k = multiple, queries, k
 
     def _builder(self, w: Window) -> AttentionMaps:
@@ -620,21 +649,27 @@ class _AttentionContext:
             lat_c, lon_c = _latent_geo(w.lat, w.lon, cube.lat, cube.lon, m)
             in_lat = np.where(w.lat >= 0, cube.lat[np.maximum(w.lat, 0)], np.nan)
             in_lon = np.where(w.lon >= 0, cube.lon[np.maximum(w.lon, 0)], np.nan)
-            self.builders[w.tile] = AttentionMaps(lat_c, lon_c, self.queries, in_lat, in_lon)
+            self.builders[w.tile] = AttentionMaps(
+                lat_c, lon_c, self.queries, in_lat, in_lon, self.device
+            )
         return self.builders[w.tile]
 
-    def add(self, untilers: dict, attn, j: int, w: Window) -> None:
-        build, m, k = self._builder(w), self.m, self.k
-        for step, weights in attn:
-            t = w.time[step]
-            if t < 0 or t % k:
-                continue
-            maps = build(weights.row[j].float().cpu(), weights.col[j].float().cpu())
-            att_time = np.full_like(w.time, -1)
-            att_time[step] = t // k
-            aw = dataclasses.replace(w, time=att_time)
+    def add(self, untilers: dict, attn, group: list[Window]) -> None:
+        if not attn:
+            return
+        m, k = self.m, self.k
+        steps = np.array([step for step, _ in attn])
+        rows = torch.stack([wt.row for _, wt in attn], dim=1)  # (B, S, heads, h, w, w)
+        cols = torch.stack([wt.col for _, wt in attn], dim=1)  # (B, S, heads, w, h, h)
+        by_tile: dict[tuple[int, int], list[int]] = {}
+        for j, w in enumerate(group):
+            by_tile.setdefault(w.tile, []).append(j)
+        for js in by_tile.values():
+            sel = js if len(js) < len(group) else slice(None)
+            maps = self._builder(group[js[0]])(rows[sel].flatten(0, 2), cols[sel].flatten(0, 2))
             for name, value in maps.items():
-                n, h, wd = value.shape
-                y = np.zeros((len(w.time), n, h * m, wd * m), dtype=np.float32)
-                y[step] = _upsample(value, m)
-                untilers[name].add(aw, y)
+                up = _upsample(value.view(len(js), len(steps), -1, *value.shape[-2:]), m)
+                for i, j in enumerate(js):
+                    t = group[j].time[steps]
+                    times = np.where((t >= 0) & (t % k == 0), t // k, -1)
+                    untilers[name].add_steps(group[j], steps, up[i], times)

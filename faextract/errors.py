@@ -21,3 +21,12 @@ class DataError(FaextractError, ValueError):
 
 class ConfigError(FaextractError, ValueError):
     """A configuration key or value is wrong."""
+
+
+class MissingVariableError(DataError):
+    """A requested variable is not in the input; callers may reword it (e.g. "the checkpoint
+    needs ...") using ``source``, ``variable`` and ``available``."""
+
+    def __init__(self, source: str, variable: str, available: list[str]):
+        super().__init__(f"{source}: unknown variable {variable!r}; available: {', '.join(available)}")
+        self.source, self.variable, self.available = source, variable, list(available)

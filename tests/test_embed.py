@@ -264,10 +264,12 @@ def test_stop_file_stops_cleanly_and_rerun_finishes(tmp_path, trained, monkeypat
     assert result.exit_code == 75 and "rerun the same command" in result.output
     stop.unlink()
     with pytest.raises(
-        FaextractError, match=r"was started with block=66, now 12; rerun with the same options"
+        FaextractError, match=r"was started with block=\d+, now 12; rerun with the same options"
     ):
         embed([cube], ckpt, str(out), _opts())
-    done = embed([cube], ckpt, str(out), EmbedOptions())  # the CLI's defaults: same layout
+    # The CLI's defaults, with another batch size (whose default block would differ): the
+    # resume takes the block size from the store.
+    done = embed([cube], ckpt, str(out), EmbedOptions(batch_size=3))
     assert done.status == "complete"
 
 
@@ -283,30 +285,45 @@ def test_plot_writes_pngs(tmp_path, trained):
     assert "attention_query_nino_head1.png" in names
 
 
-def test_attention_maps_full_and_row_by_row_agree():
+@pytest.mark.parametrize("block", [1, 1 << 22])
+def test_attention_maps_equal_the_explicit_effective_attention(block):
+    """The maps are contractions of E[q, k] = col[x](y, y') row[y'](x, x'), computed without
+    forming E: compare with E built explicitly, on a grid with a padded row, in one distance
+    block and in one query row per block."""
     import torch
 
-    from faextract.embed import AttentionMaps
+    from faextract.embed import AttentionMaps, _great_circle
 
     torch.manual_seed(0)
-    h, w, n = 4, 6, 2
+    h, w, n = 5, 7, 3
     lat = np.linspace(-60, 60, h)
+    lat[0] = np.nan  # a padded latent row
     lon = np.linspace(0, 300, w)
     in_lat, in_lon = np.repeat(lat, 2), np.repeat(lon, 2)
     maps = AttentionMaps(lat, lon, {"box": (-70.0, 0.0, 0.0, 130.0)}, in_lat, in_lon)
+    maps.BLOCK = block
     row = torch.rand(n, h, w, w).softmax(-1)
     col = torch.rand(n, w, h, h).softmax(-1)
-    full = maps(row, col)
-    maps.FULL_LIMIT = 0  # force the row-by-row path
-    rows = maps(row, col)
-    assert (
-        set(full)
-        == set(rows)
-        == {"attention_received", "attention_distance", "attention_query_box"}
+    out = maps(row, col)
+    assert set(out) == {"attention_received", "attention_distance", "attention_query_box"}
+
+    e = torch.einsum("nxyk,nkxl->nyxkl", col, row).reshape(n, h * w, h * w).double()
+    la, lo = np.repeat(lat, w), np.tile(lon, h)
+    dist = torch.from_numpy(
+        np.nan_to_num(_great_circle(la[:, None], lo[:, None], la[None], lo[None]))
     )
-    for k in full:
-        torch.testing.assert_close(full[k], rows[k], rtol=1e-5, atol=1e-4)
-    assert full["attention_received"].mean().item() == pytest.approx(1.0, rel=1e-5)
+    cells = [q for q in range(h * w) if -70 <= la[q] <= 0 and 0 <= lo[q] <= 130]
+    want = {
+        "attention_received": e.sum(dim=1),
+        "attention_distance": (e * dist).sum(dim=-1),
+        "attention_query_box": e[:, cells].mean(dim=1) * (h * w),
+    }
+    for key, value in want.items():
+        torch.testing.assert_close(
+            out[key].double(), value.view(n, h, w), rtol=1e-5, atol=1e-2, msg=key
+        )
+    assert out["attention_received"].mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert out["attention_distance"].max().item() > 1000.0  # km, not radians or degrees
 
 
 def test_latent_cell_centres_survive_padding_and_the_dateline():

@@ -22,7 +22,7 @@ import xarray as xr
 
 from faextract.data.axes import detect_axes, parse_dims
 from faextract.data.time import calendar_of, check_monotonic, decode_time
-from faextract.errors import DataError
+from faextract.errors import DataError, MissingVariableError
 
 #: Time steps per dask chunk: windows of 8-64 steps read one or two chunks.
 DEFAULT_TIME_CHUNK = 32
@@ -43,6 +43,9 @@ class Cube:
     calendar: str
     periodic: bool
     sources: tuple[str, ...] = field(default_factory=tuple)
+    #: The per-file datasets before dask chunking, with the cube step each starts at, for
+    #: :meth:`read`; empty when the cube's steps are not contiguous runs of them.
+    files: tuple[tuple[int, xr.Dataset], ...] = field(default=(), repr=False)
 
     @property
     def time(self) -> xr.DataArray:
@@ -99,8 +102,49 @@ class Cube:
             "calendar": self.calendar,
         }
 
+    def read(self, t0: int, t1: int) -> np.ndarray:
+        """Steps ``[t0, t1)`` of :meth:`to_array` as a float32 numpy array ``(T, C, H, W)``.
+
+        Reads through the files' lazy indexing, without building a dask graph: for the
+        short blocks that windows need, dask's per-compute overhead costs far more than the
+        read itself.
+        """
+        if not self.files:
+            import dask
+
+            with dask.config.set(scheduler="synchronous"):
+                return np.asarray(self.to_array().data[t0:t1].compute())
+        blocks = []
+        for start, ds in self.files:
+            a, b = max(t0, start), min(t1, start + ds.sizes["time"])
+            if a < b:
+                blocks.append(self._stack(ds.isel(time=slice(a - start, b - start))))
+        if not blocks:
+            return np.empty((0, *self.shape[1:]), dtype=np.float32)
+        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+
+    def _stack(self, ds: xr.Dataset) -> np.ndarray:
+        """``(time, channel, lat, lon)`` float32 from one file's variables, channels in order."""
+        out = []
+        for name in self.variables:
+            da = ds[name]
+            if "level" in da.dims:
+                v = np.asarray(da.transpose("time", "level", "lat", "lon").values, dtype=np.float32)
+                out.extend(v[:, i] for i in range(v.shape[1]))
+            else:
+                out.append(np.asarray(da.transpose("time", "lat", "lon").values, dtype=np.float32))
+        return np.stack(out, axis=1)
+
     def isel_time(self, index) -> Cube:
         """A cube restricted to some time steps (a slice or an index array)."""
+        files: tuple = ()
+        if isinstance(index, slice) and index.step in (None, 1):
+            a, b, _ = index.indices(self.shape[0])
+            files = tuple(
+                (max(0, start - a), ds.isel(time=slice(max(0, a - start), max(0, b - start))))
+                for start, ds in self.files
+                if start < b and start + ds.sizes["time"] > a
+            )
         return Cube(
             dataset=self.dataset.isel(time=index),
             variables=self.variables,
@@ -109,6 +153,7 @@ class Cube:
             calendar=self.calendar,
             periodic=self.periodic,
             sources=self.sources,
+            files=files,
         )
 
 
@@ -142,14 +187,14 @@ def _is_zarr(path: str) -> bool:
 def _open_one(path: str) -> xr.Dataset:
     try:
         if _is_zarr(path):
-            return xr.open_zarr(path, decode_times=False, chunks={})
+            return xr.open_zarr(path, decode_times=False, chunks=None)
         if os.path.isdir(path):
             raise DataError(f"{path}: a directory that is not a Zarr store")
         with open(path, "rb") as fh:
             magic = fh.read(8)
         if not (magic[:3] == b"CDF" or magic[:8] == b"\x89HDF\r\n\x1a\n"):
             raise DataError(f"{path}: not a NetCDF file (unrecognized header {magic[:4]!r})")
-        return xr.open_dataset(path, engine="netcdf4", decode_times=False, chunks={})
+        return xr.open_dataset(path, engine="netcdf4", decode_times=False, chunks=None)
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - netCDF4/zarr raise many types for bad files
@@ -202,9 +247,7 @@ def _standardize(
     if variables:
         missing = [v for v in variables if v not in ds.data_vars]
         if missing:
-            raise DataError(
-                f"{source}: unknown variable {missing[0]!r}; available: {', '.join(candidates)}"
-            )
+            raise MissingVariableError(source, missing[0], candidates)
         chosen = list(variables)
     else:
         chosen = candidates
@@ -336,12 +379,12 @@ def open_cube(
     sort_time : sort unsorted times instead of failing (duplicates still fail).
     time_chunk : time steps per dask chunk.
     """
-    files = resolve_paths(paths)
+    paths_ = resolve_paths(paths)
     overrides = parse_dims(dims)
     parts = []
     axes: dict[str, str] = {}
     kept: list[str] = []
-    for path in files:
+    for path in paths_:
         raw = _open_one(path)
         ds, axes, kept_here = _standardize(
             raw,
@@ -352,16 +395,24 @@ def open_cube(
             sort_time=sort_time,
         )
         if parts:
-            first_ds, first_path = parts[0]
+            first_ds, first_path, _ = parts[0]
             _check_same_grid(first_ds, first_path, ds, path, kept, kept_here)
         else:
             kept = kept_here
-        parts.append((ds, path))
+        # Chunk each file's lazily indexed variables (not the file's own chunks): a dask task
+        # then reads just its time slice through the backend, whose chunk cache decompresses
+        # each on-disk chunk once. Chunking after opening with the on-disk chunks instead makes
+        # every task depend on whole on-disk chunks, e.g. the full time axis of a file written
+        # with one chunk per variable, read again for every block.
+        parts.append((ds.chunk(_chunks(ds, time_chunk)), path, ds))
     if len(parts) == 1:
         ds = parts[0][0]
+        files = ((0, parts[0][2]),)
     else:
         parts.sort(key=lambda p: p[0]["time"].values[0])
-        for (a, pa), (b, pb) in zip(parts, parts[1:], strict=False):
+        starts = np.cumsum([0] + [p[0].sizes["time"] for p in parts[:-1]])
+        files = tuple((int(s), p[2]) for s, p in zip(starts, parts, strict=True))
+        for (a, pa, _), (b, pb, _) in zip(parts, parts[1:], strict=False):
             common = np.intersect1d(a["time"].values, b["time"].values)
             if common.size:
                 raise DataError(f"time {common[0]} is duplicated: it is in both {pa} and {pb}")
@@ -378,10 +429,8 @@ def open_cube(
         order = check_monotonic(ds["time"], "combined files", sort_time)
         if order is not None:
             ds = ds.isel(time=order)
-    chunks = {"time": max(1, int(time_chunk)), "lat": -1, "lon": -1}
-    if "level" in ds.dims:
-        chunks["level"] = -1
-    ds = ds.chunk(chunks)
+            files = ()  # files interleave in time: read through dask
+    ds = ds.chunk(_chunks(ds, time_chunk))
     for name in ds.data_vars:
         ds[name].encoding.pop("chunks", None)
         ds[name].encoding.pop("preferred_chunks", None)
@@ -393,8 +442,16 @@ def open_cube(
         axes=axes,
         calendar=cal,
         periodic=is_periodic(ds["lon"].values),
-        sources=tuple(files),
+        sources=tuple(paths_),
+        files=files,
     )
+
+
+def _chunks(ds: xr.Dataset, time_chunk: int) -> dict[str, int]:
+    chunks = {"time": max(1, int(time_chunk)), "lat": -1, "lon": -1}
+    if "level" in ds.dims:
+        chunks["level"] = -1
+    return chunks
 
 
 def _check_same_grid(a: xr.Dataset, a_path: str, b: xr.Dataset, b_path: str, va, vb) -> None:

@@ -66,7 +66,6 @@ class BlockReader:
 
     def __init__(self, cube: Cube, stats: xr.Dataset):
         self.cube = cube
-        self.array = cube.to_array().data  # dask (T, C, H, W)
         self.normalizer = ArrayNormalizer(
             stats, cube.channels, cube.time, cube.shape[2], cube.shape[3]
         )
@@ -75,12 +74,10 @@ class BlockReader:
         self.phase = season_phase(cube.time.values, cube.calendar).astype(np.float32)
 
     def read(self, t0: int, t1: int) -> np.ndarray:
-        if self._key == (t0, t1):
-            return self._block
-        import dask
-
-        with dask.config.set(scheduler="synchronous"):
-            block = self.normalizer(np.asarray(self.array[t0:t1].compute()), t0)
+        """Normalized steps ``[t0, t1)``; a view when the block read last holds them."""
+        if self._key is not None and self._key[0] <= t0 and t1 <= self._key[1]:
+            return self._block[t0 - self._key[0] : t1 - self._key[0]]
+        block = self.normalizer(self.cube.read(t0, t1), t0)
         if np.isinf(block).any():
             c = int(np.nonzero(np.isinf(block).any(axis=(0, 2, 3)))[0][0])
             raise DataError(
@@ -89,6 +86,14 @@ class BlockReader:
             )
         self._key, self._block = (t0, t1), block
         return block
+
+    def preload(self, windows: Sequence[Window]) -> None:
+        """Read the time span of ``windows`` in one go; their :meth:`window_item` calls then
+        cut from memory (one read per embedding block instead of one per window)."""
+        times = np.concatenate([w.time for w in windows])
+        times = times[times >= 0]
+        if times.size:
+            self.read(int(times.min()), int(times.max()) + 1)
 
     def window_item(self, tiler: Tiler, window: Window) -> dict[str, torch.Tensor]:
         valid_t = window.time[window.time >= 0]

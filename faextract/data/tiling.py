@@ -239,36 +239,55 @@ class Untiler:
         self.mean = np.zeros((n, channels, H, W), dtype=np.float32)
         self.wsum = np.zeros((n, 1, H, W), dtype=np.float32)
 
-    def add(self, window: Window, y: np.ndarray) -> None:
-        tw = self.tiler.time_weight(window)
-        sw = self.tiler.lat_weight[:, None] * self.tiler.lon_weight[None, :]
-        for j, t in enumerate(window.time):
-            if t < self.t0 or t >= self.t1 or tw[j] == 0:
-                continue
-            rows = window.lat >= 0
-            cols = window.lon >= 0
-            yi, xi = window.lat[rows], window.lon[cols]
-            w = (tw[j] * sw[rows][:, cols]).astype(np.float32)
-            # Several tile cells can land on one grid cell (a periodic tile wider than the
-            # globe): apply them one at a time so each update sees the previous one.
-            pairs = np.ix_(yi, xi)
-            if len(np.unique(xi)) == len(xi):
-                self._update(t - self.t0, pairs, y[j][:, rows][:, :, cols], w)
-            else:
-                for c, col in enumerate(xi):
-                    self._update(
-                        t - self.t0,
-                        np.ix_(yi, [col]),
-                        y[j][:, rows][:, :, cols][:, :, [c]],
-                        w[:, [c]],
-                    )
+    def add(self, window: Window, y: np.ndarray, times: np.ndarray | None = None) -> None:
+        """Blend ``y (window, C, h, w)``, the output of ``window``, into the block.
 
-    def _update(self, ti: int, pairs, y: np.ndarray, w: np.ndarray) -> None:
-        ws = self.wsum[ti, 0][pairs] + w
-        m = self.mean[ti][(slice(None), *pairs)]
+        ``times`` (one entry per row of ``y``) overrides where each row lands on this
+        untiler's time axis (-1: nowhere); by default ``window.time``. Rows keep the window's
+        time weights (0 on warm-up steps). Outputs that exist only on some steps of the window
+        (attention maps) go through :meth:`add_steps`.
+        """
+        self.add_steps(window, np.arange(len(y)), y, times)
+
+    def add_steps(
+        self, window: Window, steps: np.ndarray, y: np.ndarray, times: np.ndarray | None = None
+    ) -> None:
+        """Blend ``y (len(steps), C, h, w)``, the outputs of ``window`` at ``steps``."""
+        steps = np.asarray(steps, dtype=np.int64)
+        t = window.time[steps] if times is None else np.asarray(times, dtype=np.int64)
+        tw = self.tiler.time_weight(window)[steps]
+        use = (t >= self.t0) & (t < self.t1) & (tw > 0)
+        if not use.any():
+            return
+        rows, cols = window.lat >= 0, window.lon >= 0
+        yi, xi = window.lat[rows], window.lon[cols]
+        sw = self.tiler.lat_weight[rows][:, None] * self.tiler.lon_weight[cols][None, :]
+        ti = t[use] - self.t0
+        w = (tw[use][:, None, None] * sw[None]).astype(np.float32)  # (n, h, w)
+        y = y[use][:, :, rows][:, :, :, cols]
+        if len(np.unique(xi)) == len(xi):
+            self._update(ti, yi, xi, y, w)
+        else:
+            # Several tile cells land on one grid cell (a periodic tile wider than the globe):
+            # apply them one at a time so each update sees the previous one.
+            for c, col in enumerate(xi):
+                self._update(ti, yi, xi[c : c + 1], y[..., c : c + 1], w[..., c : c + 1])
+
+    def _update(self, ti, yi, xi, y: np.ndarray, w: np.ndarray) -> None:
+        """Running weighted mean on cells ``(ti, :, yi, xi)``; ``ti`` are distinct steps."""
+        tsel, ysel, xsel = _as_index(ti), _as_index(yi), _as_index(xi)
+        if isinstance(ysel, slice) and isinstance(xsel, slice):
+            idx_m = (tsel, slice(None), ysel, xsel)
+            idx_w = (tsel, 0, ysel, xsel)
+        else:
+            tt, yy, xx = np.ix_(np.atleast_1d(ti), yi, xi)
+            idx_m = (tt[:, None], np.arange(y.shape[1])[None, :, None, None], yy[:, None], xx[:, None])
+            idx_w = (tt, 0, yy, xx)
+        ws = self.wsum[idx_w] + w
         frac = np.where(ws > 0, w / np.where(ws > 0, ws, 1.0), 0.0).astype(np.float32)
-        self.mean[ti][(slice(None), *pairs)] = m + frac[None] * (y - m)
-        self.wsum[ti, 0][pairs] = ws
+        m = self.mean[idx_m]
+        self.mean[idx_m] = m + frac[:, None] * (y - m)
+        self.wsum[idx_w] = ws
 
     def result(self) -> np.ndarray:
         out = self.mean.copy()
