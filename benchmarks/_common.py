@@ -30,7 +30,14 @@ def timeit(fn, repeat: int = 5, warmup: int = 2, sync=None) -> float:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MB)."""
+    """Peak resident set size of this process so far (MB).
+
+    Linux's VmHWM, which starts afresh at exec; ``getrusage``'s ru_maxrss does not, so in a
+    child started by a large parent it would report the parent's size.
+    """
+    hwm = _status_mb("VmHWM")
+    if hwm == hwm:  # not NaN: /proc is there
+        return hwm
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -636,9 +636,7 @@ class _AttentionContext:
     """Adds the attention maps of a batch's windows (all their attention steps) to the block's
     untilers; one :class:`AttentionMaps` per spatial tile, built on first use."""
 
-    def __init__(
-        self, tiler: Tiler, cube: Cube, multiple: int, queries: dict, k: int, device
-    ):
+    def __init__(self, tiler: Tiler, cube: Cube, multiple: int, queries: dict, k: int, device):
         self.builders: dict[tuple[int, int], AttentionMaps] = {}
         self.tiler, self.cube, self.device = tiler, cube, device
         self.m, self.queries, self.k = multiple, queries, k

@@ -28,5 +28,7 @@ class MissingVariableError(DataError):
     needs ...") using ``source``, ``variable`` and ``available``."""
 
     def __init__(self, source: str, variable: str, available: list[str]):
-        super().__init__(f"{source}: unknown variable {variable!r}; available: {', '.join(available)}")
+        super().__init__(
+            f"{source}: unknown variable {variable!r}; available: {', '.join(available)}"
+        )
         self.source, self.variable, self.available = source, variable, list(available)

@@ -245,3 +245,50 @@ def test_inputs_are_not_modified(small_nc):
     cube = open_cube(small_nc)
     cube.to_array().values  # noqa: B018
     assert small_nc.read_bytes() == before
+
+
+# -- Cube.read (the streaming path) equals to_array (the dask path) ----------------------
+
+
+def _check_reads(cube, spans=((0, 5), (3, 17), (0, None), (7, 8))):
+    full = cube.to_array().values
+    for t0, t1 in spans:
+        t1 = full.shape[0] if t1 is None else t1
+        got = cube.read(t0, t1)
+        assert got.dtype == np.float32 and got.shape == (t1 - t0, *full.shape[1:])
+        np.testing.assert_array_equal(got, full[t0:t1])
+
+
+def test_read_single_file_levels_packed_and_one_chunk(tmp_path):
+    ds = synthetic_cube(nt=30, nlat=6, nlon=12, variables=("sst", "t2m"), levels=[850.0, 500.0])
+    path = tmp_path / "one_chunk.nc"
+    write_netcdf(ds, path, packed=True)  # netCDF4 stores the whole time axis as one chunk
+    cube = open_cube(path)
+    assert cube.files, "a single file is read through its lazy indexing"
+    _check_reads(cube)
+    _check_reads(open_cube(path, levels=[500]))
+    _check_reads(open_cube(path, time_chunk=4))
+
+
+def test_read_across_files_and_time_ranges(tmp_path, small_ds):
+    for i in range(3):
+        write_netcdf(small_ds.isel(time=slice(20 * i, 20 * (i + 1))), tmp_path / f"part{i}.nc")
+    cube = open_cube([tmp_path / "part2.nc", tmp_path / "part0.nc", tmp_path / "part1.nc"])
+    assert [start for start, _ in cube.files] == [0, 20, 40]
+    _check_reads(cube, spans=((0, 60), (15, 45), (19, 21), (40, 41), (59, 60)))
+    part = cube.isel_time(slice(10, 50))
+    assert part.shape[0] == 40 and part.files
+    _check_reads(part, spans=((0, 40), (5, 35), (9, 11), (30, 40)))
+    _check_reads(cube.isel_time(np.array([3, 1, 2])), spans=((0, 3),))  # dask fallback
+
+
+def test_read_zarr_and_interleaved_files(tmp_path, small_ds):
+    small_ds.to_zarr(tmp_path / "c.zarr")
+    _check_reads(open_cube(tmp_path / "c.zarr"))
+    # Files whose times interleave: the combined cube is sorted and read through dask.
+    write_netcdf(small_ds.isel(time=slice(0, 60, 2)), tmp_path / "even.nc")
+    write_netcdf(small_ds.isel(time=slice(1, 60, 2)), tmp_path / "odd.nc")
+    both = open_cube([tmp_path / "even.nc", tmp_path / "odd.nc"], sort_time=True)
+    assert not both.files
+    _check_reads(both)
+    np.testing.assert_allclose(both.read(0, 60)[:, 0], small_ds["sst"].values, rtol=1e-6)

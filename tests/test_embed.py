@@ -338,3 +338,15 @@ def test_latent_cell_centres_survive_padding_and_the_dateline():
     assert np.isnan(lat_c[0]) and np.isnan(lon_c[0])
     np.testing.assert_allclose(lat_c[1:], [15.0, 35.0])
     np.testing.assert_allclose(np.mod(lon_c[1:], 360.0), [352.5, 2.5])
+
+
+@pytest.mark.parametrize(
+    ("keep", "tiles", "batch"), [(12, 1, 8), (12, 6, 8), (16, 3, 8), (4, 1, 1), (30, 1, 16)]
+)
+def test_default_block_holds_whole_batches(keep, tiles, batch):
+    from faextract.embed import _default_block
+
+    block = _default_block(keep, tiles, batch)
+    assert block % keep == 0 and block >= keep
+    assert (block // keep * tiles) % batch == 0
+    assert block <= max(2 * 64, keep * batch)  # near 64 steps, not arbitrarily long

@@ -270,7 +270,7 @@ class Untiler:
         else:
             # Several tile cells land on one grid cell (a periodic tile wider than the globe):
             # apply them one at a time so each update sees the previous one.
-            for c, col in enumerate(xi):
+            for c in range(len(xi)):
                 self._update(ti, yi, xi[c : c + 1], y[..., c : c + 1], w[..., c : c + 1])
 
     def _update(self, ti, yi, xi, y: np.ndarray, w: np.ndarray) -> None:
@@ -281,7 +281,12 @@ class Untiler:
             idx_w = (tsel, 0, ysel, xsel)
         else:
             tt, yy, xx = np.ix_(np.atleast_1d(ti), yi, xi)
-            idx_m = (tt[:, None], np.arange(y.shape[1])[None, :, None, None], yy[:, None], xx[:, None])
+            idx_m = (
+                tt[:, None],
+                np.arange(y.shape[1])[None, :, None, None],
+                yy[:, None],
+                xx[:, None],
+            )
             idx_w = (tt, 0, yy, xx)
         ws = self.wsum[idx_w] + w
         frac = np.where(ws > 0, w / np.where(ws > 0, ws, 1.0), 0.0).astype(np.float32)

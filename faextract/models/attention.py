@@ -68,11 +68,13 @@ class AxialAttention(nn.Module):
 
     def _attend(self, q, k, v, bias, need_weights: bool):
         # q, k, v: (N, heads, L, dh); bias: (heads, L, L)
-        if not need_weights:
+        if not need_weights and q.is_cuda:
+            # CUDA's memory-efficient kernel takes the bias; on CPU a float mask sends SDPA to
+            # its math path (extra passes for fully masked rows), slower than the plain form.
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0)), None
-        logits = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5 + bias
+        logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2) + bias
         w = logits.softmax(dim=-1)
-        return w @ v, w
+        return w @ v, (w if need_weights else None)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         B, C, H, W = x.shape

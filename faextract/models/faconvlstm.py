@@ -276,15 +276,15 @@ class FAConvLSTM2D(RecurrentConv2D):
         outs, maps = [], []
         for t, xin_t in enumerate(xin.unbind(1)):  # unbind: no per-step full-size grads
             hr = h * rec_mask if rec_mask is not None else h
-            if self.factorized:
-                z = self.b_to_gates(self._mix(xin_t + self.h_to_b(hr)))
+            if self.factorized:  # the gate bias rides on the 1x1 projection (one pass less)
+                z = F.conv2d(self._mix(xin_t + self.h_to_b(hr)), self.b_to_gates.weight, self.bias)
             else:
                 kh, kw = self.kernel_size
                 pt, pb = same_padding(Ho, kh, 1, 1)
                 pl, pr = same_padding(Wo, kw, 1, 1)
                 z = self._mix(xin_t + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel))
-            if bias is not None:
-                z = z + bias
+                if bias is not None:
+                    z = z + bias
             if self._fused:
                 h, c = lstm_pointwise(z, c, self.peep if self.peephole else None)
             else:

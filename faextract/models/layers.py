@@ -119,9 +119,15 @@ class DepthwiseConv(nn.Module):
         )
         self.pad = (kernel_size - 1) * dilation
         self.periodic_lon = periodic_lon
+        if self.pad % 2 == 0:  # symmetric: let the convolution zero-pad (no padded copy)
+            self.conv.padding = (self.pad // 2, 0 if periodic_lon else self.pad // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1 = self.pad // 2, self.pad - self.pad // 2
+        if self.pad % 2 == 0:
+            if self.periodic_lon and p0:
+                x = pad_spatial(x, (p0, p1, 0, 0), True)
+            return self.conv(x)
         return self.conv(pad_spatial(x, (p0, p1, p0, p1), self.periodic_lon))
 
 
