@@ -173,11 +173,22 @@ def _red_noise(rng: np.random.Generator, shape, steps_per_year: float) -> np.nda
     return out
 
 
-def write_netcdf(ds: xr.Dataset, path, *, packed: bool = False) -> None:
-    """Write ``ds`` as NetCDF4 with zlib; ``packed`` stores int16 with scale_factor/add_offset."""
+def write_netcdf(
+    ds: xr.Dataset, path, *, packed: bool = False, time_chunk: int | None = None
+) -> None:
+    """Write ``ds`` as NetCDF4 with zlib; ``packed`` stores int16 with scale_factor/add_offset.
+
+    ``time_chunk`` stores each variable in chunks of that many steps (full in space), as
+    reanalysis archives do; by default netCDF4 picks (for small files: one chunk per variable).
+    """
     encoding = {}
     for name, da in ds.data_vars.items():
         enc = {"zlib": True, "complevel": 5, "shuffle": True}
+        if time_chunk:
+            enc["chunksizes"] = tuple(
+                min(time_chunk, n) if d == "time" else n
+                for d, n in zip(da.dims, da.shape, strict=True)
+            )
         if packed:
             lo, hi = float(np.nanmin(da.values)), float(np.nanmax(da.values))
             # ~1/4000 of the range: far below the noise, and compresses 2x better than full int16.

@@ -292,3 +292,41 @@ def test_read_zarr_and_interleaved_files(tmp_path, small_ds):
     assert not both.files
     _check_reads(both)
     np.testing.assert_allclose(both.read(0, 60)[:, 0], small_ds["sst"].values, rtol=1e-6)
+
+
+# -- one variable per file (CMIP, ERA5 downloads), also split in time ---------------------
+
+
+def _split_files(tmp_path, ds, names, pieces=2):
+    n = ds.sizes["time"] // pieces
+    for v in names:
+        for i in range(pieces):
+            write_netcdf(ds[[v]].isel(time=slice(n * i, n * (i + 1))), tmp_path / f"{v}_{i}.nc")
+
+
+def test_one_variable_per_file_is_merged(tmp_path):
+    ds = synthetic_cube(nt=40, nlat=6, nlon=12, variables=("sst", "t2m", "sp"), levels=[850.0])
+    _split_files(tmp_path, ds, ("sst", "t2m", "sp"))
+    write_netcdf(ds, tmp_path / "whole.nc.ref")
+    whole = open_cube(tmp_path / "whole.nc.ref", ["sst", "t2m", "sp"])
+    split = open_cube(str(tmp_path / "*.nc"), ["sst", "t2m", "sp"])
+    assert split.channels == whole.channels == ("sst", "t2m@850", "sp@850")
+    assert split.shape == whole.shape and len(split.sources) == 6
+    np.testing.assert_array_equal(split.to_array().values, whole.to_array().values)
+    _check_reads(split, spans=((0, 40), (13, 27), (19, 21)))
+    # without --variables: every variable, in the order the (sorted) files give them
+    assert set(open_cube(str(tmp_path / "*.nc")).channels) == set(whole.channels)
+    # files holding none of the asked variables are left out
+    only = open_cube(str(tmp_path / "*.nc"), ["t2m"])
+    assert only.channels == ("t2m@850",) and len(only.sources) == 2
+
+
+def test_split_variables_must_share_times_and_not_repeat(tmp_path):
+    ds = synthetic_cube(nt=40, nlat=6, nlon=12, variables=("sst", "t2m"))
+    write_netcdf(ds[["sst"]], tmp_path / "sst.nc")
+    write_netcdf(ds[["t2m"]].isel(time=slice(0, 30)), tmp_path / "t2m.nc")
+    with pytest.raises(DataError, match=r"t2m.nc: its time steps \(30, .*differ from .*sst.nc"):
+        open_cube([tmp_path / "sst.nc", tmp_path / "t2m.nc"])
+    write_netcdf(ds, tmp_path / "both.nc")
+    with pytest.raises(DataError, match="variable 'sst' is also in"):
+        open_cube([tmp_path / "both.nc", tmp_path / "sst.nc"])

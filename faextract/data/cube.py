@@ -43,8 +43,8 @@ class Cube:
     calendar: str
     periodic: bool
     sources: tuple[str, ...] = field(default_factory=tuple)
-    #: The per-file datasets before dask chunking, with the cube step each starts at, for
-    #: :meth:`read`; empty when the cube's steps are not contiguous runs of them.
+    #: The per-file datasets before dask chunking, with the cube step each starts at, sorted
+    #: by it, for :meth:`read`; empty when the cube's steps are not contiguous runs of them.
     files: tuple[tuple[int, xr.Dataset], ...] = field(default=(), repr=False)
 
     @property
@@ -114,26 +114,17 @@ class Cube:
 
             with dask.config.set(scheduler="synchronous"):
                 return np.asarray(self.to_array().data[t0:t1].compute())
-        blocks = []
-        for start, ds in self.files:
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in self.variables}
+        for start, ds in self.files:  # sorted by start; each holds some of the variables
             a, b = max(t0, start), min(t1, start + ds.sizes["time"])
             if a < b:
-                blocks.append(self._stack(ds.isel(time=slice(a - start, b - start))))
-        if not blocks:
+                sub = ds.isel(time=slice(a - start, b - start))
+                for name in self.variables:
+                    if name in sub.data_vars:
+                        pieces[name].append(_as_channels(sub[name]))
+        if t1 <= t0:
             return np.empty((0, *self.shape[1:]), dtype=np.float32)
-        return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
-
-    def _stack(self, ds: xr.Dataset) -> np.ndarray:
-        """``(time, channel, lat, lon)`` float32 from one file's variables, channels in order."""
-        out = []
-        for name in self.variables:
-            da = ds[name]
-            if "level" in da.dims:
-                v = np.asarray(da.transpose("time", "level", "lat", "lon").values, dtype=np.float32)
-                out.extend(v[:, i] for i in range(v.shape[1]))
-            else:
-                out.append(np.asarray(da.transpose("time", "lat", "lon").values, dtype=np.float32))
-        return np.stack(out, axis=1)
+        return np.concatenate([np.concatenate(pieces[name]) for name in self.variables], axis=1)
 
     def isel_time(self, index) -> Cube:
         """A cube restricted to some time steps (a slice or an index array)."""
@@ -155,6 +146,13 @@ class Cube:
             sources=self.sources,
             files=files,
         )
+
+
+def _as_channels(da: xr.DataArray) -> np.ndarray:
+    """One variable as float32 ``(time, channels, lat, lon)``: its levels, or one channel."""
+    if "level" in da.dims:
+        return np.asarray(da.transpose("time", "level", "lat", "lon").values, dtype=np.float32)
+    return np.asarray(da.transpose("time", "lat", "lon").values, dtype=np.float32)[:, None]
 
 
 def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
@@ -381,11 +379,70 @@ def open_cube(
     """
     paths_ = resolve_paths(paths)
     overrides = parse_dims(dims)
+    opened = [(path, _open_one(path)) for path in paths_]
+    groups = _group_by_variables(opened, variables)
+    parts = [
+        _open_group(members, names, levels, overrides, sort_time, time_chunk)
+        for names, members in groups
+    ]
+    if len(parts) == 1:
+        ds, axes, kept, files = parts[0]
+    else:
+        ds, axes, kept, files = _merge_groups(parts, [members for _, members in groups])
+        if variables:  # channels in the order asked for, as with a single file
+            kept = [v for v in variables if v in kept]
+    cal = calendar_of(ds["time"])
+    return Cube(
+        dataset=ds,
+        variables=tuple(kept),
+        channels=tuple(_channel_names(ds, kept)),
+        axes=axes,
+        calendar=cal,
+        periodic=is_periodic(ds["lon"].values),
+        sources=tuple(p for _, members in groups for p, _ in members),
+        files=files,
+    )
+
+
+def _group_by_variables(opened, variables):
+    """Files grouped by the variables they hold (one group per variable set, in the order
+    first met): a group is one time series split across files, the groups are merged.
+    With ``variables``, files holding none of them are left out."""
+    groups: dict[tuple[str, ...], list] = {}
+    available: list[str] = []
+    for path, raw in opened:
+        have = _data_variables(raw)
+        available += [v for v in have if v not in available]
+        names = tuple(v for v in variables if v in have) if variables else None
+        if names == ():
+            continue
+        key = names if names is not None else tuple(have)
+        groups.setdefault(key, []).append((path, raw))
+    if variables:
+        found = {v for key in groups for v in key}
+        missing = [v for v in variables if v not in found]
+        if missing:
+            raise MissingVariableError(opened[0][0], missing[0], available)
+    if len(groups) > 1:
+        seen: dict[str, str] = {}
+        for key, members in groups.items():
+            for v in key:
+                if v in seen:
+                    raise DataError(
+                        f"{members[0][0]}: variable {v!r} is also in {seen[v]}, which holds "
+                        "other variables; give files with the same variables, or one variable "
+                        "per file, or choose variables with --variables"
+                    )
+                seen[v] = members[0][0]
+    return [(list(key) if variables else None, members) for key, members in groups.items()]
+
+
+def _open_group(members, variables, levels, overrides, sort_time, time_chunk):
+    """Files with the same variables, concatenated in time -> (dataset, axes, kept, files)."""
     parts = []
     axes: dict[str, str] = {}
     kept: list[str] = []
-    for path in paths_:
-        raw = _open_one(path)
+    for path, raw in members:
         ds, axes, kept_here = _standardize(
             raw,
             path,
@@ -407,7 +464,7 @@ def open_cube(
         parts.append((ds.chunk(_chunks(ds, time_chunk)), path, ds))
     if len(parts) == 1:
         ds = parts[0][0]
-        files = ((0, parts[0][2]),)
+        files: tuple = ((0, parts[0][2]),)
     else:
         parts.sort(key=lambda p: p[0]["time"].values[0])
         starts = np.cumsum([0] + [p[0].sizes["time"] for p in parts[:-1]])
@@ -434,17 +491,37 @@ def open_cube(
     for name in ds.data_vars:
         ds[name].encoding.pop("chunks", None)
         ds[name].encoding.pop("preferred_chunks", None)
-    cal = calendar_of(ds["time"])
-    return Cube(
-        dataset=ds,
-        variables=tuple(kept),
-        channels=tuple(_channel_names(ds, kept)),
-        axes=axes,
-        calendar=cal,
-        periodic=is_periodic(ds["lon"].values),
-        sources=tuple(paths_),
-        files=files,
+    return ds, axes, kept, files
+
+
+def _merge_groups(parts, members):
+    """Merge variable groups (e.g. one variable per file) that share grid and time steps."""
+    (first, axes, _, _), first_path = parts[0], members[0][0][0]
+    kept: list[str] = []
+    files: list | None = []
+    levelled = None
+    for (ds, _axes, kept_here, group_files), group in zip(parts, members, strict=True):
+        path = group[0][0]
+        _check_same_grid(first, first_path, ds, path, [], [], merging=True)
+        if "level" in ds.dims:  # variables with levels share one level axis
+            if levelled is None:
+                levelled = (ds, path)
+            _check_same_grid(levelled[0], levelled[1], ds, path, [], [], merging=True)
+        a, b = first["time"].values, ds["time"].values
+        if a.shape != b.shape or not np.all(a == b):
+            raise DataError(
+                f"{path}: its time steps ({b.size}, {b[0]} .. {b[-1]}) differ from {first_path}'s "
+                f"({a.size}, {a[0]} .. {a[-1]}); files with different variables must cover the "
+                "same times"
+            )
+        kept += kept_here
+        # Read lazily only if every group can be (no group had to be re-sorted).
+        files = files + list(group_files) if files is not None and group_files else None
+    ds = xr.merge(
+        [p[0] for p in parts], compat="override", join="override", combine_attrs="override"
     )
+    ds["time"].encoding.update(parts[0][0]["time"].encoding)
+    return ds, axes, kept, tuple(sorted(files, key=lambda f: f[0])) if files else ()
 
 
 def _chunks(ds: xr.Dataset, time_chunk: int) -> dict[str, int]:
@@ -454,11 +531,17 @@ def _chunks(ds: xr.Dataset, time_chunk: int) -> dict[str, int]:
     return chunks
 
 
-def _check_same_grid(a: xr.Dataset, a_path: str, b: xr.Dataset, b_path: str, va, vb) -> None:
+def _check_same_grid(
+    a: xr.Dataset, a_path: str, b: xr.Dataset, b_path: str, va, vb, *, merging: bool = False
+) -> None:
+    """Same variables (unless ``merging`` different ones) on the same lat, lon and levels;
+    when merging, only one of the two needs a vertical axis."""
     if list(va) != list(vb):
         raise DataError(f"{b_path}: variables {list(vb)} differ from {a_path}: {list(va)}")
     for axis in ("lat", "lon", "level"):
         if (axis in a.dims) != (axis in b.dims):
+            if merging and axis == "level":
+                continue
             raise DataError(f"{b_path}: has {axis} axis mismatch with {a_path}")
         if axis not in a.dims:
             continue
