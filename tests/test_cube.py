@@ -330,3 +330,17 @@ def test_split_variables_must_share_times_and_not_repeat(tmp_path):
     write_netcdf(ds, tmp_path / "both.nc")
     with pytest.raises(DataError, match="variable 'sst' is also in"):
         open_cube([tmp_path / "both.nc", tmp_path / "sst.nc"])
+
+
+def test_netcdf_chunk_cache_is_bounded(small_nc, monkeypatch):
+    """netCDF-C keeps a 64 MB cache per variable of every open file by default; a streaming
+    pass over many files and variables grew by GBs. faextract opens files with a small one."""
+    import netCDF4
+
+    from faextract.data import cube as cube_mod
+
+    open_cube(small_nc)
+    assert netCDF4.get_chunk_cache()[0] == cube_mod.NETCDF_CHUNK_CACHE_MB * 2**20
+    monkeypatch.setenv("FAEXTRACT_NETCDF_CACHE_MB", "2")
+    open_cube(small_nc)
+    assert netCDF4.get_chunk_cache()[0] == 2 * 2**20

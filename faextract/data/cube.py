@@ -182,6 +182,24 @@ def _is_zarr(path: str) -> bool:
     )
 
 
+#: Per-variable HDF5 chunk cache (MB) for files faextract opens; ``FAEXTRACT_NETCDF_CACHE_MB``
+#: overrides it. netCDF-C's default, 64 MB for every variable of every open file, fills with
+#: each chunk read and stays while the file is open: a streaming pass over many variables and
+#: files grew by hundreds of MB to GBs. Blocks are read in time order, so a cache that holds
+#: the chunks straddling one read and the next is all that pays.
+NETCDF_CHUNK_CACHE_MB = 8
+
+
+def _limit_netcdf_chunk_cache() -> None:
+    """Set netCDF-C's chunk cache for files opened from now on (a process-wide default)."""
+    import netCDF4
+
+    mb = float(os.environ.get("FAEXTRACT_NETCDF_CACHE_MB", NETCDF_CHUNK_CACHE_MB))
+    size, nelems, preemption = netCDF4.get_chunk_cache()
+    if size != int(mb * 2**20):
+        netCDF4.set_chunk_cache(int(mb * 2**20), nelems, preemption)
+
+
 def _open_one(path: str) -> xr.Dataset:
     try:
         if _is_zarr(path):
@@ -192,6 +210,7 @@ def _open_one(path: str) -> xr.Dataset:
             magic = fh.read(8)
         if not (magic[:3] == b"CDF" or magic[:8] == b"\x89HDF\r\n\x1a\n"):
             raise DataError(f"{path}: not a NetCDF file (unrecognized header {magic[:4]!r})")
+        _limit_netcdf_chunk_cache()
         return xr.open_dataset(path, engine="netcdf4", decode_times=False, chunks=None)
     except DataError:
         raise
