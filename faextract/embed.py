@@ -270,7 +270,11 @@ def _upsample(t: torch.Tensor, m: int) -> np.ndarray:
 
 
 class _Writer(threading.Thread):
-    """Writes finished blocks from a queue so the next block computes meanwhile."""
+    """Writes finished blocks from a queue so the next block computes meanwhile.
+
+    A write that fails ends the thread and keeps the error; the main thread sees it at its next
+    :meth:`put` or at :meth:`finish` (never blocked on a full queue nobody drains).
+    """
 
     def __init__(self, store: EmbeddingStore):
         super().__init__(daemon=True)
@@ -291,16 +295,25 @@ class _Writer(threading.Thread):
                 self.error = err
                 return
 
-    def put(self, item):
-        if self.error:
-            raise self.error
-        self.q.put(item)
+    def _offer(self, item) -> bool:
+        """Queue ``item`` unless the thread has ended; True if queued."""
+        while self.is_alive():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    def close(self):
-        self.q.put(None)
+    def put(self, item):
+        if self.error or not self._offer(item):
+            raise self.error or RuntimeError("the block writer thread ended unexpectedly")
+
+    def finish(self) -> BaseException | None:
+        """Write what is queued, stop, and return the error of a failed write (if any)."""
+        self._offer(None)
         self.join()
-        if self.error:
-            raise self.error
+        return self.error
 
 
 def embed(
@@ -429,50 +442,55 @@ def embed(
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
     attention_maps = _AttentionContext(tiler, cube, model.multiple, opts.queries, k or 1, device)
     prefetch = _Prefetcher(_batches(plan, reader, tiler, opts.batch_size, device.type == "cuda"))
-    with StopFlag() as stop, torch.inference_mode():
-        current = None  # (b, t0, t1, arrays, untilers) of the block being assembled
-        for b, group, batch, last in prefetch:
-            if current is None:
-                if stop.requested:
-                    stopped = True
-                    break
-                t0, t1 = b * block, min(nt, (b + 1) * block)
-                current = (
-                    b,
-                    t0,
-                    t1,
-                    _block_arrays(t0, t1, tiler, ckpt),
-                    _untilers(tiler, t0, t1, k, heads, opts, ckpt),
-                )
-            _, t0, t1, arrays, untilers = current
-            batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
-            with amp:
-                latent, z, attn = model.encode(
-                    batch["x"],
-                    batch["mask"],
-                    batch["phase"],
-                    batch["time"] >= 0,
-                    need_weights=bool(k),
-                )
-            z = z.float().cpu().numpy()
-            for j, w in enumerate(group):
-                _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
-                if opts.latent:
-                    untilers["latent"].add(w, _upsample(latent[j].float().cpu(), model.multiple))
-            if k:
-                attention_maps.add(untilers, attn, group)
-            n_windows += len(group)
-            if task is not None:
-                rate = n_windows / max(time.perf_counter() - t_start, 1e-9)
-                progress.advance(task, len(group), info=f"{rate:.1f} win/s")
-            if last:
-                for name, acc in untilers.items():
-                    arrays[name] = acc.result()
-                att_slice = slice(t0 // k, -(-t1 // k)) if k else None
-                writer.put((b, t0, t1, arrays, att_slice))
-                current = None
-    prefetch.close()
-    writer.close()
+    try:
+        with StopFlag() as stop, torch.inference_mode():
+            current = None  # (b, t0, t1, arrays, untilers) of the block being assembled
+            for b, group, batch, last in prefetch:
+                if current is None:
+                    if stop.requested:
+                        stopped = True
+                        break
+                    t0, t1 = b * block, min(nt, (b + 1) * block)
+                    current = (
+                        b,
+                        t0,
+                        t1,
+                        _block_arrays(t0, t1, tiler, ckpt),
+                        _untilers(tiler, t0, t1, k, heads, opts, ckpt),
+                    )
+                _, t0, t1, arrays, untilers = current
+                batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+                with amp:
+                    latent, z, attn = model.encode(
+                        batch["x"],
+                        batch["mask"],
+                        batch["phase"],
+                        batch["time"] >= 0,
+                        need_weights=bool(k),
+                    )
+                z = z.float().cpu().numpy()
+                for j, w in enumerate(group):
+                    _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
+                    if opts.latent:
+                        untilers["latent"].add(
+                            w, _upsample(latent[j].float().cpu(), model.multiple)
+                        )
+                if k:
+                    attention_maps.add(untilers, attn, group)
+                n_windows += len(group)
+                if task is not None:
+                    progress.advance(task, len(group))
+                if last:
+                    for name, acc in untilers.items():
+                        arrays[name] = acc.result()
+                    att_slice = slice(t0 // k, -(-t1 // k)) if k else None
+                    writer.put((b, t0, t1, arrays, att_slice))
+                    current = None
+    finally:  # on any exit: stop reading, let the writer finish the blocks it holds
+        prefetch.close()
+        write_error = writer.finish()
+    if write_error is not None:
+        raise write_error
     if task is not None:
         progress.finish(task)
     complete = store.mark_complete_if_done()

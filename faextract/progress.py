@@ -53,6 +53,7 @@ class Progress:
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[info]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
@@ -71,7 +72,7 @@ class Progress:
         tid = len(self._tasks)
         self._tasks[tid] = _Task(label, total)
         if self._rich is not None:
-            self._rich_ids[tid] = self._rich.add_task(label, total=total, info="")
+            self._rich_ids[tid] = self._rich.add_task(label, total=total, info="", rate="")
         return tid
 
     def advance(self, tid: int, n: float = 1, info: str | None = None) -> None:
@@ -80,7 +81,9 @@ class Progress:
         if info is not None:
             task.info = info
         if self._rich is not None:
-            self._rich.update(self._rich_ids[tid], advance=n, info=task.info)
+            elapsed = time.monotonic() - task.start
+            rate = f"{task.done / elapsed:.1f} {self.unit}/s" if elapsed > 0 else ""
+            self._rich.update(self._rich_ids[tid], advance=n, info=task.info, rate=rate)
         elif self.plain:
             now = time.monotonic()
             if now - task.last_print >= self.interval:

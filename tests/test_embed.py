@@ -350,3 +350,33 @@ def test_default_block_holds_whole_batches(keep, tiles, batch):
     assert block % keep == 0 and block >= keep
     assert (block // keep * tiles) % batch == 0
     assert block <= max(2 * 64, keep * batch)  # near 64 steps, not arbitrarily long
+
+
+def test_a_failed_write_raises_instead_of_hanging(tmp_path, trained, monkeypatch):
+    """The writer thread dies on its first write while the main thread has filled the queue:
+    embed must raise that error (it used to block forever on the full queue)."""
+    import threading
+    import time
+
+    import faextract.store as store_mod
+
+    cube, ckpt, _ = trained
+
+    def failing(self, *a, **k):
+        time.sleep(0.5)  # let the main thread fill the queue meanwhile
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(store_mod.EmbeddingStore, "write_block", failing)
+    outcome = {}
+
+    def run():
+        try:
+            embed([cube], ckpt, str(tmp_path / "full.zarr"), _opts(block=4))
+        except BaseException as err:  # noqa: BLE001
+            outcome["error"] = err
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "embed hung after a failed write"
+    assert isinstance(outcome.get("error"), OSError)
