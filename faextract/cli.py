@@ -271,6 +271,12 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (CUDA).")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes reading ahead (0: a thread; on GPU nodes try 2-4).", min=0
+        ),
+    ] = 0,
     latent: Annotated[
         bool, typer.Option("--latent", help="Also write latent feature maps.")
     ] = False,
@@ -292,6 +298,19 @@ def embed(
     keep: Annotated[
         int | None, typer.Option(help="Kept steps per window (default: the training window).")
     ] = None,
+    dims: Annotated[
+        str | None,
+        typer.Option(
+            "--dims", help="Axis names, e.g. time=T,lat=Y,lon=X (default: those used in training)."
+        ),
+    ] = None,
+    sort_time: Annotated[
+        bool | None,
+        typer.Option(
+            "--sort-time/--no-sort-time",
+            help="Sort unsorted times instead of failing (default: as in training).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
     """Stream a dataset through a trained encoder into a CF-described Zarr store (restartable)."""
@@ -306,6 +325,7 @@ def embed(
         batch_size=batch_size,
         device=device,
         bf16=bf16,
+        workers=workers,
         latent=latent,
         queries=dict(parse_query(q) for q in attention_query or []),
         zarr_format=zarr_format,
@@ -313,6 +333,8 @@ def embed(
         overwrite=overwrite,
         warmup=warmup,
         keep=keep,
+        dims=dims,
+        sort_time=sort_time,
     )
     command = _command_line("embed")
     with Progress(unit="windows") as progress:

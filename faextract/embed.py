@@ -32,9 +32,11 @@ import torch
 
 from faextract import __version__
 from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_from_dict
+from faextract.data.axes import parse_dims
 from faextract.data.cube import Cube, open_cube
-from faextract.data.dataset import BlockReader
+from faextract.data.dataset import CubeSource
 from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
+from faextract.embed_batches import BlockBatches, offer, prefetched
 from faextract.errors import FaextractError, MissingVariableError
 from faextract.models.faconvlstm import FAConvLSTM2D
 from faextract.signals import StopFlag
@@ -60,6 +62,9 @@ class EmbedOptions:
     )
     tile: tuple[int, int] | None = None  # override the checkpoint's spatial tile
     halo: int | None = None
+    dims: str | dict | None = None  # axis names (default: those the model was trained with)
+    workers: int = 0  # DataLoader worker processes reading ahead; 0 = a thread
+    sort_time: bool | None = None  # sort unsorted times (default: as in training)
 
 
 @dataclass
@@ -297,13 +302,7 @@ class _Writer(threading.Thread):
 
     def _offer(self, item) -> bool:
         """Queue ``item`` unless the thread has ended; True if queued."""
-        while self.is_alive():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return offer(self.q, item, self.is_alive)
 
     def put(self, item):
         if self.error or not self._offer(item):
@@ -331,8 +330,16 @@ def embed(
     ckpt = load_checkpoint(checkpoint)
     ckpt_sha = sha256(checkpoint)
     levels = ckpt.get("levels")
+    # The files are opened as in training (axis names, time sorting) unless told otherwise.
+    trained_data = (ckpt.get("config") or {}).get("data") or {}
+    dims = parse_dims(opts.dims if opts.dims is not None else trained_data.get("dims"))
+    sort_time = bool(
+        opts.sort_time if opts.sort_time is not None else trained_data.get("sort_time")
+    )
     try:
-        cube = open_cube(inputs, ckpt["variables"], levels=levels)  # lazy: metadata only
+        cube = open_cube(  # lazy: metadata only
+            inputs, ckpt["variables"], levels=levels, dims=dims, sort_time=sort_time
+        )
     except MissingVariableError as err:
         raise FaextractError(
             f"{err.source}: the checkpoint needs variable {err.variable!r}, which the input "
@@ -432,60 +439,62 @@ def embed(
     shard_i, shard_n = opts.shard
     todo = [b for b in range(nblocks) if b % shard_n == shard_i and not done[b]]
 
-    reader = BlockReader(cube, stats)
     writer = _Writer(store)
     writer.start()
     stopped = False
     n_windows = 0
-    plan = [(b, tiler.windows_in(b * block, min(nt, (b + 1) * block))) for b in todo]
+    plan = [
+        (b, [w.index for w in tiler.windows_in(b * block, min(nt, (b + 1) * block))]) for b in todo
+    ]
     task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
     attention_maps = _AttentionContext(tiler, cube, model.multiple, opts.queries, k or 1, device)
-    prefetch = _Prefetcher(_batches(plan, reader, tiler, opts.batch_size, device.type == "cuda"))
+    source = CubeSource(
+        paths=tuple(cube.sources),
+        variables=tuple(ckpt["variables"]),
+        levels=tuple(levels) if levels else None,
+        dims=dims,
+        sort_time=sort_time,
+    )
+    batches = BlockBatches(source, cube.channels, stats, tiler, plan, opts.batch_size, cube=cube)
+    prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")
     try:
         with StopFlag() as stop, torch.inference_mode():
-            current = None  # (b, t0, t1, arrays, untilers) of the block being assembled
-            for b, group, batch, last in prefetch:
-                if current is None:
-                    if stop.requested:
-                        stopped = True
-                        break
-                    t0, t1 = b * block, min(nt, (b + 1) * block)
-                    current = (
-                        b,
-                        t0,
-                        t1,
-                        _block_arrays(t0, t1, tiler, ckpt),
-                        _untilers(tiler, t0, t1, k, heads, opts, ckpt),
-                    )
-                _, t0, t1, arrays, untilers = current
-                batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
-                with amp:
-                    latent, z, attn = model.encode(
-                        batch["x"],
-                        batch["mask"],
-                        batch["phase"],
-                        batch["time"] >= 0,
-                        need_weights=bool(k),
-                    )
-                z = z.float().cpu().numpy()
-                for j, w in enumerate(group):
-                    _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
-                    if opts.latent:
-                        untilers["latent"].add(
-                            w, _upsample(latent[j].float().cpu(), model.multiple)
+            for items in prefetch:  # one time block: its batches
+                if stop.requested:
+                    stopped = True
+                    break
+                b = items[0][0]
+                t0, t1 = b * block, min(nt, (b + 1) * block)
+                arrays = _block_arrays(t0, t1, tiler, ckpt)
+                untilers = _untilers(tiler, t0, t1, k, heads, opts, ckpt)
+                for _, idx, batch, _last in items:
+                    group = [tiler.windows[i] for i in idx]
+                    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+                    with amp:
+                        latent, z, attn = model.encode(
+                            batch["x"],
+                            batch["mask"],
+                            batch["phase"],
+                            batch["time"] >= 0,
+                            need_weights=bool(k),
                         )
-                if k:
-                    attention_maps.add(untilers, attn, group)
-                n_windows += len(group)
-                if task is not None:
-                    progress.advance(task, len(group))
-                if last:
-                    for name, acc in untilers.items():
-                        arrays[name] = acc.result()
-                    att_slice = slice(t0 // k, -(-t1 // k)) if k else None
-                    writer.put((b, t0, t1, arrays, att_slice))
-                    current = None
+                    z = z.float().cpu().numpy()
+                    for j, w in enumerate(group):
+                        _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
+                        if opts.latent:
+                            untilers["latent"].add(
+                                w, _upsample(latent[j].float().cpu(), model.multiple)
+                            )
+                    if k:
+                        attention_maps.add(untilers, attn, group)
+                    n_windows += len(group)
+                    if task is not None:
+                        progress.advance(task, len(group))
+                for name, acc in untilers.items():
+                    arrays[name] = acc.result()
+                att_slice = slice(t0 // k, -(-t1 // k)) if k else None
+                writer.put((b, t0, t1, arrays, att_slice))
     finally:  # on any exit: stop reading, let the writer finish the blocks it holds
         prefetch.close()
         write_error = writer.finish()
@@ -551,69 +560,6 @@ def _check_layout(store: EmbeddingStore, layout: dict) -> None:
                 f"{store.path}: was started with {key}={before.get(key)!r}, now {value!r}; "
                 "rerun with the same options to resume, or use --overwrite"
             )
-
-
-def _batches(plan, reader: BlockReader, tiler: Tiler, batch_size: int, pin: bool):
-    """Yield ``(block, windows, batch, last_of_block)``; batch tensors are ``(B, T, C, H, W)``."""
-    for b, wins in plan:
-        reader.preload(wins)
-        for i in range(0, len(wins), batch_size):
-            group = wins[i : i + batch_size]
-            items = [reader.window_item(tiler, w) for w in group]
-            batch = {
-                key: torch.stack([it[key] for it in items])
-                for key in ("x", "mask", "phase", "time")
-            }
-            if pin:
-                batch = {key: v.pin_memory() for key, v in batch.items()}
-            yield b, group, batch, i + batch_size >= len(wins)
-
-
-class _Prefetcher(threading.Thread):
-    """Reads and prepares the next batches in a thread while the model runs on the current one
-    (reading and decompression release the GIL)."""
-
-    _DONE = object()
-
-    def __init__(self, source, depth: int = 3):
-        super().__init__(daemon=True)
-        self.source = source
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.start()
-
-    def run(self):
-        try:
-            for item in self.source:
-                while not self.stop.is_set():
-                    try:
-                        self.q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self.stop.is_set():
-                    return
-            self.q.put(self._DONE)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
-            self.q.put(err)
-
-    def __iter__(self):
-        while True:
-            item = self.q.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self):
-        self.stop.set()
-        while self.is_alive():
-            try:
-                self.q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        self.join()
 
 
 def _block_arrays(t0, t1, tiler: Tiler, ckpt) -> dict:

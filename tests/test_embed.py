@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from faextract.cli import app
 from faextract.config import load_config
+from faextract.data import open_cube
 from faextract.embed import EmbedOptions, embed
 from faextract.errors import FaextractError
 from faextract.store import open_embeddings, to_netcdf
@@ -380,3 +381,68 @@ def test_a_failed_write_raises_instead_of_hanging(tmp_path, trained, monkeypatch
     t.join(timeout=120)
     assert not t.is_alive(), "embed hung after a failed write"
     assert isinstance(outcome.get("error"), OSError)
+
+
+def test_embed_opens_files_as_training_did(tmp_path):
+    """A model trained with data.dims (axes that cannot be detected) and data.sort_time embeds
+    the same files without repeating those options; --dims still overrides."""
+    ds = synthetic_cube(nt=24, nlat=6, nlon=12, variables=("sst", "t2m"), seed=3)
+    ds = ds.rename({"lat": "YY", "lon": "XAX"})
+    for name in ("YY", "XAX"):
+        ds[name].attrs = {"units": "degrees_north"}  # wrong units: two latitude candidates
+    path = tmp_path / "odd.nc"
+    write_netcdf(ds.isel(time=[1, 0, *range(2, 24)]), path)  # unsorted times
+    with pytest.raises(FaextractError, match="ambiguous lat axis"):
+        open_cube(path)
+    cfg = load_config(
+        None,
+        [
+            f"data.paths=[{path}]",
+            "data.dims={lat: YY, lon: XAX}",
+            "data.sort_time=true",
+            "model.filters=8",
+            "model.layers=1",
+            "model.stem_channels=8",
+            "model.embedding_dim=8",
+            "model.downsample=1",
+            "model.cell_options={attention_dim: 4, temporal_heads: 2}",
+            "tiles.window=6",
+            "train.epochs=1",
+            "train.batch_size=4",
+        ],
+    )
+    train(cfg, tmp_path / "run", plain_progress=True)
+    ckpt = tmp_path / "run" / "last.pt"
+    result = embed([path], ckpt, str(tmp_path / "odd.zarr"), EmbedOptions())
+    assert result.status == "complete"
+    emb = open_embeddings(tmp_path / "odd.zarr")
+    t = emb["time"].values  # cftime (noleap): sorted as in training
+    assert t.size == 24 and all(a < b for a, b in zip(t[:-1], t[1:], strict=True))
+    with pytest.raises(FaextractError, match="lon and lat both name dimension 'XAX'"):
+        embed([path], ckpt, str(tmp_path / "bad.zarr"), EmbedOptions(dims="lon=XAX,lat=XAX"))
+    with pytest.raises(FaextractError, match="no such dimension|'ZZ'"):
+        embed([path], ckpt, str(tmp_path / "bad.zarr"), EmbedOptions(dims="lat=ZZ,lon=XAX"))
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_store(tmp_path, trained):
+    """--workers 2 (DataLoader processes reading ahead) writes exactly what the thread does."""
+    cube, ckpt, _ = trained
+    embed([cube], ckpt, str(tmp_path / "thread.zarr"), _opts())
+    embed([cube], ckpt, str(tmp_path / "procs.zarr"), _opts(workers=2))
+    a, b = _arrays(tmp_path / "thread.zarr"), _arrays(tmp_path / "procs.zarr")
+    assert set(a) == set(b)
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=True), k
+
+
+@pytest.mark.slow
+def test_an_input_error_in_a_worker_is_one_line(tmp_path, trained):
+    cube, ckpt, ds = trained
+    bad = ds.copy(deep=True)
+    bad["t2m"][30, 2, 3] = np.inf
+    path = tmp_path / "inf.nc"
+    write_netcdf(bad, path)
+    with pytest.raises(FaextractError, match=r"variable 't2m' has infinite values") as info:
+        embed([path], ckpt, str(tmp_path / "inf.zarr"), _opts(workers=1))
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)

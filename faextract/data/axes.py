@@ -73,6 +73,11 @@ def parse_dims(spec: str | Mapping[str, str] | None) -> dict[str, str]:
         raise DataError(
             f"--dims: unknown axis {unknown[0]!r}; expected one of {', '.join(STANDARD)}"
         )
+    seen: dict[str, str] = {}
+    for axis, dim in items.items():
+        if dim in seen:
+            raise DataError(f"--dims: {seen[dim]} and {axis} both name dimension {dim!r}")
+        seen[dim] = axis
     return items
 
 

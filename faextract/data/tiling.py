@@ -263,6 +263,8 @@ class Untiler:
         yi, xi = window.lat[rows], window.lon[cols]
         sw = self.tiler.lat_weight[rows][:, None] * self.tiler.lon_weight[cols][None, :]
         ti = t[use] - self.t0
+        if np.unique(ti).size != ti.size:
+            raise ValueError(f"window {window.index}: several outputs for one time step")
         w = (tw[use][:, None, None] * sw[None]).astype(np.float32)  # (n, h, w)
         y = y[use][:, :, rows][:, :, :, cols]
         if len(np.unique(xi)) == len(xi):

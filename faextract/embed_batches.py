@@ -1,0 +1,195 @@
+"""The input side of ``faextract embed``: the batches of each time block, prepared ahead.
+
+A *plan* lists the blocks to compute, each with the indices of its windows in the
+:class:`~faextract.data.tiling.Tiler`. :class:`BlockBatches` turns a plan into one item per
+block: the list of ``(block, window indices, batch, last_of_block)`` tuples, with batch tensors
+``(B, T, C, H, W)``. Each block's time span is read once.
+
+Two ways to run it ahead of the model (:func:`prefetched`):
+
+- ``workers=0``: a thread in this process (:class:`ThreadPrefetcher`); cheap to start, and on
+  few cores the best choice (measured on 2 cores: a worker process gained nothing);
+- ``workers=N``: N DataLoader worker processes, each reopening the cube from a picklable
+  :class:`~faextract.data.dataset.CubeSource`; worker w reads blocks w, w+N, ..., which is the
+  order in which the DataLoader hands them back, so the sequence is the same for any N. Their
+  reading and normalizing do not share the model's interpreter lock: worth it on GPU nodes
+  with cores to spare.
+
+A user-facing error in a worker (e.g. infinite values in the input) comes back as the same
+one-line :class:`~faextract.errors.FaextractError`, not as a worker traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator
+
+import torch
+import xarray as xr
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from faextract.data.cube import Cube
+from faextract.data.dataset import BlockReader, CubeSource
+from faextract.data.tiling import Tiler
+from faextract.errors import FaextractError
+
+Plan = list[tuple[int, list[int]]]  # (block, indices of its windows in the tiler)
+
+
+class _Failed:
+    """A user-facing error raised while preparing batches, carried to the consumer."""
+
+    def __init__(self, error: FaextractError):
+        self.error = error
+
+
+class BlockBatches(IterableDataset):
+    """One item per planned block: its batches, in a fixed layout (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: CubeSource,
+        channels: tuple[str, ...],
+        stats: xr.Dataset,
+        tiler: Tiler,
+        plan: Plan,
+        batch_size: int,
+        cube: Cube | None = None,
+    ):
+        super().__init__()
+        self.source, self.channels, self.stats = source, tuple(channels), stats
+        self.tiler, self.plan, self.batch_size = tiler, list(plan), int(batch_size)
+        self._cube = cube
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cube"] = None  # each worker reopens its own
+        return state
+
+    def __iter__(self) -> Iterator[list | _Failed]:
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
+        try:
+            if self._cube is None:
+                cube = self.source.open()
+                self._cube = dataclasses.replace(cube, channels=self.channels)
+            reader = BlockReader(self._cube, self.stats)
+            for b, idx in self.plan[wid::nworkers]:
+                yield list(self._block(b, [self.tiler.windows[i] for i in idx], reader))
+        except FaextractError as err:
+            yield _Failed(err)
+
+    def _block(self, b: int, wins, reader: BlockReader):
+        reader.preload(wins)
+        for i in range(0, len(wins), self.batch_size):
+            group = wins[i : i + self.batch_size]
+            items = [reader.window_item(self.tiler, w) for w in group]
+            batch = {
+                key: torch.stack([it[key] for it in items])
+                for key in ("x", "mask", "phase", "time")
+            }
+            yield b, [w.index for w in group], batch, i + self.batch_size >= len(wins)
+
+
+def prefetched(dataset: BlockBatches, *, workers: int = 0, pin: bool = False):
+    """An iterable over ``dataset``'s blocks prepared ahead; call ``.close()`` when done."""
+    if workers > 0:
+        return _LoaderPrefetcher(dataset, workers, pin)
+    return ThreadPrefetcher(dataset, pin)
+
+
+def offer(q: queue.Queue, item, keep_trying) -> bool:
+    """Put ``item`` on ``q`` while ``keep_trying()`` holds; True if it went in. A plain blocking
+    ``put`` would wait forever on a full queue whose consumer has gone."""
+    while keep_trying():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _unwrap(item):
+    if isinstance(item, _Failed):
+        raise item.error
+    return item
+
+
+class ThreadPrefetcher(threading.Thread):
+    """Prepares the next blocks in a thread while the model runs on the current one."""
+
+    _DONE = object()
+
+    def __init__(self, source, pin: bool = False, depth: int = 2):
+        super().__init__(daemon=True)
+        self.source, self.pin = source, pin
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.start()
+
+    def _offer(self, item) -> bool:
+        return offer(self.q, item, lambda: not self.stop.is_set())
+
+    def run(self):
+        try:
+            for item in self.source:
+                if self.pin and not isinstance(item, _Failed):
+                    item = [(b, idx, _pinned(batch), last) for b, idx, batch, last in item]
+                if not self._offer(item):
+                    return
+            self._offer(self._DONE)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+            self._offer(err)
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield _unwrap(item)
+
+    def close(self):
+        self.stop.set()
+        while self.is_alive():
+            try:
+                self.q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self.join()
+
+
+def _pinned(batch: dict) -> dict:
+    return {key: v.pin_memory() for key, v in batch.items()}
+
+
+class _LoaderPrefetcher:
+    """DataLoader worker processes (forkserver: safe with HDF5 and zarr threads)."""
+
+    def __init__(self, dataset: BlockBatches, workers: int, pin: bool):
+        import multiprocessing as mp
+
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        self.loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            multiprocessing_context=method,
+            pin_memory=pin,
+            prefetch_factor=2,
+        )
+        self._it = None
+
+    def __iter__(self):
+        self._it = iter(self.loader)
+        for item in self._it:
+            yield _unwrap(item)
+
+    def close(self):
+        if self._it is not None and hasattr(self._it, "_shutdown_workers"):
+            self._it._shutdown_workers()
+        self._it = None
