@@ -1,7 +1,9 @@
 """Stream a cube through a trained encoder into the embeddings store.
 
 Flow: open the cube (checked against the checkpoint: variables, levels, resolution, calendar,
-periodicity) -> normalize with the checkpoint's statistics -> windows with a time warm-up
+periodicity; axis names and time sorting as in training) -> read each time block once and
+normalize it with the checkpoint's statistics, ahead of the model in a thread or in DataLoader
+worker processes (:mod:`faextract.embed_batches`) -> windows with a time warm-up
 (outputs of the first ``warmup`` steps of each window are discarded, so the recurrent state
 has settled; the very first window starts on padding) and a spatial halo -> the model, in
 ``torch.inference_mode``, batched, optionally in bf16 -> untile (halo blending) -> the Zarr
