@@ -13,8 +13,8 @@ with ``g(x) = x + 0.5`` for ``x >= 0`` else ``sigmoid(x)`` (positive, so logs ex
 
 ``scan`` picks the solver: ``"parallel"`` (log-space, one pass), ``"chunked"`` (log-space in
 chunks of ``chunk_size`` with the state carried linearly), ``"sequential"`` (linear-space loop),
-or ``"auto"``: sequential on CPU for T <= 64 (cache-friendly, see scan.py), else chunked. All agree to
-float rounding. :meth:`step` advances one timestep for streaming.
+or ``"auto"``: sequential on CPU (cache-friendly, see scan.py), chunked on other devices. All
+agree to float rounding. :meth:`step` advances one timestep for streaming.
 
 Call contract as ConvLSTM2D, except that the state is just ``h``: ``return_state`` gives
 ``[output, h]`` (as Keras' GRU), and ``initial_state`` takes ``[h]``. ``activation`` and
@@ -82,15 +82,18 @@ class _MinConvRNN(RecurrentConv2D):
     def _coefficients(self, k: torch.Tensor, log: bool):
         """``(a, b)`` of ``h_t = a h_{t-1} + b`` (or their logs) from gate pre-activations."""
 
-    #: On CPU the linear-space loop wins for short sequences and the log-space scan for long
-    #: ones (benchmarks/bench_scan.py, 2 cores: 1.4x vs 1.2x ConvLSTM2D at T=48, 0.95x vs 2.6x
-    #: at T=192).
-    CPU_SEQUENTIAL_MAX_T = 64
+    #: On CPU the linear-space loop wins at every length measured: benchmarks/bench_scan.py on 2
+    #: cores, MinConvGRU at T=192 trains at 189 frames/s with it and 59 with the chunked
+    #: log-space scan, which streams whole ``(B, T, ...)`` tensors through memory a dozen times.
+    #: (An earlier machine showed the opposite at T=192, with every step loop 10x slower there;
+    #: ``scan=`` chooses explicitly.)
+    CPU_SEQUENTIAL_MAX_T: int | None = None
 
     def _mode(self, device: torch.device, T: int) -> str:
         if self.scan != "auto":
             return self.scan
-        if device.type == "cpu" and T <= self.CPU_SEQUENTIAL_MAX_T:
+        limit = self.CPU_SEQUENTIAL_MAX_T
+        if device.type == "cpu" and (limit is None or T <= limit):
             return "sequential"
         return "chunked"
 
