@@ -73,12 +73,16 @@ def speed(device: str, Ts, B: int, S: int, repeat: int) -> list[dict]:
                     y = layer(x)
                 y.float().square().mean().backward()
 
-            t = timeit(step, repeat=repeat, warmup=1, sync=sync)
             if device == "cuda":
+                t = timeit(step, repeat=repeat, warmup=1, sync=sync)
                 mem = cuda_peak(step)
             else:
-                args = [label, cell, json.dumps(kw), w, B, T, S]
-                mem = in_child([__file__, "--memory", *map(str, args)])["mb"]
+                # A fresh process per cell and length, for memory and time alike: after a run
+                # with a large peak (FAConvLSTM2D at T=192 holds ~10 GB) the heap of a shared
+                # process made later runs several times slower.
+                args = [label, cell, json.dumps(kw), w, B, T, S, repeat]
+                res = in_child([__file__, "--child", *map(str, args)])
+                t, mem = res["seconds"], res["mb"]
             fps = B * T / t
             base = base or fps
             rows.append({"T": T, "cell": label, "width": w, "params": f"{n_params(layer):,}",
@@ -159,7 +163,8 @@ def forecasting(quick: bool) -> list[dict]:
     return rows
 
 
-def memory_child(label, cell, kw, width, B, T, S) -> None:
+def child(label, cell, kw, width, B, T, S, repeat) -> None:
+    """Peak memory of the first training step, then the median time of ``repeat`` more."""
     torch.manual_seed(0)
     layer = build(cell, int(width), **json.loads(kw))
     x = torch.randn(int(B), int(T), int(width), int(S), int(S))
@@ -167,16 +172,17 @@ def memory_child(label, cell, kw, width, B, T, S) -> None:
     def step():
         layer(x).square().mean().backward()
 
-    print(json.dumps({"mb": cpu_step_peak_mb(step)}))
+    mb = cpu_step_peak_mb(step)
+    print(json.dumps({"mb": mb, "seconds": timeit(step, repeat=int(repeat), warmup=1)}))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--memory", nargs=7, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.memory:
-        return memory_child(*args.memory)
+    if args.child:
+        return child(*args.child)
     Ts = [12, 48] if args.quick else [12, 48, 192]
     B, S = (2, 16) if args.quick else (4, 32)
     cols = ["T", "cell", "width", "params", "train frames/s", "vs ConvLSTM2D", "peak MB"]
