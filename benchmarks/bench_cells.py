@@ -73,12 +73,14 @@ def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> lis
             with torch.no_grad():
                 layer(x)
         flops = fc.get_total_flops()
-        t_f = timeit(fwd, repeat=repeat, sync=sync)
-        t_fb = timeit(fwd_bwd, repeat=repeat, sync=sync)
         if device == "cuda":
+            t_f = timeit(fwd, repeat=repeat, sync=sync)
+            t_fb = timeit(fwd_bwd, repeat=repeat, sync=sync)
             mem = cuda_peak(fwd_bwd)
-        else:  # a fresh process, so the high-water mark is this step's
-            mem = in_child([__file__, "--memory", name, *map(str, (B, T, S, C, F))])["mb"]
+        else:  # a fresh process per cell: its memory high-water mark, and timings that an
+            # earlier cell's large heap cannot slow down
+            res = in_child([__file__, "--child", name, *map(str, (B, T, S, C, F, repeat))])
+            t_f, t_fb, mem = res["fwd"], res["fwd_bwd"], res["mb"]
         rows.append(
             dict(
                 name=name,
@@ -109,26 +111,33 @@ def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> lis
     return out
 
 
-def memory_child(name: str, B: int, T: int, S: int, C: int, F: int) -> None:
+def child(name: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> None:
+    """Peak memory of the first fwd+bwd, then median times of fwd and fwd+bwd."""
     import json
 
     torch.manual_seed(0)
     layer = make(name, C, F)
     x = torch.randn(B, T, C, S, S)
 
+    def fwd():
+        with torch.no_grad():
+            layer(x)
+
     def fwd_bwd():
         layer(x).square().mean().backward()
 
-    print(json.dumps({"mb": cpu_step_peak_mb(fwd_bwd)}))
+    mb = cpu_step_peak_mb(fwd_bwd)
+    print(json.dumps({"mb": mb, "fwd": timeit(fwd, repeat=repeat),
+                      "fwd_bwd": timeit(fwd_bwd, repeat=repeat)}))  # fmt: skip
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
-    ap.add_argument("--memory", nargs=6, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.memory:
-        return memory_child(args.memory[0], *map(int, args.memory[1:]))
+    if args.child:
+        return child(args.child[0], *map(int, args.child[1:]))
     B, T, S, C, F = (2, 6, 32, 8, 32) if args.quick else (4, 12, 64, 8, 64)
     cols = [
         "cell",
