@@ -171,13 +171,6 @@ def _latent_geo(
     return _cell_means(tiler_lat, lat, m), _cell_means(tiler_lon, lon, m, circular=True)
 
 
-def _great_circle(lat1, lon1, lat2, lon2) -> np.ndarray:
-    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
-    dl = np.deg2rad(lon2 - lon1)
-    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
-
-
 class AttentionMaps:
     """Turns axial attention weights into maps on one tile's latent grid.
 
@@ -450,7 +443,7 @@ def embed(
     ]
     task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
-    attention_maps = _AttentionContext(tiler, cube, model.multiple, opts.queries, k or 1, device)
+    attention_maps = _AttentionContext(cube, model.multiple, opts.queries, k or 1, device)
     source = CubeSource(
         paths=tuple(cube.sources),
         variables=tuple(ckpt["variables"]),
@@ -462,15 +455,14 @@ def embed(
     prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")
     try:
         with StopFlag() as stop, torch.inference_mode():
-            for items in prefetch:  # one time block: its batches
+            for b, batches in prefetch:  # one time block and its batches
                 if stop.requested:
                     stopped = True
                     break
-                b = items[0][0]
                 t0, t1 = b * block, min(nt, (b + 1) * block)
                 arrays = _block_arrays(t0, t1, tiler, ckpt)
                 untilers = _untilers(tiler, t0, t1, k, heads, opts, ckpt)
-                for _, idx, batch, _last in items:
+                for idx, batch in batches:
                     group = [tiler.windows[i] for i in idx]
                     batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
                     with amp:
@@ -602,9 +594,9 @@ class _AttentionContext:
     """Adds the attention maps of a batch's windows (all their attention steps) to the block's
     untilers; one :class:`AttentionMaps` per spatial tile, built on first use."""
 
-    def __init__(self, tiler: Tiler, cube: Cube, multiple: int, queries: dict, k: int, device):
+    def __init__(self, cube: Cube, multiple: int, queries: dict, k: int, device):
         self.builders: dict[tuple[int, int], AttentionMaps] = {}
-        self.tiler, self.cube, self.device = tiler, cube, device
+        self.cube, self.device = cube, device
         self.m, self.queries, self.k = multiple, queries, k
 
     def _builder(self, w: Window) -> AttentionMaps:

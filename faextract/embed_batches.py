@@ -2,8 +2,8 @@
 
 A *plan* lists the blocks to compute, each with the indices of its windows in the
 :class:`~faextract.data.tiling.Tiler`. :class:`BlockBatches` turns a plan into one item per
-block: the list of ``(block, window indices, batch, last_of_block)`` tuples, with batch tensors
-``(B, T, C, H, W)``. Each block's time span is read once.
+block: ``(block, [(window indices, batch), ...])``, with batch tensors ``(B, T, C, H, W)``.
+Each block's time span is read once.
 
 Two ways to run it ahead of the model (:func:`prefetched`):
 
@@ -68,7 +68,7 @@ class BlockBatches(IterableDataset):
         state["_cube"] = None  # each worker reopens its own
         return state
 
-    def __iter__(self) -> Iterator[list | _Failed]:
+    def __iter__(self) -> Iterator[tuple | _Failed]:
         info = get_worker_info()
         wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
         try:
@@ -77,11 +77,11 @@ class BlockBatches(IterableDataset):
                 self._cube = dataclasses.replace(cube, channels=self.channels)
             reader = BlockReader(self._cube, self.stats)
             for b, idx in self.plan[wid::nworkers]:
-                yield list(self._block(b, [self.tiler.windows[i] for i in idx], reader))
+                yield b, list(self._batches([self.tiler.windows[i] for i in idx], reader))
         except FaextractError as err:
             yield _Failed(err)
 
-    def _block(self, b: int, wins, reader: BlockReader):
+    def _batches(self, wins, reader: BlockReader):
         reader.preload(wins)
         for i in range(0, len(wins), self.batch_size):
             group = wins[i : i + self.batch_size]
@@ -90,7 +90,7 @@ class BlockBatches(IterableDataset):
                 key: torch.stack([it[key] for it in items])
                 for key in ("x", "mask", "phase", "time")
             }
-            yield b, [w.index for w in group], batch, i + self.batch_size >= len(wins)
+            yield [w.index for w in group], batch
 
 
 def prefetched(dataset: BlockBatches, *, workers: int = 0, pin: bool = False):
@@ -137,7 +137,8 @@ class ThreadPrefetcher(threading.Thread):
         try:
             for item in self.source:
                 if self.pin and not isinstance(item, _Failed):
-                    item = [(b, idx, _pinned(batch), last) for b, idx, batch, last in item]
+                    b, batches = item
+                    item = b, [(idx, _pinned(batch)) for idx, batch in batches]
                 if not self._offer(item):
                     return
             self._offer(self._DONE)

@@ -286,6 +286,14 @@ def test_plot_writes_pngs(tmp_path, trained):
     assert "attention_query_nino_head1.png" in names
 
 
+def _great_circle_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Haversine distance, the reference the factored form in AttentionMaps must equal."""
+    p1, p2 = np.deg2rad(lat1), np.deg2rad(lat2)
+    dl = np.deg2rad(lon2 - lon1)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
 @pytest.mark.parametrize("block", [1, 1 << 22])
 def test_attention_maps_equal_the_explicit_effective_attention(block):
     """The maps are contractions of E[q, k] = col[x](y, y') row[y'](x, x'), computed without
@@ -293,7 +301,7 @@ def test_attention_maps_equal_the_explicit_effective_attention(block):
     block and in one query row per block."""
     import torch
 
-    from faextract.embed import AttentionMaps, _great_circle
+    from faextract.embed import AttentionMaps
 
     torch.manual_seed(0)
     h, w, n = 5, 7, 3
@@ -311,7 +319,7 @@ def test_attention_maps_equal_the_explicit_effective_attention(block):
     e = torch.einsum("nxyk,nkxl->nyxkl", col, row).reshape(n, h * w, h * w).double()
     la, lo = np.repeat(lat, w), np.tile(lon, h)
     dist = torch.from_numpy(
-        np.nan_to_num(_great_circle(la[:, None], lo[:, None], la[None], lo[None]))
+        np.nan_to_num(_great_circle_km(la[:, None], lo[:, None], la[None], lo[None]))
     )
     cells = [q for q in range(h * w) if -70 <= la[q] <= 0 and 0 <= lo[q] <= 130]
     want = {

@@ -114,6 +114,8 @@ class Cube:
 
             with dask.config.set(scheduler="synchronous"):
                 return np.asarray(self.to_array().data[t0:t1].compute())
+        if t1 <= t0:
+            return np.empty((0, *self.shape[1:]), dtype=np.float32)
         pieces: dict[str, list[np.ndarray]] = {name: [] for name in self.variables}
         for start, ds in self.files:  # sorted by start; each holds some of the variables
             a, b = max(t0, start), min(t1, start + ds.sizes["time"])
@@ -122,8 +124,6 @@ class Cube:
                 for name in self.variables:
                     if name in sub.data_vars:
                         pieces[name].append(_as_channels(sub[name]))
-        if t1 <= t0:
-            return np.empty((0, *self.shape[1:]), dtype=np.float32)
         return np.concatenate([np.concatenate(pieces[name]) for name in self.variables], axis=1)
 
     def isel_time(self, index) -> Cube:

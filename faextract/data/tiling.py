@@ -239,20 +239,17 @@ class Untiler:
         self.mean = np.zeros((n, channels, H, W), dtype=np.float32)
         self.wsum = np.zeros((n, 1, H, W), dtype=np.float32)
 
-    def add(self, window: Window, y: np.ndarray, times: np.ndarray | None = None) -> None:
-        """Blend ``y (window, C, h, w)``, the output of ``window``, into the block.
-
-        ``times`` (one entry per row of ``y``) overrides where each row lands on this
-        untiler's time axis (-1: nowhere); by default ``window.time``. Rows keep the window's
-        time weights (0 on warm-up steps). Outputs that exist only on some steps of the window
-        (attention maps) go through :meth:`add_steps`.
-        """
-        self.add_steps(window, np.arange(len(y)), y, times)
+    def add(self, window: Window, y: np.ndarray) -> None:
+        """Blend ``y (window, C, h, w)``, the output of ``window``, into the block (rows keep
+        the window's time weights: 0 on warm-up steps). Outputs that exist only on some steps
+        of the window (attention maps) go through :meth:`add_steps`."""
+        self.add_steps(window, np.arange(len(y)), y)
 
     def add_steps(
         self, window: Window, steps: np.ndarray, y: np.ndarray, times: np.ndarray | None = None
     ) -> None:
-        """Blend ``y (len(steps), C, h, w)``, the outputs of ``window`` at ``steps``."""
+        """Blend ``y (len(steps), C, h, w)``, the outputs of ``window`` at ``steps``; ``times``
+        (one per step) overrides where each lands on this untiler's time axis (-1: nowhere)."""
         steps = np.asarray(steps, dtype=np.int64)
         t = window.time[steps] if times is None else np.asarray(times, dtype=np.int64)
         tw = self.tiler.time_weight(window)[steps]

@@ -82,20 +82,13 @@ class _MinConvRNN(RecurrentConv2D):
     def _coefficients(self, k: torch.Tensor, log: bool):
         """``(a, b)`` of ``h_t = a h_{t-1} + b`` (or their logs) from gate pre-activations."""
 
-    #: On CPU the linear-space loop wins at every length measured: benchmarks/bench_scan.py on 2
-    #: cores, MinConvGRU at T=192 trains at 189 frames/s with it and 59 with the chunked
-    #: log-space scan, which streams whole ``(B, T, ...)`` tensors through memory a dozen times.
-    #: (An earlier machine showed the opposite at T=192, with every step loop 10x slower there;
-    #: ``scan=`` chooses explicitly.)
-    CPU_SEQUENTIAL_MAX_T: int | None = None
-
-    def _mode(self, device: torch.device, T: int) -> str:
+    def _mode(self, device: torch.device) -> str:
+        # On CPU the linear-space loop wins at every length measured (benchmarks/bench_scan.py,
+        # 2 cores: MinConvGRU at T=192 trains at 189 frames/s with it, 59 with the chunked
+        # log-space scan, which streams whole (B, T, ...) tensors through memory a dozen times).
         if self.scan != "auto":
             return self.scan
-        limit = self.CPU_SEQUENTIAL_MAX_T
-        if device.type == "cpu" and (limit is None or T <= limit):
-            return "sequential"
-        return "chunked"
+        return "sequential" if device.type == "cpu" else "chunked"
 
     def _run(self, x: torch.Tensor, state):
         if self.training and self.dropout > 0:
@@ -108,7 +101,7 @@ class _MinConvRNN(RecurrentConv2D):
             )
         k = self._gates(x)
         h0 = state[0] if state else None
-        mode = self._mode(x.device, x.shape[1])
+        mode = self._mode(x.device)
         if mode == "sequential":
             a, b = self._coefficients(k, log=False)
             h = sequential_scan(a, b, h0)
