@@ -7,11 +7,14 @@ with bf16 autocast when a GPU is present. Targets: FAConvLSTM2D has >= 10x fewer
 and FLOPs and >= 3x the forward+backward throughput of ConvLSTM2D. Parameters are those the
 recurrent path uses (``forward``); the embedding head used only by ``forward_features`` is
 listed separately. FLOPs count convolutions and matrix products (torch.utils.flop_counter).
+Forward+backward feeds a fixed random gradient to the layer's output (no loss function, whose
+own passes over the output would dilute the comparison of the cells).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import cpu_step_peak_mb, cuda_peak, in_child, table, timeit  # noqa: E402
 
-from faextract.models import ConvLSTM2D, FAConvLSTM2D  # noqa: E402
+from faextract.models import ConvLSTM2D, FAConvLSTM2D, kernels  # noqa: E402
 
 ABLATIONS = ["factorized", "multiscale", "se", "peephole", "attention", "temporal_attention"]
 
@@ -40,6 +43,23 @@ def make(name: str, C: int, F: int):
     if name == "FAConvLSTM2D":
         return FAConvLSTM2D(**kw)
     return FAConvLSTM2D(**kw, **{name.removeprefix("FA no-"): False})
+
+
+def count_flops(layer, x) -> int:
+    """Convolution and matmul FLOPs of a forward pass, with the C kernels off (the counter
+    sees only PyTorch operators, and the depthwise convolutions would otherwise vanish)."""
+    os.environ[kernels.ENV_SWITCH], before = "0", os.environ.get(kernels.ENV_SWITCH)
+    kernels.library.cache_clear()
+    try:
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            layer(x)
+    finally:
+        if before is None:
+            del os.environ[kernels.ENV_SWITCH]
+        else:
+            os.environ[kernels.ENV_SWITCH] = before
+        kernels.library.cache_clear()
+    return fc.get_total_flops()
 
 
 def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> list[dict]:
@@ -64,15 +84,14 @@ def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> lis
             with torch.no_grad(), amp:
                 layer(x)
 
-        def fwd_bwd(layer=layer):
+        grad = torch.randn(B, T, F, S, S, device=device)
+
+        def fwd_bwd(layer=layer, grad=grad):
             with amp:
                 y = layer(x)
-            y.float().square().mean().backward()
+            y.backward(grad.to(y.dtype))
 
-        with FlopCounterMode(display=False) as fc:
-            with torch.no_grad():
-                layer(x)
-        flops = fc.get_total_flops()
+        flops = count_flops(layer, x)
         if device == "cuda":
             t_f = timeit(fwd, repeat=repeat, sync=sync)
             t_fb = timeit(fwd_bwd, repeat=repeat, sync=sync)
@@ -118,13 +137,14 @@ def child(name: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> Non
     torch.manual_seed(0)
     layer = make(name, C, F)
     x = torch.randn(B, T, C, S, S)
+    grad = torch.randn(B, T, F, S, S)
 
     def fwd():
         with torch.no_grad():
             layer(x)
 
     def fwd_bwd():
-        layer(x).square().mean().backward()
+        layer(x).backward(grad)
 
     mb = cpu_step_peak_mb(fwd_bwd)
     print(json.dumps({"mb": mb, "fwd": timeit(fwd, repeat=repeat),
@@ -152,7 +172,7 @@ def main():
     ]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        rows = run(dev, B, T, S, C, F, repeat=3 if dev == "cpu" else 10)
+        rows = run(dev, B, T, S, C, F, repeat=5 if dev == "cpu" else 10)
         label = (
             "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         )

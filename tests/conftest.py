@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("FAEXTRACT_PLAIN_PROGRESS", "1")
+# Build the C kernels afresh for each test session (tests the build; keeps ~/.cache clean).
+os.environ.setdefault("FAEXTRACT_KERNEL_CACHE", tempfile.mkdtemp(prefix="faextract-kernels-"))
 # Keras is the test oracle for ConvLSTM2D; it must run on torch (no TensorFlow here).
 os.environ.setdefault("KERAS_BACKEND", "torch")
 

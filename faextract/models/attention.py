@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faextract.models.layers import pointwise_conv
+
 
 @dataclass
 class AxialWeights:
@@ -79,7 +81,9 @@ class AxialAttention(nn.Module):
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         B, C, H, W = x.shape
         n, d = self.heads, self.dim // self.heads
-        qr, kr, qc, kc, v = self.qkv(x).chunk(5, dim=1)  # each (B, dim, H, W)
+        qr, kr, qc, kc, v = pointwise_conv(x, self.qkv.weight, self.qkv.bias).chunk(
+            5, dim=1
+        )  # each (B, dim, H, W)
 
         def rows(t):  # (B, dim, H, W) -> (B*H, heads, W, dh)
             return t.reshape(B, n, d, H, W).permute(0, 3, 1, 4, 2).reshape(B * H, n, W, d)
@@ -95,7 +99,7 @@ class AxialAttention(nn.Module):
         o_r = o_r.reshape(B, H, n, W, d).permute(0, 2, 4, 1, 3).reshape(B, self.dim, H, W)
         o_c, w_c = self._attend(cols(qc), cols(kc), cols(o_r), bias_c.to(x.dtype), need_weights)
         o_c = o_c.reshape(B, W, n, H, d).permute(0, 2, 4, 3, 1).reshape(B, self.dim, H, W)
-        ctx = self.gamma * self.out(o_c)
+        ctx = self.gamma * pointwise_conv(o_c, self.out.weight, self.out.bias)
         weights = None
         if need_weights:
             weights = AxialWeights(

@@ -45,13 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from faextract.models.attention import AxialAttention, AxialWeights, TemporalSelfAttention
-from faextract.models.fused import lstm_pointwise
+from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
 from faextract.models.layers import (
     DepthwiseConv,
     SqueezeExcite,
     get_activation,
     glorot_uniform_,
     orthogonal_,
+    pointwise_conv,
     same_padding,
 )
 from faextract.models.recurrent import RecurrentConv2D
@@ -248,6 +249,21 @@ class FAConvLSTM2D(RecurrentConv2D):
         keep = 1.0 - rate
         return torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
 
+    def _step(self, xin_t: torch.Tensor, hr: torch.Tensor, c: torch.Tensor):
+        """One update ``(h, c)`` from the input's share of the gates ``xin_t`` and ``h_{t-1}``."""
+        peep = self.peep if self.peephole else None
+        if self.factorized:
+            u = xin_t + pointwise_conv(hr, self.h_to_b.weight)
+            z = pointwise_conv(self._mix(u), self.b_to_gates.weight)
+        else:
+            kh, kw = self.kernel_size
+            pt, pb = same_padding(hr.shape[-2], kh, 1, 1)
+            pl, pr = same_padding(hr.shape[-1], kw, 1, 1)
+            z = self._mix(xin_t + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel))
+        if self._fused:  # the gate bias is added inside the fused step (one pass less)
+            return lstm_pointwise(z, c, peep, self.bias)
+        return lstm_pointwise_reference(z, c, peep, self.bias, self.act, self.rec_act)
+
     def _run(self, x: torch.Tensor, state, need_weights: bool = False):
         B, T, C, H, W = x.shape
         F_ = self.filters
@@ -258,9 +274,9 @@ class FAConvLSTM2D(RecurrentConv2D):
         flat = x.reshape(B * T, C, H, W)
         # Input half of the gates for all timesteps at once (one batched conv, not T small ones).
         if self.factorized:
-            xin = self.x_to_b(self._geometry_conv(flat, self.in_dw)).reshape(
-                B, T, self.bottleneck, Ho, Wo
-            )
+            xin = pointwise_conv(
+                self._geometry_conv(flat, self.in_dw), self.x_to_b.weight, self.x_to_b.bias
+            ).reshape(B, T, self.bottleneck, Ho, Wo)
         else:
             xin = self._geometry_conv(flat, self.kernel).reshape(B, T, 4 * F_, Ho, Wo)
         if state is None or len(state) < 2:
@@ -272,30 +288,10 @@ class FAConvLSTM2D(RecurrentConv2D):
             ctx = state[2] if len(state) > 2 else None
             step = int(state[3]) if len(state) > 3 else 0
         rec_mask = self._dropout_mask(self.recurrent_dropout, (B, F_, Ho, Wo), x)
-        bias = self.bias.view(1, -1, 1, 1) if self.bias is not None else None
         outs, maps = [], []
         for t, xin_t in enumerate(xin.unbind(1)):  # unbind: no per-step full-size grads
             hr = h * rec_mask if rec_mask is not None else h
-            if self.factorized:  # the gate bias rides on the 1x1 projection (one pass less)
-                z = F.conv2d(self._mix(xin_t + self.h_to_b(hr)), self.b_to_gates.weight, self.bias)
-            else:
-                kh, kw = self.kernel_size
-                pt, pb = same_padding(Ho, kh, 1, 1)
-                pl, pr = same_padding(Wo, kw, 1, 1)
-                z = self._mix(xin_t + F.conv2d(F.pad(hr, (pl, pr, pt, pb)), self.recurrent_kernel))
-                if bias is not None:
-                    z = z + bias
-            if self._fused:
-                h, c = lstm_pointwise(z, c, self.peep if self.peephole else None)
-            else:
-                zi, zf, zc, zo = z.chunk(4, dim=1)
-                if self.peephole:
-                    zi = zi + self.peep[0] * c
-                    zf = zf + self.peep[1] * c
-                c = self.rec_act(zf) * c + self.rec_act(zi) * self.act(zc)
-                if self.peephole:
-                    zo = zo + self.peep[2] * c
-                h = self.rec_act(zo) * self.act(c)
+            h, c = self._step(xin_t, hr, c)
             if self.attention:
                 if (step + t) % self.attention_every == 0:
                     ctx, w = self.axial(h, need_weights=need_weights)

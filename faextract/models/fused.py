@@ -1,10 +1,16 @@
 """A fused LSTM pointwise step with peepholes (sigmoid gates, tanh candidate and output).
 
 Autograd would record ~15 elementwise ops per step forward and replay ~25 backward, each
-streaming a full ``(B, F, H, W)`` tensor through memory. This Function computes the step in a
-few passes and writes its own backward from the saved activations, which matters on CPU where
-the factorized cell is memory-bound (issue #3's measurements). Numerically it is the textbook
-update; :func:`lstm_pointwise_reference` is the unfused form it is tested against.
+streaming a full ``(B, F, H, W)`` tensor through memory, which is what bounds the factorized
+cell on the CPU (issue #3's measurements). Two implementations of the same function:
+
+- float32 on the CPU: the C kernels of :mod:`faextract.models.kernels`, one pass forward and one
+  backward (the backward recomputes the activations from ``z`` and ``c``);
+- everywhere else (CUDA, other dtypes, no C compiler): a PyTorch Function that computes the step
+  in a few passes and writes its own backward from the saved activations.
+
+Numerically both are the textbook update; :func:`lstm_pointwise_reference` is the unfused form
+they are tested against.
 
 Shapes: ``z (B, 4F, H, W)`` gate pre-activations in order (i, f, c, o); ``c (B, F, H, W)``;
 ``peep (3, F, 1, 1)`` peephole weights for (i, f, o) or None.
@@ -14,16 +20,29 @@ from __future__ import annotations
 
 import torch
 
+from faextract.models import kernels
 
-def lstm_pointwise_reference(z: torch.Tensor, c: torch.Tensor, peep: torch.Tensor | None):
+
+def lstm_pointwise_reference(
+    z: torch.Tensor,
+    c: torch.Tensor,
+    peep: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    act=torch.tanh,
+    rec_act=torch.sigmoid,
+):
+    """The unfused step, for any activations (``act`` for candidate and output, ``rec_act``
+    for the gates); with the defaults, the function the fused paths compute."""
+    if bias is not None:
+        z = z + bias.view(1, -1, 1, 1)
     zi, zf, zc, zo = z.chunk(4, dim=1)
     if peep is not None:
         zi = zi + peep[0] * c
         zf = zf + peep[1] * c
-    c_new = torch.sigmoid(zf) * c + torch.sigmoid(zi) * torch.tanh(zc)
+    c_new = rec_act(zf) * c + rec_act(zi) * act(zc)
     if peep is not None:
         zo = zo + peep[2] * c_new
-    h = torch.sigmoid(zo) * torch.tanh(c_new)
+    h = rec_act(zo) * act(c_new)
     return h, c_new
 
 
@@ -79,6 +98,53 @@ class _LSTMPointwise(torch.autograd.Function):
         return dz, dc, dpeep
 
 
-def lstm_pointwise(z: torch.Tensor, c: torch.Tensor, peep: torch.Tensor | None = None):
-    """``(h, c_new)`` of one LSTM step with sigmoid gates and tanh activations."""
+class _LSTMPointwiseCPU(torch.autograd.Function):
+    """The C kernels; saves only ``z``, ``c`` and ``c_new`` and recomputes the activations."""
+
+    @staticmethod
+    def forward(ctx, z, c, peep, bias):
+        lib = kernels.library()
+        B, F_ = c.shape[:2]
+        HW = c[0, 0].numel()
+        z, c = z.contiguous(), c.contiguous()
+        p = c.new_zeros(3, F_) if peep is None else peep.detach().reshape(3, F_).contiguous()
+        b = c.new_zeros(4 * F_) if bias is None else bias.detach().contiguous()
+        h, c_new = torch.empty_like(c), torch.empty_like(c)
+        ptrs = (t.data_ptr() for t in (z, b, c, p, h, c_new))
+        kernels.run_rows(lib.faex_lstm_forward, B * F_, *ptrs, F_, HW)
+        ctx.save_for_backward(z, b, c, c_new, p)
+        return h, c_new
+
+    @staticmethod
+    def backward(ctx, dh, dc_new):
+        z, b, c, c_new, p = ctx.saved_tensors
+        B, F_ = c.shape[:2]
+        HW = c[0, 0].numel()
+        dh = torch.zeros_like(c) if dh is None else dh.contiguous()
+        dc_new = torch.zeros_like(c) if dc_new is None else dc_new.contiguous()
+        dz, dc = torch.empty_like(z), torch.empty_like(c)
+        sums = torch.empty(B * F_, 7, dtype=torch.float64)
+        ptrs = (t.data_ptr() for t in (z, b, c, c_new, p, dh, dc_new, dz, dc, sums))
+        kernels.run_rows(kernels.library().faex_lstm_backward, B * F_, *ptrs, F_, HW)
+        sums = sums.view(B, F_, 7).sum(0).T.to(c.dtype)  # (7, F): bias i, f, c, o; peep i, f, o
+        dpeep = sums[4:].reshape(3, F_, 1, 1) if ctx.needs_input_grad[2] else None
+        dbias = sums[:4].reshape(4 * F_) if ctx.needs_input_grad[3] else None
+        return dz, dc, dpeep, dbias
+
+
+def lstm_pointwise(
+    z: torch.Tensor,
+    c: torch.Tensor,
+    peep: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+):
+    """``(h, c_new)`` of one LSTM step with sigmoid gates and tanh activations.
+
+    z: ``(B, 4F, H, W)`` pre-activations (i, f, c, o), to which ``bias (4F,)`` is added;
+    c: ``(B, F, H, W)``; peep: ``(3, F, 1, 1)`` peephole weights for (i, f, o).
+    """
+    if kernels.covers(z, c, peep, bias):
+        return _LSTMPointwiseCPU.apply(z, c, peep, bias)
+    if bias is not None:
+        z = z + bias.view(1, -1, 1, 1)
     return _LSTMPointwise.apply(z, c, peep)

@@ -1,0 +1,149 @@
+"""Fused CPU kernels in C, compiled on first use and called through ctypes.
+
+Why: on the CPU the factorized cells are bound by memory passes, not FLOPs (issue #3's
+measurements): PyTorch runs each elementwise op as its own pass over a full ``(B, F, H, W)``
+tensor, and an LSTM step with peepholes makes ~30 of them forward and backward. The C kernels
+here do a step in one pass each way. They are an accelerator, never a requirement: without a C
+compiler, with ``FAEXTRACT_CPU_KERNELS=0``, or for tensors they do not cover (CUDA, float64,
+bfloat16), callers use their PyTorch path, which computes the same function.
+
+Building: ``$CC`` (default ``cc``) compiles the sources of this folder with ``-O3
+-march=native`` into ``$FAEXTRACT_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/faextract`` or
+``~/.cache/faextract``), once per source, flags and CPU (the file name carries a hash of all
+three, so a home directory shared by different cluster nodes holds one build per CPU kind).
+The build writes a temporary file and renames it, so concurrent first uses (DDP ranks, array
+tasks) are safe. A failed build warns once and the process goes on with PyTorch.
+
+Threads: a kernel call takes a range of rows; :func:`run_rows` splits the rows over
+``torch.get_num_threads()`` Python threads (ctypes releases the GIL during the call), so the
+kernels follow the same thread setting as PyTorch and bring no OpenMP runtime of their own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCES = sorted(Path(__file__).parent.glob("*.c"))
+# Measured on GCC 12: without -fno-trapping-math the loops stay scalar; -std=c11 (not gnu11)
+# would turn off multiply-add contraction; 512-bit vectors ran 1.4x faster where available.
+# No -ffast-math: linked into a shared library it sets flush-to-zero for the whole process.
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=gnu11", "-ffp-contract=fast"]
+FLAGS += ["-fno-trapping-math", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared"]
+ENV_SWITCH = "FAEXTRACT_CPU_KERNELS"
+
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+SIGNATURES = {
+    # (z, bias, c, peep, h, c_new, F, HW, row0, row1)
+    "faex_lstm_forward": [_ptr] * 6 + [_i64] * 4,
+    # (z, bias, c, c_new, peep, dh, dc_new, dz, dc, sums, F, HW, row0, row1)
+    "faex_lstm_backward": [_ptr] * 10 + [_i64] * 4,
+    # (x, w, y, C, H, W, Ho, Wo, kh, kw, d, ph, pw, p0, p1)
+    "faex_depthwise_forward": [_ptr] * 3 + [_i64] * 12,
+    # (x, g, gw, H, W, Ho, Wo, kh, kw, d, ph, pw, p0, p1)
+    "faex_depthwise_weight_grad": [_ptr] * 3 + [_i64] * 11,
+}
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("FAEXTRACT_KERNEL_CACHE"):
+        return Path(os.environ["FAEXTRACT_KERNEL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "faextract"
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the architecture and, on Linux, the CPU's model and flags."""
+    ident = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    ident += line
+                if line.strip() == "":  # the first processor is enough
+                    break
+    except OSError:
+        pass
+    return ident
+
+
+def _build(target: Path, compiler: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, *FLAGS, "-o", tmp, *map(str, SOURCES)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:
+            message = (run.stderr.strip().splitlines() or ["no message"])[0]
+            raise OSError(f"{' '.join(cmd)} failed: {message}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them if needed; None when disabled or not buildable."""
+    if not enabled():
+        return None
+    compiler = os.environ.get("CC", "cc")
+    digest = hashlib.sha256()
+    for part in [*(s.read_bytes() for s in SOURCES), " ".join([compiler, *FLAGS]).encode()]:
+        digest.update(part)
+    digest.update(_cpu_identity().encode())
+    target = cache_dir() / f"kernels-{digest.hexdigest()[:16]}.so"
+    try:
+        if not target.exists():
+            _build(target, compiler)
+        lib = ctypes.CDLL(str(target))
+    except OSError as e:
+        warnings.warn(
+            f"faextract: fused CPU kernels unavailable ({e}); using the slower PyTorch path "
+            f"(set {ENV_SWITCH}=0 to skip the build)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    for name, argtypes in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, None
+    return lib
+
+
+def covers(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels can take these tensors (contiguous float32 on the CPU) and are built."""
+    for t in tensors:
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+            return False
+    return library() is not None
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faextract-kernel")
+
+
+def run_rows(fn, rows: int, *args) -> None:
+    """Call ``fn(*args, row0, row1)`` over ``range(rows)`` split across PyTorch's thread count."""
+    n = max(1, min(torch.get_num_threads(), rows))
+    bounds = [rows * k // n for k in range(n + 1)]
+    futures = [_pool(n).submit(fn, *args, bounds[k], bounds[k + 1]) for k in range(1, n)]
+    fn(*args, bounds[0], bounds[1])
+    for f in futures:
+        f.result()

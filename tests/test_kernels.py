@@ -1,0 +1,213 @@
+"""The CPU fast paths: C kernels for the LSTM step, the depthwise backward, 1x1 convolutions.
+
+Each must compute the same function as its PyTorch reference, forward and backward, at every
+size (odd grids, rows split across threads), and the C kernels must fall back cleanly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from faextract.models import FAConvLSTM2D, kernels
+from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
+from faextract.models.layers import DepthwiseConv, pointwise_conv
+
+
+@pytest.fixture
+def fresh_kernels():
+    kernels.library.cache_clear()
+    yield
+    kernels.library.cache_clear()
+
+
+def _step_grads(fn, z, c, peep, bias, dh, dc):
+    leaves = [t for t in (z, c, peep, bias) if t is not None]
+    for t in leaves:
+        t.grad = None
+    h, c_new = fn(z, c, peep, bias)
+    outs, grads = zip(*[(o, g) for o, g in ((h, dh), (c_new, dc)) if g is not None], strict=True)
+    torch.autograd.backward(outs, grads)
+    return [h.detach(), c_new.detach(), *(t.grad.clone() for t in leaves)]
+
+
+@pytest.mark.parametrize("hw", [(5, 7), (17, 19), (64, 64)])
+@pytest.mark.parametrize("with_peep,with_bias", [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("upstream", ["both", "h only", "c only"])
+def test_the_c_lstm_step_equals_the_reference(hw, with_peep, with_bias, upstream):
+    assert kernels.library() is not None, "the C kernels did not build on this machine"
+    torch.manual_seed(0)
+    B, F_ = 3, 5
+    z = (2 * torch.randn(B, 4 * F_, *hw)).requires_grad_()
+    c = torch.randn(B, F_, *hw).requires_grad_()
+    peep = (0.5 * torch.randn(3, F_, 1, 1)).requires_grad_() if with_peep else None
+    bias = torch.randn(4 * F_).requires_grad_() if with_bias else None
+    dh = torch.randn(B, F_, *hw) if upstream != "c only" else None
+    dc = torch.randn(B, F_, *hw) if upstream != "h only" else None
+    got = _step_grads(lstm_pointwise, z, c, peep, bias, dh, dc)
+
+    def reference(z, c, peep, bias):  # in float64, the same leaves
+        d = lambda t: None if t is None else t.double()  # noqa: E731
+        return [t.float() for t in lstm_pointwise_reference(d(z), d(c), d(peep), d(bias))]
+
+    want = _step_grads(reference, z, c, peep, bias, dh, dc)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=2e-5)
+
+
+def test_the_c_lstm_step_splits_rows_over_threads_identically():
+    torch.manual_seed(1)
+    z, c = torch.randn(2, 4 * 7, 9, 11), torch.randn(2, 7, 9, 11)
+    peep, bias = torch.randn(3, 7, 1, 1), torch.randn(28)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            outs.append(lstm_pointwise(z, c, peep, bias))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_c_lstm_step_saturates_and_propagates_nan():
+    F_ = 2
+    z = torch.tensor([-1e4, -100.0, 0.0, 100.0, 1e4, float("nan")]).view(1, 1, 1, 6)
+    z = z.repeat(1, 4 * F_, 1, 1)
+    c = torch.zeros(1, F_, 1, 6)
+    h, c_new = lstm_pointwise(z, c)
+    want_h, want_c = lstm_pointwise_reference(z, c, None)
+    torch.testing.assert_close(h[..., :5], want_h[..., :5], atol=1e-6, rtol=0)
+    torch.testing.assert_close(c_new[..., :5], want_c[..., :5], atol=1e-6, rtol=0)
+    assert torch.isnan(h[..., 5]).all() and torch.isnan(c_new[..., 5]).all()
+
+
+def test_other_dtypes_and_disabled_kernels_take_the_pytorch_path(monkeypatch, fresh_kernels):
+    z64 = torch.randn(1, 8, 3, 3, dtype=torch.float64)
+    c64 = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    assert not kernels.covers(z64, c64)
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert kernels.library() is None
+    z, c = z64.float(), c64.float()
+    assert not kernels.covers(z, c)
+    for a, b in zip(lstm_pointwise(z, c), lstm_pointwise_reference(z, c, None), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_missing_compiler_warns_once_and_falls_back(monkeypatch, tmp_path, fresh_kernels):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("FAEXTRACT_KERNEL_CACHE", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="fused CPU kernels unavailable"):
+        assert kernels.library() is None
+    z, c = torch.randn(1, 8, 3, 3), torch.randn(1, 2, 3, 3)
+    h, _ = lstm_pointwise(z, c)  # no second warning: the result is cached
+    torch.testing.assert_close(h, lstm_pointwise_reference(z, c, None)[0])
+    assert not any((tmp_path / "cache").glob("*.so"))
+
+
+def test_the_build_is_cached_per_source_and_reused(monkeypatch, tmp_path, fresh_kernels):
+    monkeypatch.setenv("FAEXTRACT_KERNEL_CACHE", str(tmp_path))
+    assert kernels.library() is not None
+    built = list(tmp_path.glob("kernels-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob("*.tmp*"))
+    kernels.library.cache_clear()
+
+    def no_rebuild(*args):
+        raise AssertionError("rebuilt although a build for this source and CPU exists")
+
+    monkeypatch.setattr(kernels, "_build", no_rebuild)
+    assert kernels.library() is not None
+
+
+def test_fa_cell_is_the_same_function_with_and_without_the_c_kernels(monkeypatch, fresh_kernels):
+    torch.manual_seed(0)
+    layer = FAConvLSTM2D(8, 3, padding="same", in_channels=3, return_sequences=True)
+    layer.peep.data.normal_(0, 0.3)
+    x = torch.randn(2, 5, 9, 10, 3)
+
+    def run():
+        layer.zero_grad()
+        y = layer(x)
+        y.square().sum().backward()
+        return [y.detach()] + [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+
+    fast = run()
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    kernels.library.cache_clear()
+    slow = run()
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), (3, 2), (3, 4), (2, 1), (5, 1)])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_depthwise_backward_equals_autograd_of_the_convolution(kernel, dilation, periodic):
+    torch.manual_seed(0)
+    layer = DepthwiseConv(3, kernel, dilation, periodic).double()
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+    # against PyTorch's own convolution backward on the same padded input
+    y = layer(x)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, layer.conv.weight), g)
+    with torch.no_grad():
+        p0, p1 = layer.pad // 2, layer.pad - layer.pad // 2
+    from faextract.models.layers import pad_spatial
+
+    x2 = x.detach().clone().requires_grad_()
+    w2 = layer.conv.weight.detach().clone().requires_grad_()
+    y2 = F.conv2d(pad_spatial(x2, (p0, p1, p0, p1), periodic), w2, dilation=dilation, groups=3)
+    torch.testing.assert_close(y, y2)
+    gx2, gw2 = torch.autograd.grad(y2, (x2, w2), g)
+    torch.testing.assert_close(gx, gx2)
+    torch.testing.assert_close(gw, gw2)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_pointwise_conv_equals_a_1x1_convolution(with_bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(7, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True) if with_bias else None
+    torch.testing.assert_close(pointwise_conv(x, w, b), F.conv2d(x, w, b))
+    inputs = (x, w, b) if with_bias else (x, w)
+    assert torch.autograd.gradcheck(lambda *a: pointwise_conv(*a), inputs)
+    # a non-contiguous input (a time slice of a sequence) works too
+    seq = torch.randn(3, 2, 4, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(pointwise_conv(seq[:, 1], w, b), F.conv2d(seq[:, 1], w, b))
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,dilation,padding",
+    [
+        ((4, 16, 64, 64), 3, 1, (1, 1)),
+        ((2, 3, 7, 9), 3, 2, (2, 2)),
+        ((2, 3, 7, 9), 3, 4, (4, 4)),
+        ((2, 3, 7, 9), 2, 1, (0, 0)),
+        ((2, 3, 7, 13), 3, 1, (1, 0)),  # the periodic case: longitude padded beforehand
+        ((1, 2, 5, 40), 5, 1, (2, 2)),
+    ],
+)
+def test_the_c_depthwise_convolution_equals_pytorchs(shape, kernel, dilation, padding):
+    from faextract.models.layers import depthwise_conv2d
+
+    assert kernels.library() is not None
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(shape[1], 1, kernel, kernel, requires_grad=True)
+    y = depthwise_conv2d(x, w, padding, dilation)
+    # reference in float64: PyTorch's float32 weight gradient (a sum over N*H*W terms) is
+    # itself off by ~1e-4 at the largest size
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    want = F.conv2d(x64, w64, padding=padding, dilation=dilation, groups=shape[1])
+    torch.testing.assert_close(y, want.float())
+    g = torch.randn_like(y)
+    got_grads = torch.autograd.grad(y, (x, w), g)
+    want_grads = torch.autograd.grad(want, (x64, w64), g.double())
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-4)
+    with torch.no_grad():  # inference takes the kernel too
+        torch.testing.assert_close(depthwise_conv2d(x, w, padding, dilation), want.float())
