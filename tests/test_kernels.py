@@ -6,6 +6,9 @@ size (odd grids, rows split across threads), and the C kernels must fall back cl
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +16,10 @@ import torch.nn.functional as F
 from faextract.models import FAConvLSTM2D, kernels
 from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
 from faextract.models.layers import DepthwiseConv, pointwise_conv
+
+needs_cc = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler to build the kernels"
+)
 
 
 @pytest.fixture
@@ -32,6 +39,7 @@ def _step_grads(fn, z, c, peep, bias, dh, dc):
     return [h.detach(), c_new.detach(), *(t.grad.clone() for t in leaves)]
 
 
+@needs_cc
 @pytest.mark.parametrize("hw", [(5, 7), (17, 19), (64, 64)])
 @pytest.mark.parametrize("with_peep,with_bias", [(True, True), (False, False), (True, False)])
 @pytest.mark.parametrize("upstream", ["both", "h only", "c only"])
@@ -56,6 +64,7 @@ def test_the_c_lstm_step_equals_the_reference(hw, with_peep, with_bias, upstream
         torch.testing.assert_close(g, w, rtol=1e-5, atol=2e-5)
 
 
+@needs_cc
 def test_the_c_lstm_step_splits_rows_over_threads_identically():
     torch.manual_seed(1)
     z, c = torch.randn(2, 4 * 7, 9, 11), torch.randn(2, 7, 9, 11)
@@ -72,6 +81,7 @@ def test_the_c_lstm_step_splits_rows_over_threads_identically():
         assert torch.equal(a, b)
 
 
+@needs_cc
 def test_the_c_lstm_step_saturates_and_propagates_nan():
     F_ = 2
     z = torch.tensor([-1e4, -100.0, 0.0, 100.0, 1e4, float("nan")]).view(1, 1, 1, 6)
@@ -107,6 +117,7 @@ def test_a_missing_compiler_warns_once_and_falls_back(monkeypatch, tmp_path, fre
     assert not any((tmp_path / "cache").glob("*.so"))
 
 
+@needs_cc
 def test_the_build_is_cached_per_source_and_reused(monkeypatch, tmp_path, fresh_kernels):
     monkeypatch.setenv("FAEXTRACT_KERNEL_CACHE", str(tmp_path))
     assert kernels.library() is not None
@@ -121,6 +132,7 @@ def test_the_build_is_cached_per_source_and_reused(monkeypatch, tmp_path, fresh_
     assert kernels.library() is not None
 
 
+@needs_cc
 def test_fa_cell_is_the_same_function_with_and_without_the_c_kernels(monkeypatch, fresh_kernels):
     torch.manual_seed(0)
     layer = FAConvLSTM2D(8, 3, padding="same", in_channels=3, return_sequences=True)
@@ -180,6 +192,7 @@ def test_pointwise_conv_equals_a_1x1_convolution(with_bias):
     torch.testing.assert_close(pointwise_conv(seq[:, 1], w, b), F.conv2d(seq[:, 1], w, b))
 
 
+@needs_cc
 @pytest.mark.parametrize(
     "shape,kernel,dilation,padding",
     [
