@@ -14,7 +14,6 @@ own passes over the output would dilute the comparison of the cells).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -48,17 +47,8 @@ def make(name: str, C: int, F: int):
 def count_flops(layer, x) -> int:
     """Convolution and matmul FLOPs of a forward pass, with the C kernels off (the counter
     sees only PyTorch operators, and the depthwise convolutions would otherwise vanish)."""
-    os.environ[kernels.ENV_SWITCH], before = "0", os.environ.get(kernels.ENV_SWITCH)
-    kernels.library.cache_clear()
-    try:
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            layer(x)
-    finally:
-        if before is None:
-            del os.environ[kernels.ENV_SWITCH]
-        else:
-            os.environ[kernels.ENV_SWITCH] = before
-        kernels.library.cache_clear()
+    with kernels.disabled(), FlopCounterMode(display=False) as fc, torch.no_grad():
+        layer(x)
     return fc.get_total_flops()
 
 

@@ -106,6 +106,17 @@ def test_other_dtypes_and_disabled_kernels_take_the_pytorch_path(monkeypatch, fr
         torch.testing.assert_close(a, b)
 
 
+@needs_cc
+def test_disabled_blocks_hold_the_kernels_off_and_nest():
+    z, c = torch.randn(1, 8, 3, 3), torch.randn(1, 2, 3, 3)
+    assert kernels.covers(z, c)
+    with kernels.disabled():
+        with kernels.disabled():
+            assert not kernels.covers(z, c)
+        assert not kernels.covers(z, c)
+    assert kernels.covers(z, c)
+
+
 def test_a_missing_compiler_warns_once_and_falls_back(monkeypatch, tmp_path, fresh_kernels):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("FAEXTRACT_KERNEL_CACHE", str(tmp_path / "cache"))

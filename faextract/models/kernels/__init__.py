@@ -21,6 +21,7 @@ kernels follow the same thread setting as PyTorch and bring no OpenMP runtime of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -126,8 +127,25 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+_held_off = 0  # depth of open disabled() blocks
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block every caller takes its PyTorch path: to compare the two, or to count
+    FLOPs with ``torch.utils.flop_counter`` (which sees PyTorch operators only)."""
+    global _held_off
+    _held_off += 1
+    try:
+        yield
+    finally:
+        _held_off -= 1
+
+
 def covers(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernels can take these tensors (contiguous float32 on the CPU) and are built."""
+    if _held_off:
+        return False
     for t in tensors:
         if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
             return False
