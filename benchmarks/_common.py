@@ -101,3 +101,21 @@ def growth_table(results: list[dict], label: str, title: str) -> str:
     ]
     rows[1]["growth"] = f"{100 * (results[1]['peak_rss_mb'] / results[0]['peak_rss_mb'] - 1):+.0f}%"
     return table(rows, [label, "windows", "peak RSS MB", "growth"], title)
+
+
+def devices_arg(ap) -> None:
+    """Add ``--device {all,cpu,cuda}`` to a benchmark's argument parser."""
+    ap.add_argument(
+        "--device",
+        choices=["all", "cpu", "cuda"],
+        default="all",
+        help="where to measure (default: the CPU, and CUDA when present)",
+    )
+
+
+def chosen_devices(arg: str) -> list[str]:
+    """The devices a ``--device`` value selects; CUDA only when one is present."""
+    have = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if arg == "cuda" and "cuda" not in have:
+        raise SystemExit("--device cuda: no CUDA device is present")
+    return have if arg == "all" else [arg]

@@ -21,7 +21,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_step_peak_mb, cuda_peak, in_child, table, timeit  # noqa: E402
+from _common import (
+    chosen_devices,
+    cpu_step_peak_mb,
+    cuda_peak,
+    devices_arg,
+    in_child,
+    table,
+    timeit,
+)  # noqa: E402
 
 from faextract.models import ConvLSTM2D, FAConvLSTM2D, kernels  # noqa: E402
 
@@ -144,6 +152,7 @@ def child(name: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> Non
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
+    devices_arg(ap)
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -160,8 +169,7 @@ def main():
         "fwd+bwd speedup",
         "peak MB",
     ]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for dev in devices:
+    for dev in chosen_devices(args.device):
         rows = run(dev, B, T, S, C, F, repeat=5 if dev == "cpu" else 10)
         label = (
             "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import growth_table, in_child, peak_rss_mb, table  # noqa: E402
+from _common import chosen_devices, devices_arg, growth_table, in_child, peak_rss_mb, table  # noqa: E402
 
 SAMPLE_VARS = ("sst", "t2m", "sp", "u10")
 DEFAULT_VARS = ("sst", "t2m", "sp", "u10", "sshf")
@@ -65,14 +65,14 @@ def end_to_end(ckpt: str, cube: Path, out: Path, **kw) -> tuple[float, int]:
     return res.seconds, res.windows
 
 
-def model_only(ckpt_path: str, cube: Path, **kw) -> tuple[float, int]:
-    """The same windows, prepared in memory first; time only the model calls."""
+def model_only(ckpt_path: str, cube: Path, device: str = "cpu", **kw) -> tuple[float, int]:
+    """The same windows, prepared in memory (on ``device``) first; time only the model calls."""
     from faextract.checkpoint import build_model, load_checkpoint, stats_from_dict
     from faextract.data import Tiler, TileSpec, open_cube
     from faextract.data.dataset import BlockReader
 
     ckpt = load_checkpoint(ckpt_path)
-    model = build_model(ckpt)
+    model = build_model(ckpt).to(device)
     c = open_cube(str(cube))
     tiles = ckpt["tiles"]
     k = model.cells[-1].attention_every
@@ -84,24 +84,26 @@ def model_only(ckpt_path: str, cube: Path, **kw) -> tuple[float, int]:
     items = [reader.window_item(tiler, w) for w in tiler.windows]
     bs = kw.get("batch_size", 8)
     batches = [
-        {k: torch.stack([it[k] for it in items[i : i + bs]]) for k in items[0]}
+        {k: torch.stack([it[k] for it in items[i : i + bs]]).to(device) for k in items[0]}
         for i in range(0, len(items), bs)
     ]
     t0 = time.perf_counter()
     with torch.inference_mode():
         for b in batches:
             model.encode(b["x"], b["mask"], b["phase"], b["time"] >= 0, need_weights=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0, len(items)
 
 
-def child(cube: str, out: str) -> None:
-    secs, n = end_to_end(sample_checkpoint(), Path(cube), Path(out))
+def child(cube: str, out: str, device: str) -> None:
+    secs, n = end_to_end(sample_checkpoint(), Path(cube), Path(out), device=device)
     print(json.dumps({"peak_rss_mb": peak_rss_mb(), "windows": n, "seconds": secs}))
 
 
-def throughput_rows(label: str, ckpt: str, cube: Path, out: Path) -> list[dict]:
-    t_e2e, n = end_to_end(ckpt, cube, out)
-    t_model, n_model = model_only(ckpt, cube)
+def throughput_rows(label: str, ckpt: str, cube: Path, out: Path, device: str) -> list[dict]:
+    t_e2e, n = end_to_end(ckpt, cube, out, device=device)
+    t_model, n_model = model_only(ckpt, cube, device)
     return [
         {"model": label, "path": "model only (windows in memory)", "windows": n_model,
          "windows/s": f"{n_model / t_model:.2f}", "ratio": "1.00"},
@@ -113,7 +115,8 @@ def throughput_rows(label: str, ckpt: str, cube: Path, out: Path) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    devices_arg(ap)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(*args.child)
@@ -125,30 +128,33 @@ def main():
         make_cube(small, nt)
         make_cube(big, nt_big, 96, 192, DEFAULT_VARS)
         default_ckpt = default_config_checkpoint(tmp)
-        end_to_end(sample_checkpoint(), small, tmp / "warm.zarr")  # first-call costs, once
-        rows = throughput_rows(
-            f"sample, {nt} days of 24x48x{len(SAMPLE_VARS)}",
-            sample_checkpoint(),
-            small,
-            tmp / "e.zarr",
-        )
-        rows += throughput_rows(
-            f"default config, {nt_big} days of 96x192x{len(DEFAULT_VARS)}",
-            default_ckpt, big, tmp / "d.zarr",
-        )  # fmt: skip
-        print(
-            table(
-                rows,
-                list(rows[0]),
-                f"Embedding throughput (CPU {torch.get_num_threads()} threads)",
+        for device in chosen_devices(args.device):
+            # first-call costs (kernel builds, CUDA context), once per device
+            end_to_end(sample_checkpoint(), small, tmp / "warm.zarr", device=device)
+            rows = throughput_rows(
+                f"sample, {nt} days of 24x48x{len(SAMPLE_VARS)}",
+                sample_checkpoint(),
+                small,
+                tmp / "e.zarr",
+                device,
             )
-        )
-        results = []
-        for factor in (1, 10):
-            c = tmp / f"c{factor}.nc"
-            make_cube(c, (nt // 4 if args.quick else 365) * factor)  # 1 year: a full pipeline
-            results.append(in_child([__file__, "--child", str(c), str(tmp / f"m{factor}.zarr")]))
-        print(growth_table(results, "cube length", "Memory: a full embed, fresh process each"))
+            rows += throughput_rows(
+                f"default config, {nt_big} days of 96x192x{len(DEFAULT_VARS)}",
+                default_ckpt, big, tmp / "d.zarr", device,
+            )  # fmt: skip
+            where = "CUDA" if device == "cuda" else f"CPU {torch.get_num_threads()} threads"
+            print(table(rows, list(rows[0]), f"Embedding throughput ({where})"))
+            results = []
+            for factor in (1, 10):
+                c = tmp / f"c{factor}.nc"
+                make_cube(c, (nt // 4 if args.quick else 365) * factor)  # 1 year: a full pipeline
+                argv = [__file__, "--child", str(c), str(tmp / f"m{factor}.zarr"), device]
+                results.append(in_child(argv))
+            print(
+                growth_table(
+                    results, "cube length", f"Memory ({where}): a full embed, fresh process each"
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import cpu_step_peak_mb, cuda_peak, in_child, table, timeit  # noqa: E402
+from _common import (
+    chosen_devices,
+    cpu_step_peak_mb,
+    cuda_peak,
+    devices_arg,
+    in_child,
+    table,
+    timeit,
+)  # noqa: E402
 
 from faextract.models import create_cell  # noqa: E402
 
@@ -179,6 +187,7 @@ def child(label, cell, kw, width, B, T, S, repeat) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    devices_arg(ap)
     ap.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -186,7 +195,7 @@ def main():
     Ts = [12, 48] if args.quick else [12, 48, 192]
     B, S = (2, 16) if args.quick else (4, 32)
     cols = ["T", "cell", "width", "params", "train frames/s", "vs ConvLSTM2D", "peak MB"]
-    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+    for dev in chosen_devices(args.device):
         label = (
             "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         )
@@ -197,6 +206,8 @@ def main():
                 f"Training step, B={B}, {S}x{S}, matched parameters ({label})",
             )
         )
+    if args.device == "cuda":
+        return  # the forecasting comparison is about accuracy and runs on the CPU
     rows = forecasting(args.quick)
     print(table(rows, list(rows[0]), "Advection-diffusion forecasting at matched parameters (CPU)"))
 

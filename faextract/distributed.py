@@ -56,20 +56,32 @@ def first_host(nodelist: str) -> str:
     return prefix + first
 
 
-def setup() -> DistInfo:
-    """Initialize the default process group when launched with several processes."""
+def launch_info() -> DistInfo:
+    """This process's rank, world size and local rank, as the launcher set them."""
     _from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend, init_method="env://")
-    return DistInfo(rank=rank, world_size=world, local_rank=local)
+    return DistInfo(
+        rank=int(os.environ["RANK"]),
+        world_size=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def setup(device: torch.device | None = None) -> DistInfo:
+    """Initialize the default process group when launched with several processes.
+
+    The backend follows the device this process trains on: NCCL for a CUDA device, gloo
+    otherwise (so ``train.device=cpu`` works on a GPU node too).
+    """
+    info = launch_info()
+    if info.enabled and not dist.is_initialized():
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", init_method="env://")
+    return info
 
 
 def teardown(info: DistInfo) -> None:

@@ -53,11 +53,31 @@ class TrainResult:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device for ``train.device`` (auto, cpu, cuda, cuda:N) in the process of ``local_rank``.
+
+    ``auto`` and ``cuda`` take the GPU of the same index as the local rank (torchrun with one
+    process per GPU); where each process sees a single GPU (SLURM's ``--gpus-per-task=1``)
+    every rank takes that one.
+    """
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not name.startswith("cuda"):
+        return torch.device(name)
+    if not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but no CUDA device is available")
-    return torch.device(name)
+    count = torch.cuda.device_count()
+    device = torch.device(name)
+    if device.index is None:
+        if local_rank >= count > 1:
+            raise ConfigError(
+                f"process of local rank {local_rank} has no GPU of its own: this node shows"
+                f" {count} CUDA devices; start at most {count} processes per node or set"
+                " train.device=cpu"
+            )
+        device = torch.device("cuda", local_rank if local_rank < count else 0)
+    elif device.index >= count:
+        raise ConfigError(f"train.device={name} but this node shows {count} CUDA device(s)")
+    return device
 
 
 def seasonal_period(cube) -> float:
@@ -268,13 +288,13 @@ def train(
     """Train per ``config`` into ``run_dir``; see the module docstring."""
     from faextract.progress import Progress
 
-    info = distributed.setup()
+    device = pick_device(config.train.device, distributed.launch_info().local_rank)
+    info = distributed.setup(device)
     run_dir = Path(run_dir)
     try:
         if info.is_main:
             _prepare_run_dir(run_dir, resume, overwrite)
             run_dir.mkdir(parents=True, exist_ok=True)
-        device = pick_device(config.train.device, info.local_rank)
         tc = config.train
         _seed_everything(tc.seed, tc.deterministic)
         if tc.batch_size % info.world_size:

@@ -34,3 +34,31 @@ def small_nc(tmp_path, small_ds):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+# A model and run small enough to train in seconds on a CPU.
+TINY = [
+    "model.filters=8",
+    "model.layers=1",
+    "model.stem_channels=8",
+    "model.embedding_dim=8",
+    "model.downsample=1",
+    "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
+    "tiles.window=6",
+    "tiles.stride=6",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "data.climatology=none",
+    "data.val_fraction=0.2",
+]
+
+
+@pytest.fixture
+def tiny_config(small_nc):
+    from faextract.config import load_config
+
+    def make(*extra):
+        return load_config(None, [*TINY, f"data.paths=[{small_nc}]", *extra])
+
+    return make

@@ -11,7 +11,8 @@ import torch
 
 from faextract.checkpoint import load_checkpoint
 from faextract.distributed import first_host
-from faextract.train import read_metrics
+from faextract.errors import ConfigError
+from faextract.train import pick_device, read_metrics
 
 ARGS = [
     "--set", "model.filters=8", "--set", "model.layers=1", "--set", "model.stem_channels=8",
@@ -88,3 +89,22 @@ def test_slurm_environment_becomes_torch_environment(monkeypatch):
     assert os.environ["RANK"] == "1" and os.environ["WORLD_SIZE"] == "2"
     assert os.environ["MASTER_ADDR"] == "cn01" and os.environ["MASTER_PORT"] == str(29500 + 234)
     assert torch.distributed.is_available()
+
+
+def test_pick_device_gives_each_local_rank_its_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("auto", 1) == torch.device("cuda", 1)
+    assert pick_device("cuda", 0) == torch.device("cuda", 0)
+    assert pick_device("cuda:1", 0) == torch.device("cuda", 1)
+    assert pick_device("cpu", 5) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="local rank 2 has no GPU"):
+        pick_device("auto", 2)
+    with pytest.raises(ConfigError, match="shows 2 CUDA"):
+        pick_device("cuda:3", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # --gpus-per-task=1
+    assert pick_device("auto", 3) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto", 0) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        pick_device("cuda", 0)

@@ -50,4 +50,22 @@ def test_embed_on_cuda_matches_cpu(tmp_path):
     assert cpu.status == gpu.status == "complete"
     a = open_embeddings(tmp_path / "cpu.zarr")["embedding"].values
     b = open_embeddings(tmp_path / "gpu.zarr")["embedding"].values
-    np.testing.assert_allclose(a, b, atol=1e-3)
+    # cuDNN convolutions run in TF32 by default (10-bit mantissa): ~1e-3 relative, not 1e-6.
+    assert np.linalg.norm(b - a) / np.linalg.norm(a) < 2e-3
+    np.testing.assert_allclose(b, a, atol=1e-2)
+
+
+def test_train_on_cuda_bf16_and_the_checkpoint_loads_on_cpu(tmp_path, tiny_config):
+    from faextract.checkpoint import build_model, load_checkpoint
+    from faextract.train import read_metrics, train
+
+    cfg = tiny_config("train.epochs=2", "train.device=cuda", "train.bf16=true")
+    result = train(cfg, tmp_path / "run", plain_progress=True)
+    assert result.status == "finished" and np.isfinite(result.best_val)
+    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "run") if r["kind"] == "train"]
+    assert np.isfinite(losses).all()
+    # Saved as CPU tensors: a plain torch.load on a machine without CUDA can read it.
+    raw = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    tensors = [v for v in raw["model"].values() if isinstance(v, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" for t in tensors)
+    build_model(load_checkpoint(tmp_path / "run" / "last.pt"))

@@ -10,35 +10,10 @@ from typer.testing import CliRunner
 
 from faextract.checkpoint import build_model, load_checkpoint, save_checkpoint, stats_from_dict
 from faextract.cli import app
-from faextract.config import load_config
 from faextract.errors import FaextractError
 from faextract.train import read_metrics, train
 
 runner = CliRunner()
-
-TINY = [
-    "model.filters=8",
-    "model.layers=1",
-    "model.stem_channels=8",
-    "model.embedding_dim=8",
-    "model.downsample=1",
-    "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
-    "tiles.window=6",
-    "tiles.stride=6",
-    "train.batch_size=4",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-    "data.climatology=none",
-    "data.val_fraction=0.2",
-]
-
-
-@pytest.fixture
-def tiny_config(small_nc):
-    def make(*extra):
-        return load_config(None, [*TINY, f"data.paths=[{small_nc}]", *extra])
-
-    return make
 
 
 def test_train_writes_a_self_describing_checkpoint(tmp_path, tiny_config):
