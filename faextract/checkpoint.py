@@ -56,11 +56,23 @@ def stats_from_dict(d: dict) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords, attrs=d.get("attrs", {}))
 
 
+def _on_cpu(obj):
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
-    """Write ``payload`` atomically to ``path``."""
+    """Write ``payload`` atomically to ``path``, its tensors on the CPU: a run trained on a GPU
+    loads with a plain ``torch.load`` on a machine without one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(payload, format_version=FORMAT_VERSION, faextract_version=__version__)
+    payload = _on_cpu(dict(payload, format_version=FORMAT_VERSION, faextract_version=__version__))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

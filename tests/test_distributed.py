@@ -20,7 +20,7 @@ ARGS = [
     "--set", "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
     "--set", "tiles.window=6", "--set", "tiles.stride=3", "--set", "train.batch_size=4",
     "--set", "train.epochs=2", "--set", "data.climatology=none", "--set", "train.warmup_steps=2",
-    "--set", "train.log_every=1", "--deterministic",
+    "--set", "train.log_every=1", "--set", "train.device=cpu", "--deterministic",
 ]  # fmt: skip
 
 
