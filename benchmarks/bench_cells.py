@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import _env  # noqa: F401  (before torch)
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

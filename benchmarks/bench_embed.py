@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _env  # noqa: F401  (before torch)
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -540,6 +540,11 @@ class _dask_client:
 
 
 def main() -> None:
+    # Large CPU tensors on 2 MB transparent huge pages (PyTorch's allocator reads this when torch
+    # is imported, which the commands do later): glibc hands allocations over 32 MB back to the
+    # kernel on free, and on this project's 2-core machine refaulting them 4 KB at a time cost
+    # up to half of an elementwise pass. Set THP_MEM_ALLOC_ENABLE=0 to opt out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     app(prog_name="faextract")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -79,3 +80,16 @@ def test_error_from_a_real_process_has_no_traceback(tmp_path):
     )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "bad.nc" in out.stderr
+
+
+def test_main_puts_large_tensors_on_huge_pages_unless_told_not_to(monkeypatch):
+    from faextract import cli
+
+    monkeypatch.setattr(cli, "app", lambda **kw: None)
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "placeholder")  # restored after the test
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    cli.main()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    cli.main()
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"

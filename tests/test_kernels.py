@@ -6,6 +6,7 @@ size (odd grids, rows split across threads), and the C kernels must fall back cl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -235,3 +236,102 @@ def test_the_c_depthwise_convolution_equals_pytorchs(shape, kernel, dilation, pa
         torch.testing.assert_close(a, b.float(), rtol=1e-5, atol=1e-4)
     with torch.no_grad():  # inference takes the kernel too
         torch.testing.assert_close(depthwise_conv2d(x, w, padding, dilation), want.float())
+
+
+SCAN_CELLS = [
+    ("minconvgru", {}),
+    ("minconvlstm", {}),
+    ("minconvlstm", {"exponential_gating": True}),
+]
+
+
+def _scan_cell(name, kw, F_):
+    from faextract.models import create_cell
+
+    return create_cell(name, filters=F_, kernel_size=1, in_channels=1, **kw)
+
+
+@needs_cc
+@pytest.mark.parametrize("name,kw", SCAN_CELLS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("hw", [(3, 5), (70, 70)])  # 70 x 70 lanes split into several groups
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_the_c_scan_equals_the_reference(name, kw, channels_last, hw, with_h0):
+    from faextract.models.minconv import _FusedScan
+    from faextract.models.scan import sequential_scan
+
+    torch.manual_seed(0)
+    B, T, F_ = 2, 6, 3
+    cell = _scan_cell(name, kw, F_)
+    G = cell.n_gates
+    k = 3 * torch.randn(B, T, G * F_, *hw)
+    if channels_last:
+        k = k.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    k.requires_grad_()
+    h0 = torch.randn(B, F_, *hw).requires_grad_() if with_h0 else None
+    dh = torch.randn(B, T, F_, *hw)
+    h = _FusedScan.apply(k, h0, cell.kernel_mode, F_)
+    leaves = [k] + ([h0] if with_h0 else [])
+    grads = torch.autograd.grad(h, leaves, dh)
+
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    a, b = cell._coefficients(ref_leaves[0], log=False)
+    ref = sequential_scan(a, b, ref_leaves[1] if with_h0 else None)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, dh.double())
+    torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+@needs_cc
+@pytest.mark.parametrize("name,kw", SCAN_CELLS)
+def test_the_c_scan_handles_extreme_gates_and_thread_splits(name, kw):
+    from faextract.models.minconv import _FusedScan
+    from faextract.models.scan import sequential_scan
+
+    torch.manual_seed(1)
+    F_ = 4
+    cell = _scan_cell(name, kw, F_)
+    k = 150 * torch.randn(3, 9, cell.n_gates * F_, 7, 11)  # sigmoids saturate, exps overflow
+    results = []
+    for threads in (1, 3):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            kk = k.clone().requires_grad_()
+            h = _FusedScan.apply(kk, None, cell.kernel_mode, F_)
+            (dk,) = torch.autograd.grad(h, kk, torch.ones_like(h))
+        finally:
+            torch.set_num_threads(before)
+        assert torch.isfinite(h).all() and torch.isfinite(dk).all()
+        results.append((h, dk))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    a, b = cell._coefficients(k.double(), log=False)
+    torch.testing.assert_close(results[0][0].double(), sequential_scan(a, b), rtol=1e-4, atol=1e-4)
+
+
+@needs_cc
+@pytest.mark.parametrize("name,kw", SCAN_CELLS)
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_min_cells_are_the_same_function_with_and_without_the_c_scan(name, kw, data_format):
+    from faextract.models import create_cell
+
+    torch.manual_seed(0)
+    cell = create_cell(
+        name, filters=6, kernel_size=3, padding="same", data_format=data_format,
+        return_sequences=True, return_state=True, in_channels=3, **kw,
+    )  # fmt: skip
+    x = 3 * torch.randn(2, 7, 3, 5, 9)
+    h0 = torch.randn(2, 6, 5, 9)
+    if data_format == "channels_last":
+        x, h0 = x.permute(0, 1, 3, 4, 2).contiguous(), h0.permute(0, 2, 3, 1).contiguous()
+    h0.requires_grad_()
+    runs = []
+    for fast in (True, False):
+        with contextlib.nullcontext() if fast else kernels.disabled():
+            y, last = cell(x, initial_state=[h0])
+            loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + last.square().sum()
+            runs.append([y, last, *torch.autograd.grad(loss, [h0, *cell.parameters()])])
+    for got, want in zip(*runs, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

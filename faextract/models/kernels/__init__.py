@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 SOURCES = sorted(Path(__file__).parent.glob("*.c"))
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 # Measured on GCC 12: without -fno-trapping-math the loops stay scalar; -std=c11 (not gnu11)
 # would turn off multiply-add contraction; 512-bit vectors ran 1.4x faster where available.
 # No -ffast-math: linked into a shared library it sets flush-to-zero for the whole process.
@@ -53,6 +54,10 @@ SIGNATURES = {
     "faex_depthwise_forward": [_ptr] * 3 + [_i64] * 12,
     # (x, g, gw, H, W, Ho, Wo, kh, kw, d, ph, pw, p0, p1)
     "faex_depthwise_weight_grad": [_ptr] * 3 + [_i64] * 11,
+    # (k, h0, h, mode, T, nO, nI, kB, kT, kO, kG, hB, hT, hO, hI, row0, row1)
+    "faex_minscan_forward": [_ptr] * 3 + [_i64] * 14,
+    # (k, h0, h, dh, dk, dh0, mode, T, nO, nI, kB, kT, kO, kG, hB, hT, hO, hI, row0, row1)
+    "faex_minscan_backward": [_ptr] * 6 + [_i64] * 14,
 }
 
 
@@ -105,7 +110,7 @@ def library() -> ctypes.CDLL | None:
         return None
     compiler = os.environ.get("CC", "cc")
     digest = hashlib.sha256()
-    for part in [*(s.read_bytes() for s in SOURCES), " ".join([compiler, *FLAGS]).encode()]:
+    for part in [*(s.read_bytes() for s in SOURCES + HEADERS), " ".join([compiler, *FLAGS]).encode()]:
         digest.update(part)
     digest.update(_cpu_identity().encode())
     target = cache_dir() / f"kernels-{digest.hexdigest()[:16]}.so"
