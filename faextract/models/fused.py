@@ -111,7 +111,7 @@ class _LSTMPointwiseCPU(torch.autograd.Function):
         b = c.new_zeros(4 * F_) if bias is None else bias.detach().contiguous()
         h, c_new = torch.empty_like(c), torch.empty_like(c)
         ptrs = (t.data_ptr() for t in (z, b, c, p, h, c_new))
-        kernels.run_rows(lib.faex_lstm_forward, B * F_, *ptrs, F_, HW)
+        kernels.run_rows(lib.faex_lstm_forward, B * F_, *ptrs, F_, HW, work=c.numel())
         ctx.save_for_backward(z, b, c, c_new, p)
         return h, c_new
 
@@ -125,7 +125,9 @@ class _LSTMPointwiseCPU(torch.autograd.Function):
         dz, dc = torch.empty_like(z), torch.empty_like(c)
         sums = torch.empty(B * F_, 7, dtype=torch.float64)
         ptrs = (t.data_ptr() for t in (z, b, c, c_new, p, dh, dc_new, dz, dc, sums))
-        kernels.run_rows(kernels.library().faex_lstm_backward, B * F_, *ptrs, F_, HW)
+        kernels.run_rows(
+            kernels.library().faex_lstm_backward, B * F_, *ptrs, F_, HW, work=c.numel()
+        )
         sums = sums.view(B, F_, 7).sum(0).T.to(c.dtype)  # (7, F): bias i, f, c, o; peep i, f, o
         dpeep = sums[4:].reshape(3, F_, 1, 1) if ctx.needs_input_grad[2] else None
         dbias = sums[:4].reshape(4 * F_) if ctx.needs_input_grad[3] else None

@@ -136,9 +136,8 @@ def _depthwise_c(x: torch.Tensor, w: torch.Tensor, padding, dilation: int, out_h
     x, w = x.contiguous(), w.contiguous()
     y = x.new_empty(N, C, *out_hw)
     sizes = (C, H, W, *out_hw, kh, kw, dilation, *padding)
-    kernels.run_rows(
-        lib.faex_depthwise_forward, N * C, x.data_ptr(), w.data_ptr(), y.data_ptr(), *sizes
-    )
+    ptrs = (x.data_ptr(), w.data_ptr(), y.data_ptr())
+    kernels.run_rows(lib.faex_depthwise_forward, N * C, *ptrs, *sizes, work=y.numel())
     return y
 
 
@@ -195,7 +194,9 @@ class _DepthwiseConv(torch.autograd.Function):
                 planes = torch.empty(N * C, kh * kw, dtype=torch.float64)
                 sizes = (*x.shape[-2:], Ho, Wo, kh, kw, d, ph, pw)
                 ptrs = (x.contiguous().data_ptr(), g.data_ptr(), planes.data_ptr())
-                kernels.run_rows(lib.faex_depthwise_weight_grad, N * C, *ptrs, *sizes)
+                kernels.run_rows(
+                    lib.faex_depthwise_weight_grad, N * C, *ptrs, *sizes, work=g.numel()
+                )
                 gw = planes.view(N, C, kh, kw).sum(0).to(w.dtype).view_as(w)
             else:  # each input plane correlated with its output-gradient plane as the kernel
                 planes = F.conv2d(

@@ -72,6 +72,7 @@ class _FusedScan(torch.autograd.Function):
             h.data_ptr(),
             mode,
             *geometry,
+            work=k.numel(),
         )
         ctx.save_for_backward(k, h0, h)
         ctx.mode, ctx.last = mode, last
@@ -96,6 +97,7 @@ class _FusedScan(torch.autograd.Function):
             None if dh0 is None else dh0.data_ptr(),
             ctx.mode,
             *geometry,
+            work=k.numel(),
         )
         return dk, dh0, None, None
 
