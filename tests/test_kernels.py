@@ -281,7 +281,9 @@ def test_the_c_scan_equals_the_reference(name, kw, channels_last, hw, with_h0):
     torch.testing.assert_close(h.double(), ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, ref_grads, strict=True):
         assert got.shape == want.shape
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+        torch.testing.assert_close(
+            got.double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item()
+        )
 
 
 @needs_cc
@@ -335,3 +337,24 @@ def test_min_cells_are_the_same_function_with_and_without_the_c_scan(name, kw, d
             runs.append([y, last, *torch.autograd.grad(loss, [h0, *cell.parameters()])])
     for got, want in zip(*runs, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_run_rows_splits_large_calls_and_keeps_small_ones_on_this_thread():
+    import threading
+
+    calls = []
+
+    def fn(tag, row0, row1):
+        calls.append((threading.get_ident(), tag, row0, row1))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kernels.run_rows(fn, 8, "small", work=kernels.MIN_PARALLEL_WORK - 1)
+        assert calls == [(threading.get_ident(), "small", 0, 8)]
+        calls.clear()
+        kernels.run_rows(fn, 8, "large", work=kernels.MIN_PARALLEL_WORK)
+        assert sorted(c[2:] for c in calls) == [(0, 4), (4, 8)]
+        assert len({c[0] for c in calls}) == 2
+    finally:
+        torch.set_num_threads(before)
