@@ -1,6 +1,6 @@
 """ConvLSTM2D vs FAConvLSTM2D (full and each ablation): parameters, FLOPs, throughput, memory.
 
-    python benchmarks/bench_cells.py [--quick]
+    python benchmarks/bench_cells.py [--quick] [--device all|cpu|cuda] [--rounds N]
 
 Setting (issue #3): filters=64, kernel 3, input B=4, T=12, 64x64, C=8; on CPU, and on CUDA
 with bf16 autocast when a GPU is present. Targets: FAConvLSTM2D has >= 10x fewer parameters
@@ -8,12 +8,14 @@ and FLOPs and >= 3x the forward+backward throughput of ConvLSTM2D. Parameters ar
 recurrent path uses (``forward``); the embedding head used only by ``forward_features`` is
 listed separately. FLOPs count convolutions and matrix products (torch.utils.flop_counter).
 Forward+backward feeds a fixed random gradient to the layer's output (no loss function, whose
-own passes over the output would dilute the comparison of the cells).
+own passes over the output would dilute the comparison of the cells). On CPU every cell runs
+in a fresh process, once per round, and each time is the median over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -61,7 +63,9 @@ def count_flops(layer, x) -> int:
     return fc.get_total_flops()
 
 
-def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> list[dict]:
+def run(
+    device: str, B: int, T: int, S: int, C: int, F: int, repeat: int, rounds: int = 1
+) -> list[dict]:
     names = [
         "ConvLSTM2D",
         "FAConvLSTM2D",
@@ -95,21 +99,26 @@ def run(device: str, B: int, T: int, S: int, C: int, F: int, repeat: int) -> lis
             t_f = timeit(fwd, repeat=repeat, sync=sync)
             t_fb = timeit(fwd_bwd, repeat=repeat, sync=sync)
             mem = cuda_peak(fwd_bwd)
-        else:  # a fresh process per cell: its memory high-water mark, and timings that an
-            # earlier cell's large heap cannot slow down
-            res = in_child([__file__, "--child", name, *map(str, (B, T, S, C, F, repeat))])
-            t_f, t_fb, mem = res["fwd"], res["fwd_bwd"], res["mb"]
-        rows.append(
-            dict(
-                name=name,
-                params=params,
-                head=head,
-                flops=flops,
-                fwd=B * T / t_f,
-                fwdbwd=B * T / t_fb,
-                mem=mem,
-            )
-        )
+        else:
+            t_f = t_fb = mem = None  # measured below, in rounds
+        rows.append(dict(name=name, params=params, head=head, flops=flops, t_f=t_f, t_fb=t_fb,
+                         mem=mem))  # fmt: skip
+    if device == "cpu":
+        # A fresh process per cell (its memory high-water mark, and timings that an earlier
+        # cell's large heap cannot slow down), every cell once per round, the median over
+        # rounds: a machine whose speed drifts over minutes then moves all cells alike.
+        runs = {r["name"]: [] for r in rows}
+        for _ in range(rounds):
+            for name in runs:
+                argv = [__file__, "--child", name, *map(str, (B, T, S, C, F, repeat))]
+                runs[name].append(in_child(argv))
+        for r in rows:
+            res = runs[r["name"]]
+            r["t_f"] = statistics.median(x["fwd"] for x in res)
+            r["t_fb"] = statistics.median(x["fwd_bwd"] for x in res)
+            r["mem"] = res[0]["mb"]
+    for r in rows:
+        r["fwd"], r["fwdbwd"] = B * T / r["t_f"], B * T / r["t_fb"]
     base = rows[0]
     out = []
     for r in rows:
@@ -154,6 +163,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run)")
     devices_arg(ap)
+    ap.add_argument("--rounds", type=int, default=3, help="CPU: rounds over all cells (median)")
     ap.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -171,7 +181,7 @@ def main():
         "peak MB",
     ]
     for dev in chosen_devices(args.device):
-        rows = run(dev, B, T, S, C, F, repeat=5 if dev == "cpu" else 10)
+        rows = run(dev, B, T, S, C, F, repeat=3 if dev == "cpu" else 10, rounds=args.rounds)
         label = (
             "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         )
