@@ -122,10 +122,10 @@ def _empty(like: torch.Tensor, C: int, last: bool) -> torch.Tensor:
 
 
 def _scan_geometry(last: bool, T: int, GF: int, F_: int, P: int) -> tuple[int, ...]:
-    """``(T, nO, nI, kB, kT, kO, kG, hB, hT, hO, hI)`` of minscan.c's lanes (b, o, i)."""
+    """``(T, nO, nI, kB, kT, kO, kG, hB, hT, hO)`` of minscan.c's lanes (b, o, i)."""
     if last:  # o = pixel, i = channel
-        return (T, P, F_, T * P * GF, P * GF, GF, F_, T * P * F_, P * F_, F_, 1)
-    return (T, F_, P, T * GF * P, GF * P, P, F_ * P, T * F_ * P, F_ * P, P, 1)
+        return (T, P, F_, T * P * GF, P * GF, GF, F_, T * P * F_, P * F_, F_)
+    return (T, F_, P, T * GF * P, GF * P, P, F_ * P, T * F_ * P, F_ * P, P)
 
 
 class _MinConvRNN(RecurrentConv2D):

@@ -54,10 +54,10 @@ SIGNATURES = {
     "faex_depthwise_forward": [_ptr] * 3 + [_i64] * 12,
     # (x, g, gw, H, W, Ho, Wo, kh, kw, d, ph, pw, p0, p1)
     "faex_depthwise_weight_grad": [_ptr] * 3 + [_i64] * 11,
-    # (k, h0, h, mode, T, nO, nI, kB, kT, kO, kG, hB, hT, hO, hI, row0, row1)
-    "faex_minscan_forward": [_ptr] * 3 + [_i64] * 14,
-    # (k, h0, h, dh, dk, dh0, mode, T, nO, nI, kB, kT, kO, kG, hB, hT, hO, hI, row0, row1)
-    "faex_minscan_backward": [_ptr] * 6 + [_i64] * 14,
+    # (k, h0, h, mode, T, nO, nI, kB, kT, kO, kG, hB, hT, hO, row0, row1)
+    "faex_minscan_forward": [_ptr] * 3 + [_i64] * 13,
+    # (k, h0, h, dh, dk, dh0, mode, T, nO, nI, kB, kT, kO, kG, hB, hT, hO, row0, row1)
+    "faex_minscan_backward": [_ptr] * 6 + [_i64] * 13,
 }
 
 

@@ -12,12 +12,12 @@
  *   2  MinConvLSTM, exponential gating: f' = sigmoid(f - i),  a = f',  b = (1 - f') g(h~)
  * with g(x) = x + 0.5 for x >= 0, sigmoid(x) otherwise.
  *
- * Layout: lanes are (b, o, i); k at b*kB + t*kT + o*kO + i (i contiguous), gate j adds j*kG;
- * h and dh at b*hB + t*hT + o*hO + i*hI; h0 and dh0 at b*nO*nI + o*hO + i*hI. For NCHW k,
- * o = channel and i = pixel; for channels-last k (the layout oneDNN's convolution prefers),
- * o = pixel and i = channel, and h stays NCHW (hO = 1, hI = H*W): the strided accesses land
- * in the few cache lines a group of consecutive pixels shares. Rows r = b*nO + o, a call
- * handles rows [row0, row1). h0 and dh0 may be NULL (zero state / not needed).
+ * Layout: lanes are (b, o, i), i contiguous; k at b*kB + t*kT + o*kO + i, gate j adds j*kG;
+ * h and dh at b*hB + t*hT + o*hO + i; h0 and dh0 at b*nO*nI + o*hO + i. For NCHW tensors
+ * o = channel and i = pixel; for channels-last ones (the layout oneDNN's convolution prefers)
+ * o = pixel and i = channel. h keeps k's layout: writing NCHW h from channels-last lanes
+ * (stride H*W between neighbouring lanes) ran ~1.7x slower. Rows r = b*nO + o, a call handles
+ * rows [row0, row1). h0 and dh0 may be NULL (zero state / not needed).
  */
 #include "common.h"
 
@@ -123,56 +123,34 @@ static struct group next_group(int64_t *r, int64_t *i0, int64_t row1, int64_t nO
     return g;
 }
 
-/* Strided h / dh accesses as separate loops, so that the arithmetic loops stay contiguous. */
-static inline void copy_out(float *restrict dst, int64_t stride, const float *restrict src,
-                            int64_t n)
-{
-    if (stride == 1)
-        for (int64_t j = 0; j < n; ++j)
-            dst[j] = src[j];
-    else
-        for (int64_t j = 0; j < n; ++j)
-            dst[j * stride] = src[j];
-}
-
-static inline void copy_in(float *restrict dst, const float *restrict src, int64_t stride,
-                           int64_t n)
-{
-    if (stride == 1)
-        for (int64_t j = 0; j < n; ++j)
-            dst[j] = src[j];
-    else
-        for (int64_t j = 0; j < n; ++j)
-            dst[j] = src[j * stride];
-}
-
 void faex_minscan_forward(const float *restrict k, const float *restrict h0, float *restrict h,
                           int64_t mode, int64_t T, int64_t nO, int64_t nI, int64_t kB,
                           int64_t kT, int64_t kO, int64_t kG, int64_t hB, int64_t hT,
-                          int64_t hO, int64_t hI, int64_t row0, int64_t row1)
+                          int64_t hO, int64_t row0, int64_t row1)
 {
     float state[CAP], a[BLK], gv[BLK], dg[BLK], wf[BLK], wi[BLK];
     int64_t r = row0, i0 = 0;
     while (r < row1) {
         const struct group g = next_group(&r, &i0, row1, nO, nI);
         for (int64_t q = 0; q < g.rows; ++q) {
-            const float *s0 = h0 ? h0 + g.b * nO * nI + (g.o + q) * hO + g.i0 * hI : 0;
+            const float *s0 = h0 ? h0 + g.b * nO * nI + (g.o + q) * hO + g.i0 : 0;
             for (int64_t j = 0; j < g.m; ++j)
-                state[q * g.m + j] = s0 ? s0[j * hI] : 0.0f;
+                state[q * g.m + j] = s0 ? s0[j] : 0.0f;
         }
         for (int64_t t = 0; t < T; ++t) {
             for (int64_t q = 0; q < g.rows; ++q) {
                 const float *kr = k + g.b * kB + t * kT + (g.o + q) * kO + g.i0;
-                float *hr = h + g.b * hB + t * hT + (g.o + q) * hO + g.i0 * hI;
+                float *hr = h + g.b * hB + t * hT + (g.o + q) * hO + g.i0;
                 for (int64_t j0 = 0; j0 < g.m; j0 += BLK) {
                     const int64_t n = g.m - j0 < BLK ? g.m - j0 : BLK;
                     const float *kt = kr + j0;
-                    float *ht = hr + j0 * hI, *st = state + q * g.m + j0;
+                    float *ht = hr + j0, *st = state + q * g.m + j0;
                     coefficients((int)mode, kt, kt + kG, kt + 2 * kG, n, a, gv, dg, wf, wi);
 #pragma omp simd
-                    for (int64_t j = 0; j < n; ++j)
+                    for (int64_t j = 0; j < n; ++j) {
                         st[j] = a[j] * st[j] + (1.0f - a[j]) * gv[j];
-                    copy_out(ht, hI, st, n);
+                        ht[j] = st[j];
+                    }
                 }
             }
         }
@@ -184,10 +162,10 @@ void faex_minscan_backward(const float *restrict k, const float *restrict h0,
                            const float *restrict h, const float *restrict dh,
                            float *restrict dk, float *restrict dh0, int64_t mode, int64_t T,
                            int64_t nO, int64_t nI, int64_t kB, int64_t kT, int64_t kO,
-                           int64_t kG, int64_t hB, int64_t hT, int64_t hO, int64_t hI,
-                           int64_t row0, int64_t row1)
+                           int64_t kG, int64_t hB, int64_t hT, int64_t hO, int64_t row0,
+                           int64_t row1)
 {
-    float carry[CAP], a[BLK], gv[BLK], dg[BLK], wf[BLK], wi[BLK], gin[BLK], prev[BLK];
+    float carry[CAP], a[BLK], gv[BLK], dg[BLK], wf[BLK], wi[BLK];
     int64_t r = row0, i0 = 0;
     while (r < row1) {
         const struct group g = next_group(&r, &i0, row1, nO, nI);
@@ -196,27 +174,21 @@ void faex_minscan_backward(const float *restrict k, const float *restrict h0,
         for (int64_t t = T - 1; t >= 0; --t) {
             for (int64_t q = 0; q < g.rows; ++q) {
                 const int64_t koff = g.b * kB + t * kT + (g.o + q) * kO + g.i0;
-                const int64_t hoff = g.b * hB + t * hT + (g.o + q) * hO + g.i0 * hI;
-                const int64_t soff = g.b * nO * nI + (g.o + q) * hO + g.i0 * hI;
+                const int64_t hoff = g.b * hB + t * hT + (g.o + q) * hO + g.i0;
+                const int64_t soff = g.b * nO * nI + (g.o + q) * hO + g.i0;
                 for (int64_t j0 = 0; j0 < g.m; j0 += BLK) {
                     const int64_t n = g.m - j0 < BLK ? g.m - j0 : BLK;
-                    const float *kt = k + koff + j0, *dht = dh + hoff + j0 * hI;
-                    const float *hp =
-                        t > 0 ? h + hoff - hT + j0 * hI : (h0 ? h0 + soff + j0 * hI : 0);
+                    const float *kt = k + koff + j0, *dht = dh + hoff + j0;
+                    const float *hp = t > 0 ? h + hoff - hT + j0 : (h0 ? h0 + soff + j0 : 0);
                     float *d0 = dk + koff + j0, *d1 = d0 + kG, *d2 = d1 + kG;
                     float *cr = carry + q * g.m + j0;
                     coefficients((int)mode, kt, kt + kG, kt + 2 * kG, n, a, gv, dg, wf, wi);
-                    copy_in(gin, dht, hI, n);
-                    if (hp)
-                        copy_in(prev, hp, hI, n);
-                    else
-                        for (int64_t j = 0; j < n; ++j)
-                            prev[j] = 0.0f;
 #pragma omp simd
                     for (int64_t j = 0; j < n; ++j) {
-                        const float gr = gin[j] + cr[j];
+                        const float gr = dht[j] + cr[j];
+                        const float prev = hp ? hp[j] : 0.0f;
                         /* h = a prev + (1 - a) gv: dL/da = gr (prev - gv), dL/dgv = gr (1 - a) */
-                        const float ga = gr * (prev[j] - gv[j]);
+                        const float ga = gr * (prev - gv[j]);
                         const float dcand = gr * (1.0f - a[j]) * dg[j];
                         if (mode == 0) { /* a = 1 - sigmoid(z): da/dz = -s (1 - s) */
                             d0[j] = -ga * wf[j];
@@ -238,7 +210,7 @@ void faex_minscan_backward(const float *restrict k, const float *restrict h0,
         if (dh0) {
             for (int64_t q = 0; q < g.rows; ++q)
                 for (int64_t j = 0; j < g.m; ++j)
-                    dh0[g.b * nO * nI + (g.o + q) * hO + (g.i0 + j) * hI] = carry[q * g.m + j];
+                    dh0[g.b * nO * nI + (g.o + q) * hO + g.i0 + j] = carry[q * g.m + j];
         }
     }
 }
