@@ -263,7 +263,12 @@ class Untiler:
         if np.unique(ti).size != ti.size:
             raise ValueError(f"window {window.index}: several outputs for one time step")
         w = (tw[use][:, None, None] * sw[None]).astype(np.float32)  # (n, h, w)
-        y = y[use][:, :, rows][:, :, :, cols]
+        # Copies only where something is dropped (whole tiles, all steps: none).
+        y = y if use.all() else y[use]
+        if not rows.all():
+            y = y[:, :, rows]
+        if not cols.all():
+            y = y[:, :, :, cols]
         if len(np.unique(xi)) == len(xi):
             self._update(ti, yi, xi, y, w)
         else:
@@ -287,7 +292,12 @@ class Untiler:
                 xx[:, None],
             )
             idx_w = (tt, 0, yy, xx)
-        ws = self.wsum[idx_w] + w
+        prior = self.wsum[idx_w]
+        if not prior.any():  # the first output to land here (no overlap): the mean is y
+            self.mean[idx_m] = np.where(w[:, None] > 0, y, self.mean[idx_m])
+            self.wsum[idx_w] = w
+            return
+        ws = prior + w
         frac = np.where(ws > 0, w / np.where(ws > 0, ws, 1.0), 0.0).astype(np.float32)
         m = self.mean[idx_m]
         self.mean[idx_m] = m + frac[:, None] * (y - m)
