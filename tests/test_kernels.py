@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -127,6 +128,22 @@ def test_a_missing_compiler_warns_once_and_falls_back(monkeypatch, tmp_path, fre
     h, _ = lstm_pointwise(z, c)  # no second warning: the result is cached
     torch.testing.assert_close(h, lstm_pointwise_reference(z, c, None)[0])
     assert not any((tmp_path / "cache").glob("*.so"))
+
+
+@needs_cc
+def test_flags_the_compiler_rejects_fall_back_to_portable_ones(
+    monkeypatch, tmp_path, fresh_kernels
+):
+    # as on an aarch64 GPU node, whose GCC rejects the x86-only -mprefer-vector-width
+    monkeypatch.setenv("FAEXTRACT_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "FLAGS", [*kernels.FLAGS, "-fno-such-option-anywhere"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.library() is not None
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 1
+    z, c = torch.randn(1, 8, 3, 3), torch.randn(1, 2, 3, 3)
+    h, _ = lstm_pointwise(z, c)
+    torch.testing.assert_close(h, lstm_pointwise_reference(z, c, None)[0])
 
 
 @needs_cc

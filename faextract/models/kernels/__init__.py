@@ -42,6 +42,9 @@ HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 # No -ffast-math: linked into a shared library it sets flush-to-zero for the whole process.
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-std=gnu11", "-ffp-contract=fast"]
 FLAGS += ["-fno-trapping-math", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared"]
+# Tried when those fail: -mprefer-vector-width is x86-only (an aarch64 GPU node's GCC rejects
+# it) and some compilers lack -march=native.
+PORTABLE_FLAGS = [f for f in FLAGS if f not in ("-march=native", "-mprefer-vector-width=512")]
 ENV_SWITCH = "FAEXTRACT_CPU_KERNELS"
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
@@ -87,12 +90,12 @@ def _cpu_identity() -> str:
     return ident
 
 
-def _build(target: Path, compiler: str) -> None:
+def _build(target: Path, compiler: str, flags: list[str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [compiler, *FLAGS, "-o", tmp, *map(str, SOURCES)]
+        cmd = [compiler, *flags, "-o", tmp, *map(str, SOURCES)]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             message = (run.stderr.strip().splitlines() or ["no message"])[0]
@@ -103,28 +106,38 @@ def _build(target: Path, compiler: str) -> None:
             os.remove(tmp)
 
 
+def _target(compiler: str, flags: list[str]) -> Path:
+    """The cached library for these sources, compiler, flags and CPU."""
+    digest = hashlib.sha256()
+    for part in [
+        *(s.read_bytes() for s in SOURCES + HEADERS),
+        " ".join([compiler, *flags]).encode(),
+    ]:
+        digest.update(part)
+    digest.update(_cpu_identity().encode())
+    return cache_dir() / f"kernels-{digest.hexdigest()[:16]}.so"
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, building them if needed; None when disabled or not buildable."""
     if not enabled():
         return None
     compiler = os.environ.get("CC", "cc")
-    digest = hashlib.sha256()
-    for part in [
-        *(s.read_bytes() for s in SOURCES + HEADERS),
-        " ".join([compiler, *FLAGS]).encode(),
-    ]:
-        digest.update(part)
-    digest.update(_cpu_identity().encode())
-    target = cache_dir() / f"kernels-{digest.hexdigest()[:16]}.so"
-    try:
-        if not target.exists():
-            _build(target, compiler)
-        lib = ctypes.CDLL(str(target))
-    except OSError as e:
+    lib, errors = None, []
+    for flags in (FLAGS, PORTABLE_FLAGS):
+        target = _target(compiler, flags)
+        try:
+            if not target.exists():
+                _build(target, compiler, flags)
+            lib = ctypes.CDLL(str(target))
+            break
+        except OSError as e:
+            errors.append(e)
+    if lib is None:
         warnings.warn(
-            f"faextract: fused CPU kernels unavailable ({e}); using the slower PyTorch path "
-            f"(set {ENV_SWITCH}=0 to skip the build)",
+            f"faextract: fused CPU kernels unavailable ({errors[0]}); using the slower PyTorch "
+            f"path (set {ENV_SWITCH}=0 to skip the build)",
             RuntimeWarning,
             stacklevel=2,
         )
