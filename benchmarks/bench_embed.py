@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import _env  # noqa: F401  (before torch)
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))

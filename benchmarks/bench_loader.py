@@ -18,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import _env  # noqa: F401  (before torch)
-
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import growth_table, in_child, peak_rss_mb, table  # noqa: E402
 

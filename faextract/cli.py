@@ -219,6 +219,12 @@ def train(
     ] = False,
 ):
     """Train an encoder (self-supervised) on a dataset described by a config."""
+    # Large CPU tensors on 2 MB transparent huge pages; PyTorch's allocator reads this when torch
+    # is imported, which happens below. glibc hands allocations over 32 MB back to the kernel on
+    # free, and refaulting them 4 KB at a time cost up to half of an elementwise pass of a
+    # training step on a 2-core machine. Not for embed: there it raised resident memory over a
+    # long run (+23% for 10x the data, against +13%). THP_MEM_ALLOC_ENABLE=0 opts out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from faextract.config import load_config
     from faextract.paths import resolve, resolve_config
     from faextract.train import train as run_train
@@ -540,11 +546,6 @@ class _dask_client:
 
 
 def main() -> None:
-    # Large CPU tensors on 2 MB transparent huge pages (PyTorch's allocator reads this when torch
-    # is imported, which the commands do later): glibc hands allocations over 32 MB back to the
-    # kernel on free, and on this project's 2-core machine refaulting them 4 KB at a time cost
-    # up to half of an elementwise pass. Set THP_MEM_ALLOC_ENABLE=0 to opt out.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     app(prog_name="faextract")
 
 

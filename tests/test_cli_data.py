@@ -82,14 +82,19 @@ def test_error_from_a_real_process_has_no_traceback(tmp_path):
     assert "Traceback" not in out.stderr and "bad.nc" in out.stderr
 
 
-def test_main_puts_large_tensors_on_huge_pages_unless_told_not_to(monkeypatch):
-    from faextract import cli
+def test_train_puts_large_tensors_on_huge_pages_unless_told_not_to(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
 
-    monkeypatch.setattr(cli, "app", lambda **kw: None)
+    from faextract.cli import app
+
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "placeholder")  # restored after the test
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
-    cli.main()
+    bad = ["train", "--out", str(tmp_path / "run"), "--set", "no.such.key=1"]
+    assert CliRunner().invoke(app, bad).exit_code == 2
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
-    cli.main()
+    assert CliRunner().invoke(app, bad).exit_code == 2
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    CliRunner().invoke(app, ["inspect", str(tmp_path / "missing.nc")])
+    assert "THP_MEM_ALLOC_ENABLE" not in os.environ  # other commands leave it alone
