@@ -151,11 +151,12 @@ class _MinConvRNN(RecurrentConv2D):
         self.bias = nn.Parameter(torch.zeros(self.n_gates * F_)) if self.use_bias else None
         glorot_uniform_(self.kernel, kh * kw * in_channels, kh * kw * self.n_gates * F_)
 
-    def _gates(self, x: torch.Tensor) -> torch.Tensor:
+    def _gates(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """``x (B, T, C, H, W) -> (B, T, G*F, H', W')``: one batched conv for all steps.
 
-        Where the C scan takes the result, the convolution runs channels-last (oneDNN's native
-        layout: ~1.4x faster than NCHW for this one large convolution and its backward on CPU).
+        ``channels_last`` (when the C scan takes the result) runs the convolution channels-last,
+        oneDNN's native layout: ~1.4x faster than NCHW for this one large convolution and its
+        backward on CPU.
         """
         B, T, C, H, W = x.shape
         flat = x.reshape(B * T, C, H, W)
@@ -169,7 +170,7 @@ class _MinConvRNN(RecurrentConv2D):
             else:
                 flat = F.pad(flat, (le, r, t, b))
         weight = self.kernel
-        if self._mode(x.device) == "sequential" and kernels.covers(flat, weight):
+        if channels_last:
             flat = flat.contiguous(memory_format=torch.channels_last)
             weight = weight.contiguous(memory_format=torch.channels_last)
         k = F.conv2d(
@@ -199,10 +200,11 @@ class _MinConvRNN(RecurrentConv2D):
                 )
                 / keep
             )
-        k = self._gates(x)
         h0 = state[0] if state else None
         mode = self._mode(x.device)
-        if mode == "sequential" and kernels.covers(k, h0):
+        fused = mode == "sequential" and kernels.covers(x, self.kernel, h0)
+        k = self._gates(x, channels_last=fused)
+        if fused:
             h = _FusedScan.apply(k, h0, self.kernel_mode, self.filters)
         elif mode == "sequential":
             a, b = self._coefficients(k, log=False)
