@@ -20,6 +20,20 @@ import xarray as xr
 ENSO_BOX = (-10.0, 10.0, 190.0, 270.0)
 TELECONNECTION_BOX = (40.0, 60.0, 290.0, 345.0)
 
+#: Config overrides for a model and run small enough to train in seconds on a CPU (tests).
+TINY_RUN = [
+    "model.filters=8",
+    "model.layers=1",
+    "model.stem_channels=8",
+    "model.embedding_dim=8",
+    "model.downsample=1",
+    "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
+    "tiles.window=6",
+    "tiles.stride=6",
+    "train.batch_size=4",
+    "data.climatology=none",
+]
+
 _VARIABLES = {
     # name: (long_name, units, base, seasonal amplitude, noise std, enso loading)
     "sst": ("sea surface temperature", "K", 288.0, 3.0, 0.4, 1.5),

@@ -8,6 +8,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from faextract.testing import TINY_RUN
+
 os.environ.setdefault("FAEXTRACT_PLAIN_PROGRESS", "1")
 # Build the C kernels afresh for each test session (tests the build; keeps ~/.cache clean).
 os.environ.setdefault("FAEXTRACT_KERNEL_CACHE", tempfile.mkdtemp(prefix="faextract-kernels-"))
@@ -36,22 +38,8 @@ def rng():
     return np.random.default_rng(0)
 
 
-# A model and run small enough to train in seconds on a CPU.
-TINY = [
-    "model.filters=8",
-    "model.layers=1",
-    "model.stem_channels=8",
-    "model.embedding_dim=8",
-    "model.downsample=1",
-    "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
-    "tiles.window=6",
-    "tiles.stride=6",
-    "train.batch_size=4",
-    "train.warmup_steps=2",
-    "train.log_every=1",
-    "data.climatology=none",
-    "data.val_fraction=0.2",
-]
+# A model and run small enough to train in seconds on a CPU, with a validation split.
+TINY = [*TINY_RUN, "train.warmup_steps=2", "train.log_every=1", "data.val_fraction=0.2"]
 
 
 @pytest.fixture

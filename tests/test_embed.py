@@ -13,7 +13,7 @@ from faextract.data import open_cube
 from faextract.embed import EmbedOptions, embed
 from faextract.errors import FaextractError
 from faextract.store import open_embeddings, to_netcdf
-from faextract.testing import synthetic_cube, write_netcdf
+from faextract.testing import TINY_RUN, synthetic_cube, write_netcdf
 from faextract.train import train
 
 runner = CliRunner()
@@ -28,20 +28,7 @@ def trained(tmp_path_factory):
     write_netcdf(ds, cube)
     cfg = load_config(
         None,
-        [
-            f"data.paths=[{cube}]",
-            "data.climatology=none",
-            "model.filters=8",
-            "model.layers=1",
-            "model.stem_channels=8",
-            "model.embedding_dim=8",
-            "model.downsample=1",
-            "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
-            "tiles.window=6",
-            "tiles.stride=6",
-            "train.epochs=1",
-            "train.batch_size=4",
-        ],
+        [f"data.paths=[{cube}]", *TINY_RUN, "train.epochs=1"],
     )
     train(cfg, root / "run", plain_progress=True)
     return cube, root / "run" / "last.pt", ds

@@ -12,7 +12,8 @@ Building: ``$CC`` (default ``cc``) compiles the sources of this folder with ``-O
 ``~/.cache/faextract``), once per source, flags and CPU (the file name carries a hash of all
 three, so a home directory shared by different cluster nodes holds one build per CPU kind).
 The build writes a temporary file and renames it, so concurrent first uses (DDP ranks, array
-tasks) are safe. A failed build warns once and the process goes on with PyTorch.
+tasks) are safe. If the compiler rejects the x86 tuning flags, portable flags are tried; a build
+that fails with both warns once and the process goes on with PyTorch.
 
 Threads: a kernel call takes a range of rows; :func:`run_rows` splits the rows over
 ``torch.get_num_threads()`` Python threads (ctypes releases the GIL during the call), so the
