@@ -89,16 +89,28 @@ VarsOpt = Annotated[
 ]
 LevelsOpt = Annotated[str | None, typer.Option("--levels", help="Keep these levels, e.g. 500,850.")]
 DimsOpt = Annotated[str | None, typer.Option("--dims", help="Axis names, e.g. time=T,lat=Y,lon=X.")]
+SelectOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--select",
+        help="One value of each non-grid dimension, e.g. member=3 (ERA5's expver is combined).",
+    ),
+]
 SortOpt = Annotated[
     bool, typer.Option("--sort-time", help="Sort unsorted times instead of failing.")
 ]
 
 
-def _open(inputs, variables, levels, dims, sort_time):
+def _open(inputs, variables, levels, dims, sort_time, select):
     from faextract.data.cube import open_cube
 
     return open_cube(
-        inputs, _names(variables), levels=_floats(levels), dims=dims, sort_time=sort_time
+        inputs,
+        _names(variables),
+        levels=_floats(levels),
+        dims=dims,
+        sort_time=sort_time,
+        select=select,
     )
 
 
@@ -109,13 +121,14 @@ def inspect(
     variables: VarsOpt = None,
     levels: LevelsOpt = None,
     dims: DimsOpt = None,
+    select: SelectOpt = None,
     sort_time: SortOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ):
     """Report variables, axes, calendar, grid and chunking of a cube (metadata + a small sample)."""
     from faextract.data.report import describe
 
-    info = describe(_open(inputs, variables, levels, dims, sort_time))
+    info = describe(_open(inputs, variables, levels, dims, sort_time, select))
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -162,6 +175,7 @@ def stats(
     variables: VarsOpt = None,
     levels: LevelsOpt = None,
     dims: DimsOpt = None,
+    select: SelectOpt = None,
     sort_time: SortOpt = False,
     climatology: Annotated[
         str, typer.Option(help="Per-gridpoint climatology: none, monthly or dayofyear.")
@@ -178,7 +192,7 @@ def stats(
 
     if out.exists() and not overwrite:
         raise FaextractError(f"{out}: already exists (use --overwrite to replace it)")
-    cube = _open(inputs, variables, levels, dims, sort_time)
+    cube = _open(inputs, variables, levels, dims, sort_time, select)
     options = StatsOptions(area_weighted=area_weighted, climatology=climatology)
     with _dask_client(scheduler), Progress(unit="tasks") as progress:
         result = compute_stats(cube, options, progress=None if scheduler else progress)
@@ -310,6 +324,13 @@ def embed(
             "--dims", help="Axis names, e.g. time=T,lat=Y,lon=X (default: those used in training)."
         ),
     ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            "--select",
+            help="One value of each non-grid dimension, e.g. member=3 (default: as in training).",
+        ),
+    ] = None,
     sort_time: Annotated[
         bool | None,
         typer.Option(
@@ -340,6 +361,7 @@ def embed(
         warmup=warmup,
         keep=keep,
         dims=dims,
+        select=select,
         sort_time=sort_time,
     )
     command = _command_line("embed")

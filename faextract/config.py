@@ -24,6 +24,8 @@ class DataConfig:
     variables: list[str] | None = None
     levels: list[float] | None = None
     dims: dict[str, str] | None = None
+    # One value of each non-grid dimension, e.g. {member: 3} (ERA5's expver is combined if unset).
+    select: dict[str, str] | None = None
     sort_time: bool = False
     # The last fraction of the time axis is held out for validation (a contiguous range, so
     # validation never sees days adjacent to training days).

@@ -37,6 +37,7 @@ from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_fro
 from faextract.data.axes import parse_dims
 from faextract.data.cube import Cube, open_cube
 from faextract.data.dataset import CubeSource
+from faextract.data.selection import parse_select
 from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
 from faextract.embed_batches import BlockBatches, offer, prefetched
 from faextract.errors import FaextractError, MissingVariableError
@@ -65,6 +66,7 @@ class EmbedOptions:
     tile: tuple[int, int] | None = None  # override the checkpoint's spatial tile
     halo: int | None = None
     dims: str | dict | None = None  # axis names (default: those the model was trained with)
+    select: str | dict | None = None  # other dims' values (default: as in training)
     workers: int = 0  # DataLoader worker processes reading ahead; 0 = a thread
     sort_time: bool | None = None  # sort unsorted times (default: as in training)
 
@@ -331,9 +333,15 @@ def embed(
     sort_time = bool(
         opts.sort_time if opts.sort_time is not None else trained_data.get("sort_time")
     )
+    select = parse_select(opts.select if opts.select is not None else trained_data.get("select"))
     try:
         cube = open_cube(  # lazy: metadata only
-            inputs, ckpt["variables"], levels=levels, dims=dims, sort_time=sort_time
+            inputs,
+            ckpt["variables"],
+            levels=levels,
+            dims=dims,
+            sort_time=sort_time,
+            select=select,
         )
     except MissingVariableError as err:
         raise FaextractError(
@@ -450,6 +458,7 @@ def embed(
         levels=tuple(levels) if levels else None,
         dims=dims,
         sort_time=sort_time,
+        select=select,
     )
     batches = BlockBatches(source, cube.channels, stats, tiler, plan, opts.batch_size, cube=cube)
     prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")

@@ -29,6 +29,7 @@ from faextract import distributed
 from faextract.checkpoint import load_checkpoint, save_checkpoint, stats_from_dict, stats_to_dict
 from faextract.config import Config, save_config
 from faextract.data.dataset import CubeSource, WindowDataset, make_loader
+from faextract.data.selection import parse_select
 from faextract.data.stats import StatsOptions, compute_stats, load_stats
 from faextract.data.tiling import TileSpec
 from faextract.errors import ConfigError, DataError, FaextractError
@@ -310,6 +311,7 @@ def train(
             levels=tuple(d.levels) if d.levels else None,
             dims=dict(d.dims or {}),
             sort_time=d.sort_time,
+            select=parse_select(d.select),
         )
         cube = base.open()
         train_range, val_range = split_time(cube.shape[0], d.val_fraction, config.tiles.window)

@@ -98,3 +98,26 @@ def test_train_puts_large_tensors_on_huge_pages_unless_told_not_to(monkeypatch, 
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
     CliRunner().invoke(app, ["inspect", str(tmp_path / "missing.nc")])
     assert "THP_MEM_ALLOC_ENABLE" not in os.environ  # other commands leave it alone
+
+
+def test_select_a_member_on_the_command_line(tmp_path, small_ds):
+    import xarray as xr
+
+    ens = xr.concat([small_ds, small_ds + 1.0], dim="number", data_vars="all")
+    path = tmp_path / "ens.nc"
+    ens.assign_coords(number=[0, 1]).to_netcdf(path)
+    refused = runner.invoke(app, ["inspect", str(path)])
+    assert refused.exit_code == 2 and "--select number=VALUE" in refused.output
+    result = runner.invoke(app, ["inspect", str(path), "--select", "number=1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["channels"] == ["sst", "t2m", "sp"]
+    out = tmp_path / "stats.nc"
+    result = runner.invoke(app, ["stats", str(path), "--select", "number=1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    base = tmp_path / "base.nc"
+    assert (
+        runner.invoke(app, ["stats", str(path), "--select", "number=0", "-o", str(base)]).exit_code
+        == 0
+    )
+    shifted, plain = xr.open_dataset(out), xr.open_dataset(base)
+    assert abs(float(shifted["mean"][1] - plain["mean"][1]) - 1.0) < 1e-3  # t2m + 1 K

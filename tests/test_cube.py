@@ -344,3 +344,109 @@ def test_netcdf_chunk_cache_is_bounded(small_nc, monkeypatch):
     monkeypatch.setenv("FAEXTRACT_NETCDF_CACHE_MB", "2")
     open_cube(small_nc)
     assert netCDF4.get_chunk_cache()[0] == 2 * 2**20
+
+
+def _with_members(ds: xr.Dataset, dim: str, values) -> xr.Dataset:
+    """``ds`` repeated along a new leading ``dim`` (member k is the field plus k)."""
+    members = [ds + float(k) for k in range(len(values))]
+    out = xr.concat(members, dim=dim, data_vars="all").assign_coords({dim: list(values)})
+    return out.transpose(dim, ...)
+
+
+def test_select_one_member(tmp_path, small_ds):
+    ds = _with_members(small_ds[["t2m"]], "member", ["r1i1p1f1", "r2i1p1f1", "r3i1p1f1"])
+    path = tmp_path / "ens.nc"
+    ds.to_netcdf(path)
+    # The refusals come first: with HDF5's bug (HDFGroup/hdf5#5359) a file with string
+    # coordinates segfaults when reopened after one of two open handles to it was closed.
+    with pytest.raises(DataError, match="extra dimension.*member.*--select member=VALUE"):
+        open_cube(path)
+    with pytest.raises(DataError, match=r"--select member=r9: no such value; member has r1i1p1f1"):
+        open_cube(path, select={"member": "r9"})
+    with pytest.raises(DataError, match="--select lat=3: 'lat' is the lat axis of the grid"):
+        open_cube(path, select="member=r1i1p1f1,lat=3")
+    with pytest.raises(DataError, match="--select number=0: no dimension 'number'"):
+        open_cube(path, select="number=0")
+    with pytest.raises(DataError, match="expected DIM=VALUE"):
+        open_cube(path, select="member")
+    cube = open_cube(path, select="member=r2i1p1f1")
+    assert cube.channels == ("t2m",) and "member" not in cube.dataset.dims
+    want = small_ds["t2m"].values[:5] + 1.0
+    np.testing.assert_allclose(cube.read(0, 5)[:, 0], want, rtol=1e-6)
+    np.testing.assert_allclose(cube.to_array()[:5, 0].values, want, rtol=1e-6)
+
+
+def test_select_by_number_and_by_position(tmp_path, small_ds):
+    ds = _with_members(small_ds[["t2m"]], "number", [0, 5, 10])
+    ds.to_netcdf(tmp_path / "numbered.nc")
+    cube = open_cube(tmp_path / "numbered.nc", select={"number": 10})
+    np.testing.assert_allclose(cube.read(0, 2)[:, 0], small_ds["t2m"].values[:2] + 2.0, rtol=1e-6)
+    bare = ds.drop_vars("number")  # a dimension without coordinate values: by position
+    bare.to_netcdf(tmp_path / "bare.nc")
+    cube = open_cube(tmp_path / "bare.nc", select="number=1")
+    np.testing.assert_allclose(cube.read(0, 2)[:, 0], small_ds["t2m"].values[:2] + 1.0, rtol=1e-6)
+    with pytest.raises(DataError, match="position out of range 0..2"):
+        open_cube(tmp_path / "bare.nc", select="number=3")
+
+
+def test_era5_expver_is_combined_first_valid(tmp_path, small_ds):
+    """CDS downloads straddling ERA5T: expver 1 (final) until some step, 5 (preliminary) after."""
+    t2m = small_ds["t2m"]
+    final = t2m.where(t2m.time < t2m.time[40])
+    prelim = (t2m + 100.0).where(t2m.time >= t2m.time[35])  # overlaps: final data wins there
+    ds = xr.concat([final, prelim], dim="expver").assign_coords(expver=["0001", "0005"])
+    ds = ds.to_dataset(name="t2m").transpose("time", "expver", ...)
+    path = tmp_path / "era5.nc"
+    ds.to_netcdf(path)
+    cube = open_cube(path)
+    assert cube.channels == ("t2m",)
+    want = np.concatenate([t2m.values[:40], t2m.values[40:] + 100.0])
+    np.testing.assert_allclose(cube.read(30, 50)[:, 0], want[30:50], rtol=1e-6)
+    np.testing.assert_allclose(cube.to_array()[:, 0].values, want, rtol=1e-6)
+    only_final = open_cube(path, select="expver=0001")  # or keep one version explicitly
+    assert np.isnan(only_final.read(45, 46)).all()
+
+
+def test_levels_in_hpa_on_a_pascal_axis(tmp_path):
+    ds = synthetic_cube(nt=4, nlat=6, nlon=12, variables=("t2m",), levels=[850.0, 500.0])
+    ds = ds.assign_coords(level=("level", [85000.0, 50000.0], {"units": "Pa", "axis": "Z"}))
+    path = tmp_path / "pa.nc"
+    write_netcdf(ds, path)
+    assert open_cube(path, levels=[500]).channels == ("t2m@50000",)
+    assert open_cube(path, levels=[50000]).channels == ("t2m@50000",)
+    with pytest.raises(DataError, match="level 700 not found; available: 85000, 50000 Pa"):
+        open_cube(path, levels=[700])
+
+
+def test_two_dimensional_coordinates_of_a_regular_grid(tmp_path, small_ds):
+    """lat(y, x) / lon(y, x) that are constant along one axis are a plain lat/lon grid."""
+    lat, lon = small_ds["lat"].values, small_ds["lon"].values
+    ds = small_ds.rename({"lat": "y", "lon": "x"}).drop_vars(["y", "x"])
+    ds = ds.assign_coords(
+        nav_lat=(("y", "x"), np.repeat(lat[:, None], lon.size, 1), {"units": "degrees_north"}),
+        nav_lon=(("y", "x"), np.repeat(lon[None], lat.size, 0), {"units": "degrees_east"}),
+    )
+    path = tmp_path / "rect2d.nc"
+    ds.to_netcdf(path)
+    cube = open_cube(path)
+    assert cube.axes == {"time": "time", "lat": "y", "lon": "x"}
+    np.testing.assert_allclose(np.sort(cube.lat), np.sort(lat))
+    assert cube.periodic
+
+
+def test_cdo_absolute_time_axis(tmp_path, small_ds):
+    """CDO writes ``day as %Y%m%d.%f`` (e.g. after ``cdo -a``): 20000131.5 is Jan 31, 12:00."""
+    days = [20000130.0, 20000130.5, 20000131.0, 20000131.5, 20000201.0, 20000201.25]
+    ds = small_ds.isel(time=slice(0, len(days))).drop_vars("time")
+    ds = ds.assign_coords(
+        time=("time", days, {"units": "day as %Y%m%d.%f", "calendar": "proleptic_gregorian"})
+    )
+    path = tmp_path / "cdo.nc"
+    ds.to_netcdf(path)
+    cube = open_cube(path)
+    got = cube.time.values.astype("datetime64[h]").astype(str).tolist()
+    assert got[0] == "2000-01-30T00" and got[3] == "2000-01-31T12" and got[5] == "2000-02-01T06"
+    bad = ds.assign_coords(time=("time", [20000132.0 + i for i in range(6)], ds.time.attrs))
+    bad.to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(DataError, match="bad.nc: time value 20000132 is not a date"):
+        open_cube(tmp_path / "bad.nc")

@@ -379,9 +379,11 @@ def test_a_failed_write_raises_instead_of_hanging(tmp_path, trained, monkeypatch
 
 
 def test_embed_opens_files_as_training_did(tmp_path):
-    """A model trained with data.dims (axes that cannot be detected) and data.sort_time embeds
-    the same files without repeating those options; --dims still overrides."""
+    """A model trained with data.dims (axes that cannot be detected), data.sort_time and
+    data.select (one ensemble member) embeds the same files without repeating those options;
+    --dims and --select still override."""
     ds = synthetic_cube(nt=24, nlat=6, nlon=12, variables=("sst", "t2m"), seed=3)
+    ds = xr.concat([ds, ds * 1.1], dim="member", data_vars="all").assign_coords(member=[1, 2])
     ds = ds.rename({"lat": "YY", "lon": "XAX"})
     for name in ("YY", "XAX"):
         ds[name].attrs = {"units": "degrees_north"}  # wrong units: two latitude candidates
@@ -395,6 +397,7 @@ def test_embed_opens_files_as_training_did(tmp_path):
             f"data.paths=[{path}]",
             "data.dims={lat: YY, lon: XAX}",
             "data.sort_time=true",
+            "data.select={member: 2}",
             "model.filters=8",
             "model.layers=1",
             "model.stem_channels=8",
@@ -413,6 +416,11 @@ def test_embed_opens_files_as_training_did(tmp_path):
     emb = open_embeddings(tmp_path / "odd.zarr")
     t = emb["time"].values  # cftime (noleap): sorted as in training
     assert t.size == 24 and all(a < b for a, b in zip(t[:-1], t[1:], strict=True))
+    result = embed([path], ckpt, str(tmp_path / "m1.zarr"), EmbedOptions(select="member=1"))
+    other = open_embeddings(tmp_path / "m1.zarr")
+    assert not np.allclose(other["embedding"].values, emb["embedding"].values)
+    with pytest.raises(FaextractError, match="--select member=3: no such value; member has 1, 2"):
+        embed([path], ckpt, str(tmp_path / "bad.zarr"), EmbedOptions(select="member=3"))
     with pytest.raises(FaextractError, match="lon and lat both name dimension 'XAX'"):
         embed([path], ckpt, str(tmp_path / "bad.zarr"), EmbedOptions(dims="lon=XAX,lat=XAX"))
     with pytest.raises(FaextractError, match="no such dimension|'ZZ'"):

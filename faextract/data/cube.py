@@ -21,7 +21,14 @@ import numpy as np
 import xarray as xr
 
 from faextract.data.axes import detect_axes, parse_dims
-from faextract.data.time import calendar_of, check_monotonic, decode_time
+from faextract.data.selection import EXPVER, apply_select, fold_expver, parse_select
+from faextract.data.time import (
+    calendar_of,
+    check_monotonic,
+    decode_absolute,
+    decode_time,
+    is_absolute,
+)
 from faextract.errors import DataError, MissingVariableError
 
 #: Time steps per dask chunk: windows of 8-64 steps read one or two chunks.
@@ -69,7 +76,7 @@ class Cube:
         """The cube as one lazy float32 array ``(time, channel, lat, lon)``; NaN = invalid."""
         parts = []
         for name in self.variables:
-            da = self.dataset[name]
+            da = fold_expver(self.dataset[name])
             if "level" in da.dims:
                 for lev in da["level"].values:
                     parts.append(da.sel(level=lev, drop=True))
@@ -150,6 +157,7 @@ class Cube:
 
 def _as_channels(da: xr.DataArray) -> np.ndarray:
     """One variable as float32 ``(time, channels, lat, lon)``: its levels, or one channel."""
+    da = fold_expver(da)
     if "level" in da.dims:
         return np.asarray(da.transpose("time", "level", "lat", "lon").values, dtype=np.float32)
     return np.asarray(da.transpose("time", "lat", "lon").values, dtype=np.float32)[:, None]
@@ -231,22 +239,46 @@ def _data_variables(ds: xr.Dataset) -> list[str]:
     return [name for name, da in ds.data_vars.items() if da.ndim >= 3 and name not in aux]
 
 
-def _check_curvilinear(ds: xr.Dataset, source: str, dims: set[str]) -> None:
-    """2-D latitude/longitude coordinates over the data's dims mean a curvilinear grid."""
+def _geographic_2d(ds: xr.Dataset, dims: set[str]) -> dict[str, str]:
+    """2-D variables over the data's dims that hold latitude or longitude: name -> "lat"/"lon"."""
+    found = {}
     for name, var in ds.variables.items():
+        if var.ndim != 2 or not set(var.dims) <= dims:
+            continue
         std = str(var.attrs.get("standard_name", "")).lower()
         units = str(var.attrs.get("units", "")).lower()
-        geo = std in ("latitude", "longitude") or units in (
-            "degrees_north",
-            "degrees_east",
-            "degree_north",
-            "degree_east",
-        )
-        if var.ndim == 2 and set(var.dims) <= dims and geo:
+        if std == "latitude" or units in ("degrees_north", "degree_north"):
+            found[name] = "lat"
+        elif std == "longitude" or units in ("degrees_east", "degree_east"):
+            found[name] = "lon"
+    return found
+
+
+def _rectilinear(ds: xr.Dataset, source: str, dims: set[str]) -> xr.Dataset:
+    """Reduce 2-D latitude/longitude to 1-D coordinates where the grid is in fact regular.
+
+    Some tools write ``lat(y, x)`` and ``lon(y, x)`` even for a plain lat/lon grid (latitude
+    constant along x, longitude along y): those become the coordinates of ``y`` and ``x``.
+    Anything else is a curvilinear grid, which is an error with a hint to regrid.
+    """
+    for name, kind in _geographic_2d(ds, dims).items():
+        values = np.asarray(ds[name].values, dtype=float)
+        varying = [
+            axis
+            for axis in (0, 1)
+            if not np.allclose(values, np.take(values, [0], axis=axis), atol=1e-4, equal_nan=True)
+        ]
+        if len(varying) != 1:
             raise DataError(
-                f"{source}: curvilinear grid ({name!r} has dims {var.dims}); only regular "
+                f"{source}: curvilinear grid ({name!r} has dims {ds[name].dims}); only regular "
                 "lat/lon grids are supported: regrid first (e.g. with xESMF or CDO remapbil)"
             )
+        dim = ds[name].dims[varying[0]]
+        line = np.take(values, 0, axis=1 - varying[0])
+        attrs = dict(ds[name].attrs, units="degrees_north" if kind == "lat" else "degrees_east")
+        attrs["standard_name"] = "latitude" if kind == "lat" else "longitude"
+        ds = ds.drop_vars(name).assign_coords({dim: (dim, line, attrs)})
+    return ds
 
 
 def _standardize(
@@ -257,6 +289,7 @@ def _standardize(
     levels: Sequence[float] | None,
     dims: Mapping[str, str],
     sort_time: bool,
+    select: Mapping[str, str] | None = None,
 ) -> tuple[xr.Dataset, dict[str, str], list[str]]:
     candidates = _data_variables(ds)
     if not candidates:
@@ -271,7 +304,7 @@ def _standardize(
     all_dims: list[str] = []
     for v in chosen:
         all_dims.extend(d for d in ds[v].dims if d not in all_dims)
-    _check_curvilinear(ds, source, set(all_dims))
+    ds = _rectilinear(ds, source, set(all_dims))
     axes = detect_axes(ds, all_dims, dims, source)
     for need in ("time", "lat", "lon"):
         if need not in axes:
@@ -285,6 +318,11 @@ def _standardize(
     ds = ds.drop_vars(clash)
     ds = ds.rename(rename)
     ds = ds[chosen]
+    grid = {dim: axis for axis, (dim, _why) in axes.items()} | {axis: axis for axis in axes}
+    ds = apply_select(ds, select or {}, source, grid)
+    # Only the axes' own coordinates travel on (ERA5's expver(time) strings, scalar height or
+    # ensemble numbers would be concatenated across files and read for nothing).
+    ds = ds.reset_coords(drop=True)
     for axis, (dim, why) in axes.items():
         if axis not in ds.coords:
             ds = ds.assign_coords({axis: np.arange(ds.sizes[axis])})
@@ -293,11 +331,11 @@ def _standardize(
 
     kept = []
     for v in chosen:
-        extra = [d for d in ds[v].dims if d not in ("time", "level", "lat", "lon")]
+        extra = [d for d in ds[v].dims if d not in ("time", "level", "lat", "lon", EXPVER)]
         if extra:
             raise DataError(
                 f"{source}: variable {v!r} has extra dimension(s) {', '.join(extra)} "
-                f"(dims {ds[v].dims}); select one value first or name it with --dims"
+                f"(dims {ds[v].dims}); keep one value with --select {extra[0]}=VALUE"
             )
         lacking = [d for d in ("time", "lat", "lon") if d not in ds[v].dims]
         if lacking:
@@ -314,11 +352,17 @@ def _standardize(
     units = t.attrs.get("units", "")
     calendar = str(t.attrs.get("calendar", "standard")).lower()
     if np.issubdtype(t.dtype, np.number):
-        if "since" not in units:
+        if is_absolute(units):
+            try:
+                decoded, units = decode_absolute(t.values, units, calendar)
+            except DataError as err:
+                raise DataError(f"{source}: {err}") from None
+        elif "since" not in units:
             raise DataError(
                 f"{source}: time axis {axes['time'][0]!r} has no CF units ('<unit> since <date>')"
             )
-        decoded = decode_time(t.values, units, calendar)
+        else:
+            decoded = decode_time(t.values, units, calendar)
         attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
         ds = ds.assign_coords(time=("time", decoded, attrs))
         ds["time"].encoding.update({"units": units, "calendar": calendar})
@@ -329,16 +373,7 @@ def _standardize(
     if levels is not None:
         if "level" not in ds.dims:
             raise DataError(f"{source}: --levels given but no variable has a vertical axis")
-        have = ds["level"].values
-        idx = []
-        for lev in levels:
-            hit = np.nonzero(np.isclose(have.astype(float), float(lev)))[0]
-            if hit.size == 0:
-                raise DataError(
-                    f"{source}: level {lev:g} not found; available: {', '.join(f'{x:g}' for x in have)}"
-                )
-            idx.append(int(hit[0]))
-        ds = ds.isel(level=idx)
+        ds = ds.isel(level=_level_positions(ds["level"], levels, source))
 
     lat = ds["lat"].values.astype(float)
     if lat.size and (np.nanmin(lat) < -90.0001 or np.nanmax(lat) > 90.0001):
@@ -353,6 +388,39 @@ def _standardize(
         attrs = dict(ds["lon"].attrs)
         ds = ds.assign_coords(lon=("lon", unwrapped, attrs))
     return ds, {a: d for a, (d, _w) in axes.items()}, kept
+
+
+#: Pressure units and their size in Pa, so ``--levels 500,850`` finds 50000 Pa and 85000 Pa.
+_PRESSURE_PA = {
+    "pa": 1.0,
+    "hpa": 100.0,
+    "mbar": 100.0,
+    "millibar": 100.0,
+    "millibars": 100.0,
+    "mb": 100.0,
+    "kpa": 1000.0,
+}
+
+
+def _level_positions(level: xr.DataArray, wanted: Sequence[float], source: str) -> list[int]:
+    """Positions of ``wanted`` on the level axis: exact values, or (on a pressure axis) the
+    same pressure given in hPa, the unit people name pressure levels in."""
+    have = level.values.astype(float)
+    units = str(level.attrs.get("units", "")).strip().lower()
+    scale = _PRESSURE_PA.get(units)
+    positions = []
+    for lev in wanted:
+        hit = np.nonzero(np.isclose(have, float(lev)))[0]
+        if hit.size == 0 and scale is not None:  # hPa given, axis in `units`
+            hit = np.nonzero(np.isclose(have * scale, float(lev) * 100.0))[0]
+        if hit.size == 0:
+            unit = f" {level.attrs['units']}" if units else ""
+            raise DataError(
+                f"{source}: level {lev:g} not found; available: "
+                f"{', '.join(f'{x:g}' for x in have)}{unit}"
+            )
+        positions.append(int(hit[0]))
+    return positions
 
 
 def is_periodic(lon: np.ndarray) -> bool:
@@ -384,6 +452,7 @@ def open_cube(
     dims: str | Mapping[str, str] | None = None,
     sort_time: bool = False,
     time_chunk: int = DEFAULT_TIME_CHUNK,
+    select: str | Mapping[str, object] | None = None,
 ) -> Cube:
     """Open one or many climate files lazily as a standardized :class:`Cube`.
 
@@ -395,21 +464,33 @@ def open_cube(
     dims : explicit axis mapping, ``"time=T,lat=Y,lon=X"`` or a dict, overriding detection.
     sort_time : sort unsorted times instead of failing (duplicates still fail).
     time_chunk : time steps per dask chunk.
+    select : one value of each other dimension, ``"member=3"`` or a dict (see
+        :mod:`faextract.data.selection`; ERA5's ``expver`` is combined unless selected).
     """
     paths_ = resolve_paths(paths)
     overrides = parse_dims(dims)
-    opened = [(path, _open_one(path)) for path in paths_]
-    groups = _group_by_variables(opened, variables)
-    parts = [
-        _open_group(members, names, levels, overrides, sort_time, time_chunk)
-        for names, members in groups
-    ]
-    if len(parts) == 1:
-        ds, axes, kept, files = parts[0]
-    else:
-        ds, axes, kept, files = _merge_groups(parts, [members for _, members in groups])
-        if variables:  # channels in the order asked for, as with a single file
-            kept = [v for v in variables if v in kept]
+    chosen = parse_select(select)
+    opened: list[tuple[str, xr.Dataset]] = []
+    try:
+        for path in paths_:
+            opened.append((path, _open_one(path)))
+        groups = _group_by_variables(opened, variables)
+        parts = [
+            _open_group(members, names, levels, overrides, sort_time, time_chunk, chosen)
+            for names, members in groups
+        ]
+        if len(parts) == 1:
+            ds, axes, kept, files = parts[0]
+        else:
+            ds, axes, kept, files = _merge_groups(parts, [members for _, members in groups])
+            if variables:  # channels in the order asked for, as with a single file
+                kept = [v for v in variables if v in kept]
+    except BaseException:
+        # Close now, not whenever the garbage collector gets to it: netCDF-C/HDF5 crashed
+        # (segfault) reopening a file whose earlier handle the collector closed mid-open.
+        for _path, raw in opened:
+            raw.close()
+        raise
     cal = calendar_of(ds["time"])
     return Cube(
         dataset=ds,
@@ -456,7 +537,7 @@ def _group_by_variables(opened, variables):
     return [(list(key) if variables else None, members) for key, members in groups.items()]
 
 
-def _open_group(members, variables, levels, overrides, sort_time, time_chunk):
+def _open_group(members, variables, levels, overrides, sort_time, time_chunk, select):
     """Files with the same variables, concatenated in time -> (dataset, axes, kept, files)."""
     parts = []
     axes: dict[str, str] = {}
@@ -469,6 +550,7 @@ def _open_group(members, variables, levels, overrides, sort_time, time_chunk):
             levels=levels,
             dims=overrides,
             sort_time=sort_time,
+            select=select,
         )
         if parts:
             first_ds, first_path, _ = parts[0]

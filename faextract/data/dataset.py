@@ -43,6 +43,7 @@ class CubeSource:
     levels: tuple[float, ...] | None = None
     dims: dict[str, str] = field(default_factory=dict)
     sort_time: bool = False
+    select: dict[str, str] = field(default_factory=dict)
     time_chunk: int = 32
     #: Restrict to time steps ``[start, stop)`` of the full cube (e.g. the training years).
     time_range: tuple[int, int] | None = None
@@ -55,6 +56,7 @@ class CubeSource:
             dims=self.dims or None,
             sort_time=self.sort_time,
             time_chunk=self.time_chunk,
+            select=self.select or None,
         )
         if self.time_range is not None:
             cube = cube.isel_time(slice(*self.time_range))

@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from faextract.data.cube import Cube
+from faextract.data.selection import fold_expver
 from faextract.data.time import time_step
 
 
@@ -32,7 +33,7 @@ def describe(cube: Cube) -> dict:
     variables = []
     for name in cube.variables:
         da = ds[name]
-        values = da.isel(time=sample).values
+        values = fold_expver(da.isel(time=sample)).values
         variables.append(
             {
                 "name": name,

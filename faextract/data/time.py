@@ -58,6 +58,44 @@ def decode_time(values: np.ndarray, units: str, calendar: str = "standard") -> n
             raise DataError(f"cannot decode time units {units!r} ({calendar}): {err}") from err
 
 
+_ABSOLUTE = "day as %y%m%d.%f"
+
+
+def is_absolute(units: str) -> bool:
+    """CDO's absolute time axis (``day as %Y%m%d.%f``, from ``cdo -a`` or some operators)."""
+    return " as " in units.lower()
+
+
+def decode_absolute(values: np.ndarray, units: str, calendar: str = "standard"):
+    """Decode CDO's ``day as %Y%m%d.%f`` (20000101.25 is 2000-01-01 06:00).
+
+    Returns ``(decoded, relative_units)``: the times as :func:`decode_time` gives them, and
+    equivalent ``days since`` units for outputs.
+    """
+    if units.strip().lower() != _ABSOLUTE:
+        raise DataError(f"unsupported absolute time units {units!r}; expected 'day as %Y%m%d.%f'")
+    values = np.asarray(values, dtype=np.float64)
+    if values.size and not np.all(np.isfinite(values)):
+        raise DataError(f"time values in {units!r} must be finite")
+    day = np.floor(values).astype(np.int64)
+    seconds = np.round((values - day) * 86400.0).astype(np.int64)
+    dates = []
+    for ymd, sec in zip(day.ravel(), seconds.ravel(), strict=True):
+        y, m, d = int(ymd // 10000), int(ymd // 100 % 100), int(ymd % 100)
+        try:
+            base = cftime.datetime(y, m, d, calendar=calendar, has_year_zero=True)
+        except ValueError:
+            raise DataError(f"time value {ymd} is not a date in {units!r} ({calendar})") from None
+        dates.append(base + pd.Timedelta(seconds=int(sec)).to_pytimedelta())
+    if not dates:
+        return np.asarray(values), "days since 1970-01-01"
+    first = dates[0]
+    relative = f"days since {first.year:04d}-{first.month:02d}-{first.day:02d}"
+    numbers = cftime.date2num(dates, relative, calendar=calendar, has_year_zero=True)
+    numbers = np.asarray(numbers, dtype=np.float64).reshape(values.shape)
+    return decode_time(numbers, relative, calendar), relative
+
+
 def calendar_of(time: xr.DataArray) -> str:
     """The CF calendar of a decoded time coordinate."""
     cal = time.encoding.get("calendar") or time.attrs.get("calendar")
