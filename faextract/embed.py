@@ -193,6 +193,9 @@ class AttentionMaps:
 
     #: Entries of the distance block ``(rows, h, w, w)`` built at a time.
     BLOCK = 1 << 22
+    #: Distance tables up to this many entries (64 MB) are built once and kept: the grid
+    #: (e.g. 24 x 48 latent cells: 1.3 M) is the same for every batch.
+    KEEP = 1 << 24
 
     def __init__(
         self,
@@ -208,6 +211,7 @@ class AttentionMaps:
         query region overlaps."""
         h, w = lat_c.size, lon_c.size
         self.h, self.w = h, w
+        self._kept: torch.Tensor | None = None
         phi = np.deg2rad(lat_c.astype(np.float64))
         lam = np.deg2rad(lon_c.astype(np.float64))
         A = np.sin((phi[None, :] - phi[:, None]) / 2) ** 2  # (y, y')
@@ -236,6 +240,13 @@ class AttentionMaps:
 
     def _distance_rows(self, y0: int, y1: int) -> torch.Tensor:
         """Great-circle distance (km) from query rows ``y0:y1`` as ``(rows, y', x, x')``."""
+        if self.h * self.h * self.w * self.w <= self.KEEP:
+            if self._kept is None:
+                self._kept = self._distances(0, self.h)
+            return self._kept[y0:y1]
+        return self._distances(y0, y1)
+
+    def _distances(self, y0: int, y1: int) -> torch.Tensor:
         a = self.A[y0:y1, :, None, None] + self.B[y0:y1, :, None, None] * self.S[None, None]
         d = 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(a.clamp(0, 1)))
         return torch.nan_to_num(d, nan=0.0)

@@ -26,7 +26,6 @@ import queue
 import threading
 from collections.abc import Iterator
 
-import torch
 import xarray as xr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -85,11 +84,8 @@ class BlockBatches(IterableDataset):
         reader.preload(wins)
         for i in range(0, len(wins), self.batch_size):
             group = wins[i : i + self.batch_size]
-            items = [reader.window_item(self.tiler, w) for w in group]
-            batch = {
-                key: torch.stack([it[key] for it in items])
-                for key in ("x", "mask", "phase", "time")
-            }
+            full = reader.window_batch(self.tiler, group)
+            batch = {key: full[key] for key in ("x", "mask", "phase", "time")}
             yield [w.index for w in group], batch
 
 

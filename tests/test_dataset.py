@@ -42,6 +42,34 @@ def test_items_are_normalized_windows_with_masks(source, stats):
     assert 0.0 <= float(item["phase"].min()) and float(item["phase"].max()) < 1.0
 
 
+@pytest.mark.parametrize("climatology", ["none", "monthly"])
+def test_a_batch_equals_its_windows_one_by_one(tmp_path, climatology):
+    """embed's batches (window_batch, windows written straight into one array, the block
+    normalized in place) hold exactly what training's single items (window_item) hold, and
+    the normalized block equals the xarray normalize()."""
+    from faextract.data.dataset import BlockReader
+    from faextract.data.stats import StatsOptions
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    write_netcdf(synthetic_cube(nt=370, nlat=12, nlon=24, seed=4), tmp_path / "year.nc")
+    source = CubeSource(paths=(str(tmp_path / "year.nc"),))
+    cube = source.open()
+    stats = compute_stats(cube, StatsOptions(climatology=climatology))
+    spec = TileSpec(window=8, stride=5, tile=(8, 12), halo=2)
+    ds = WindowDataset(source, stats, spec)
+    windows = ds.tiler.windows[:6]
+    batch = BlockReader(cube, stats).window_batch(ds.tiler, windows)
+    for j, w in enumerate(windows):
+        single = BlockReader(cube, stats).window_item(ds.tiler, w)
+        for key, value in single.items():
+            torch.testing.assert_close(
+                batch[key][j], value, rtol=0, atol=0, equal_nan=True, msg=key
+            )
+    block = BlockReader(cube, stats).read(3, 20)
+    ref = normalize(cube.to_array().isel(time=slice(3, 20)), stats).values
+    np.testing.assert_allclose(block, ref, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_ranks_get_disjoint_shards_that_cover_everything(source, stats, world):
     spec = TileSpec(window=6, tile=(6, 12))

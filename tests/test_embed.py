@@ -281,11 +281,11 @@ def _great_circle_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
 
 
-@pytest.mark.parametrize("block", [1, 1 << 22])
-def test_attention_maps_equal_the_explicit_effective_attention(block):
+@pytest.mark.parametrize("block,keep", [(1, 0), (1 << 22, 0), (1, 1 << 24)])
+def test_attention_maps_equal_the_explicit_effective_attention(block, keep):
     """The maps are contractions of E[q, k] = col[x](y, y') row[y'](x, x'), computed without
     forming E: compare with E built explicitly, on a grid with a padded row, in one distance
-    block and in one query row per block."""
+    block, in one query row per block, and from the distance table kept across calls."""
     import torch
 
     from faextract.embed import AttentionMaps
@@ -297,11 +297,14 @@ def test_attention_maps_equal_the_explicit_effective_attention(block):
     lon = np.linspace(0, 300, w)
     in_lat, in_lon = np.repeat(lat, 2), np.repeat(lon, 2)
     maps = AttentionMaps(lat, lon, {"box": (-70.0, 0.0, 0.0, 130.0)}, in_lat, in_lon)
-    maps.BLOCK = block
+    maps.BLOCK, maps.KEEP = block, keep
     row = torch.rand(n, h, w, w).softmax(-1)
     col = torch.rand(n, w, h, h).softmax(-1)
     out = maps(row, col)
     assert set(out) == {"attention_received", "attention_distance", "attention_query_box"}
+    again = maps(row, col)["attention_distance"]  # a kept table is reused, not rebuilt
+    assert torch.equal(again, out["attention_distance"])
+    assert (maps._kept is not None) == bool(keep)
 
     e = torch.einsum("nxyk,nkxl->nyxkl", col, row).reshape(n, h * w, h * w).double()
     la, lo = np.repeat(lat, w), np.tile(lon, h)

@@ -121,17 +121,23 @@ class Cube:
 
             with dask.config.set(scheduler="synchronous"):
                 return np.asarray(self.to_array().data[t0:t1].compute())
+        _, nc, nlat, nlon = self.shape
+        out = np.empty((max(0, t1 - t0), nc, nlat, nlon), dtype=np.float32)
         if t1 <= t0:
-            return np.empty((0, *self.shape[1:]), dtype=np.float32)
-        pieces: dict[str, list[np.ndarray]] = {name: [] for name in self.variables}
+            return out
+        first = np.cumsum([0] + [self._channel_count(name) for name in self.variables])
         for start, ds in self.files:  # sorted by start; each holds some of the variables
             a, b = max(t0, start), min(t1, start + ds.sizes["time"])
             if a < b:
                 sub = ds.isel(time=slice(a - start, b - start))
-                for name in self.variables:
-                    if name in sub.data_vars:
-                        pieces[name].append(_as_channels(sub[name]))
-        return np.concatenate([np.concatenate(pieces[name]) for name in self.variables], axis=1)
+                for i, name in enumerate(self.variables):
+                    if name in sub.data_vars:  # written in place: no concatenation copies
+                        out[a - t0 : b - t0, first[i] : first[i + 1]] = _as_channels(sub[name])
+        return out
+
+    def _channel_count(self, name: str) -> int:
+        da = self.dataset[name]
+        return da.sizes["level"] if "level" in da.dims else 1
 
     def isel_time(self, index) -> Cube:
         """A cube restricted to some time steps (a slice or an index array)."""
@@ -156,11 +162,12 @@ class Cube:
 
 
 def _as_channels(da: xr.DataArray) -> np.ndarray:
-    """One variable as float32 ``(time, channels, lat, lon)``: its levels, or one channel."""
+    """One variable as ``(time, channels, lat, lon)`` (its levels, or one channel), in the
+    file's decoded dtype: the caller converts it while copying into its block."""
     da = fold_expver(da)
     if "level" in da.dims:
-        return np.asarray(da.transpose("time", "level", "lat", "lon").values, dtype=np.float32)
-    return np.asarray(da.transpose("time", "lat", "lon").values, dtype=np.float32)[:, None]
+        return da.transpose("time", "level", "lat", "lon").values
+    return da.transpose("time", "lat", "lon").values[:, None]
 
 
 def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

@@ -79,7 +79,7 @@ class BlockReader:
         """Normalized steps ``[t0, t1)``; a view when the block read last holds them."""
         if self._key is not None and self._key[0] <= t0 and t1 <= self._key[1]:
             return self._block[t0 - self._key[0] : t1 - self._key[0]]
-        block = self.normalizer(self.cube.read(t0, t1), t0)
+        block = self.normalizer(self.cube.read(t0, t1), t0, in_place=True)
         if np.isinf(block).any():
             c = int(np.nonzero(np.isinf(block).any(axis=(0, 2, 3)))[0][0])
             raise DataError(
@@ -98,20 +98,34 @@ class BlockReader:
             self.read(int(times.min()), int(times.max()) + 1)
 
     def window_item(self, tiler: Tiler, window: Window) -> dict[str, torch.Tensor]:
-        valid_t = window.time[window.time >= 0]
-        t0, t1 = int(valid_t.min()), int(valid_t.max()) + 1
-        raw = tiler.extract(self.read(t0, t1), window, time_offset=t0)
-        mask = np.isfinite(raw)
-        x = np.where(mask, raw, 0.0).astype(np.float32)
-        lat = np.where(window.lat >= 0, self.cube.lat[np.maximum(window.lat, 0)], np.nan)
-        phase = np.where(window.time >= 0, self.phase[np.maximum(window.time, 0)], 0.0)
+        """One window: ``x (T, C, h, w)`` (0 where invalid), ``mask``, ``phase``, ``time``,
+        ``lat`` and ``index``."""
+        return {key: value[0] for key, value in self.window_batch(tiler, [window]).items()}
+
+    def window_batch(self, tiler: Tiler, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
+        """Windows of one shape stacked: ``x (B, T, C, h, w)`` and the rest as in
+        :meth:`window_item`, each window written once into the batch (no per-window arrays
+        to stack afterwards)."""
+        first = windows[0]
+        shape = (len(windows), first.time.size, self.cube.shape[1], first.lat.size, first.lon.size)
+        x = np.empty(shape, dtype=np.float32)
+        for j, window in enumerate(windows):
+            valid_t = window.time[window.time >= 0]
+            t0, t1 = int(valid_t.min()), int(valid_t.max()) + 1
+            tiler.extract(self.read(t0, t1), window, time_offset=t0, out=x[j])
+        mask = np.isfinite(x)
+        np.copyto(x, 0.0, where=~mask)
+        time = np.stack([w.time for w in windows]).astype(np.int64)
+        lat_i = np.stack([w.lat for w in windows])
+        lat = np.where(lat_i >= 0, self.cube.lat[np.maximum(lat_i, 0)], np.nan)
+        phase = np.where(time >= 0, self.phase[np.maximum(time, 0)], 0.0)
         return {
             "x": torch.from_numpy(x),
             "mask": torch.from_numpy(mask),
             "phase": torch.from_numpy(phase.astype(np.float32)),
-            "time": torch.from_numpy(window.time.astype(np.int64)),
+            "time": torch.from_numpy(time),
             "lat": torch.from_numpy(lat.astype(np.float32)),
-            "index": torch.tensor(window.index, dtype=torch.int64),
+            "index": torch.tensor([w.index for w in windows], dtype=torch.int64),
         }
 
 

@@ -90,8 +90,18 @@ class ArrayNormalizer:
             self.keys = np.clip(season_index(time, kind), 1, stats.sizes["season"]) - 1
             self.clim = stats["climatology"].sel(channel=want).values.astype(np.float32)
 
-    def __call__(self, x: np.ndarray, t0: int) -> np.ndarray:
-        """Normalize ``x``, the steps ``t0 .. t0 + len(x)`` of the cube."""
+    def __call__(self, x: np.ndarray, t0: int, *, in_place: bool = False) -> np.ndarray:
+        """Normalize ``x``, the steps ``t0 .. t0 + len(x)`` of the cube.
+
+        ``in_place`` overwrites a float32 ``x`` (a block the caller owns) instead of
+        allocating: the same float32 operations in the same order, so the same result.
+        """
+        if not (in_place and x.dtype == np.float32):
+            if self.clim is not None:
+                x = x - self.clim[self.keys[t0 : t0 + x.shape[0]]]
+            return ((x - self.mean) / self.std).astype(np.float32, copy=False)
         if self.clim is not None:
-            x = x - self.clim[self.keys[t0 : t0 + x.shape[0]]]
-        return ((x - self.mean) / self.std).astype(np.float32, copy=False)
+            x -= self.clim[self.keys[t0 : t0 + x.shape[0]]]
+        x -= self.mean
+        x /= self.std
+        return x

@@ -190,10 +190,13 @@ class Tiler:
                 out.append(win)
         return out
 
-    def extract(self, x: np.ndarray, window: Window, time_offset: int = 0) -> np.ndarray:
+    def extract(
+        self, x: np.ndarray, window: Window, time_offset: int = 0, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Cut ``window`` from ``x (T, C, H, W)`` (NaN where padded).
 
-        ``x`` may be a time block starting at cube step ``time_offset``.
+        ``x`` may be a time block starting at cube step ``time_offset``; ``out`` (float32,
+        the window's shape) receives the result instead of a new array.
         """
         t = window.time - time_offset
         tv = window.time >= 0
@@ -206,7 +209,11 @@ class Tiler:
         yi = _as_index(np.where(window.lat >= 0, window.lat, 0))
         xi = _as_index(np.where(window.lon >= 0, window.lon, 0))
         # Slices where the indices are a contiguous run (the common case): views, one copy.
-        out = x[ti][:, :, yi][:, :, :, xi].astype(np.float32, copy=True)
+        cut = x[ti][:, :, yi][:, :, :, xi]
+        if out is None:
+            out = cut.astype(np.float32, copy=True)
+        else:
+            np.copyto(out, cut)
         out[~tv] = np.nan
         out[:, :, window.lat < 0] = np.nan
         out[:, :, :, window.lon < 0] = np.nan
