@@ -113,6 +113,13 @@ def devices_arg(ap) -> None:
     )
 
 
+def device_label(device: str, bf16: bool = True) -> str:
+    """How a table's title names where it was measured (CUDA runs use bf16 autocast if so)."""
+    if device == "cuda":
+        return "CUDA, bf16 autocast" if bf16 else "CUDA"
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
 def chosen_devices(arg: str) -> list[str]:
     """The devices a ``--device`` value selects; CUDA only when one is present."""
     have = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

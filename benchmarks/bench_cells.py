@@ -28,6 +28,7 @@ from _common import (
     chosen_devices,
     cpu_step_peak_mb,
     cuda_peak,
+    device_label,
     devices_arg,
     in_child,
     table,
@@ -182,9 +183,7 @@ def main():
     ]
     for dev in chosen_devices(args.device):
         rows = run(dev, B, T, S, C, F, repeat=3 if dev == "cpu" else 10, rounds=args.rounds)
-        label = (
-            "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        )
+        label = device_label(dev)
         print(
             table(
                 rows,

@@ -23,7 +23,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import chosen_devices, devices_arg, growth_table, in_child, peak_rss_mb, table  # noqa: E402
+from _common import (  # noqa: E402
+    chosen_devices,
+    device_label,
+    devices_arg,
+    growth_table,
+    in_child,
+    peak_rss_mb,
+    table,
+)
 
 SAMPLE_VARS = ("sst", "t2m", "sp", "u10")
 DEFAULT_VARS = ("sst", "t2m", "sp", "u10", "sshf")
@@ -145,7 +153,7 @@ def main():
                 f"default config, {nt_big} days of 96x192x{len(DEFAULT_VARS)}",
                 default_ckpt, big, tmp / "d.zarr", device,
             )  # fmt: skip
-            where = "CUDA" if device == "cuda" else f"CPU {torch.get_num_threads()} threads"
+            where = device_label(device, bf16=False)
             print(table(rows, list(rows[0]), f"Embedding throughput ({where})"))
             results = []
             for factor, c in memory_cubes.items():

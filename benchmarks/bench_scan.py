@@ -1,6 +1,6 @@
 """Parallel-scan minimal cells vs ConvLSTM2D and FAConvLSTM2D at matched parameter budgets.
 
-    python benchmarks/bench_scan.py [--quick]
+    python benchmarks/bench_scan.py [--quick] [--device all|cpu|cuda] [--rounds N]
 
 Training-step (forward + backward) throughput and peak memory for T in {12, 48, 192}, on CPU
 and on CUDA when present. Widths are chosen so that every cell has about the parameters of a
@@ -8,7 +8,9 @@ ConvLSTM2D of width 32 with input width 32 (72 h^2: MinConvGRU is 18 h^2, MinCon
 Targets at T=48 (issue #7): MinConvGRU >= 3x ConvLSTM2D on CUDA and >= 1.5x on 2 CPU cores.
 The minimal cells run their default solver for the device (sequential on CPU, chunked log-space
 scan on CUDA); the "log-space" rows force the parallel scan to show why CPU does not use it.
-Also: a small forecasting comparison on advection-diffusion fields (teacher-forced training,
+On the CPU each cell runs in a fresh process once per round (every cell of a length in turn),
+and each time is the median over rounds, so a machine whose speed drifts over minutes moves
+all cells alike. Also: a small forecasting comparison on advection-diffusion fields (teacher-forced training,
 then closed-loop rollout), RMSE per cell at matched parameters.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from _common import (
     chosen_devices,
     cpu_step_peak_mb,
     cuda_peak,
+    device_label,
     devices_arg,
     in_child,
     table,
@@ -56,7 +60,7 @@ def matched_width(cell: str, budget: int, **kw) -> int:
     return best
 
 
-def speed(device: str, Ts, B: int, S: int, repeat: int) -> list[dict]:
+def speed(device: str, Ts, B: int, S: int, repeat: int, rounds: int = 1) -> list[dict]:
     budget = n_params(build("convlstm", BASE_WIDTH))
     specs = [
         ("ConvLSTM2D", "convlstm", {}),
@@ -70,29 +74,40 @@ def speed(device: str, Ts, B: int, S: int, repeat: int) -> list[dict]:
     sync = torch.cuda.synchronize if device == "cuda" else None
     rows = []
     for T in Ts:
+        measured = {}
+        if device == "cuda":
+            for label, cell, kw in specs:
+                torch.manual_seed(0)
+                w = widths[label]
+                layer = build(cell, w, **kw).to(device)
+                x = torch.randn(B, T, w, S, S, device=device)
+                grad = torch.randn(B, T, w, S, S, device=device)
+
+                def step(layer=layer, x=x, grad=grad):
+                    with amp:
+                        y = layer(x)
+                    y.backward(grad.to(y.dtype))
+
+                measured[label] = (
+                    timeit(step, repeat=repeat, warmup=1, sync=sync),
+                    cuda_peak(step),
+                )
+        else:
+            # A fresh process per cell and length, for memory and time alike: after a run
+            # with a large peak (FAConvLSTM2D at T=192 holds ~10 GB) the heap of a shared
+            # process made later runs several times slower.
+            runs = {label: [] for label, _, _ in specs}
+            for _ in range(rounds):
+                for label, cell, kw in specs:
+                    args = [label, cell, json.dumps(kw), widths[label], B, T, S, repeat]
+                    runs[label].append(in_child([__file__, "--child", *map(str, args)]))
+            for label, res in runs.items():
+                measured[label] = (statistics.median(r["seconds"] for r in res), res[0]["mb"])
         base = None
         for label, cell, kw in specs:
-            torch.manual_seed(0)
+            layer = build(cell, widths[label], **kw)
             w = widths[label]
-            layer = build(cell, w, **kw).to(device)
-            x = torch.randn(B, T, w, S, S, device=device)
-            grad = torch.randn(B, T, w, S, S, device=device)
-
-            def step(layer=layer, x=x, grad=grad):
-                with amp:
-                    y = layer(x)
-                y.backward(grad.to(y.dtype))
-
-            if device == "cuda":
-                t = timeit(step, repeat=repeat, warmup=1, sync=sync)
-                mem = cuda_peak(step)
-            else:
-                # A fresh process per cell and length, for memory and time alike: after a run
-                # with a large peak (FAConvLSTM2D at T=192 holds ~10 GB) the heap of a shared
-                # process made later runs several times slower.
-                args = [label, cell, json.dumps(kw), w, B, T, S, repeat]
-                res = in_child([__file__, "--child", *map(str, args)])
-                t, mem = res["seconds"], res["mb"]
+            t, mem = measured[label]
             fps = B * T / t
             base = base or fps
             rows.append({"T": T, "cell": label, "width": w, "params": f"{n_params(layer):,}",
@@ -191,6 +206,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     devices_arg(ap)
+    ap.add_argument("--rounds", type=int, default=3, help="CPU: rounds over all cells (median)")
     ap.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -199,12 +215,10 @@ def main():
     B, S = (2, 16) if args.quick else (4, 32)
     cols = ["T", "cell", "width", "params", "train frames/s", "vs ConvLSTM2D", "peak MB"]
     for dev in chosen_devices(args.device):
-        label = (
-            "CUDA, bf16 autocast" if dev == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        )
+        label = device_label(dev)
         print(
             table(
-                speed(dev, Ts, B, S, repeat=3),
+                speed(dev, Ts, B, S, repeat=3, rounds=args.rounds),
                 cols,
                 f"Training step, B={B}, {S}x{S}, matched parameters ({label})",
             )
