@@ -12,16 +12,19 @@ import torch
 from faextract.checkpoint import load_checkpoint
 from faextract.distributed import first_host
 from faextract.errors import ConfigError
+from faextract.testing import TINY_RUN
 from faextract.train import pick_device, read_metrics
 
-ARGS = [
-    "--set", "model.filters=8", "--set", "model.layers=1", "--set", "model.stem_channels=8",
-    "--set", "model.embedding_dim=8", "--set", "model.downsample=1",
-    "--set", "model.cell_options={attention_dim: 4, temporal_heads: 2, attention_every: 2}",
-    "--set", "tiles.window=6", "--set", "tiles.stride=3", "--set", "train.batch_size=4",
-    "--set", "train.epochs=2", "--set", "data.climatology=none", "--set", "train.warmup_steps=2",
-    "--set", "train.log_every=1", "--set", "train.device=cpu", "--deterministic",
-]  # fmt: skip
+# The tiny run of the other tests, with overlapping windows (more batches) and two epochs.
+OVERRIDES = [
+    *TINY_RUN,
+    "tiles.stride=3",
+    "train.epochs=2",
+    "train.warmup_steps=2",
+    "train.log_every=1",
+    "train.device=cpu",
+]
+ARGS = [arg for item in OVERRIDES for arg in ("--set", item)] + ["--deterministic"]
 
 
 def _run(cmd, env=None):
