@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 
 from faextract.data.axes import detect_axes, parse_dims
-from faextract.data.selection import EXPVER, apply_select, fold_expver, parse_select
+from faextract.data.selection import EXPVER, apply_select, choices, fold_expver, parse_select
 from faextract.data.time import (
     calendar_of,
     check_monotonic,
@@ -342,7 +342,8 @@ def _standardize(
         if extra:
             raise DataError(
                 f"{source}: variable {v!r} has extra dimension(s) {', '.join(extra)} "
-                f"(dims {ds[v].dims}); keep one value with --select {extra[0]}=VALUE"
+                f"(dims {ds[v].dims}); keep one value with --select {extra[0]}=VALUE "
+                f"({extra[0]} has {choices(ds, extra[0])})"
             )
         lacking = [d for d in ("time", "lat", "lon") if d not in ds[v].dims]
         if lacking:

@@ -68,9 +68,18 @@ def _position(ds: xr.Dataset, dim: str, value: str, source: str) -> int:
     else:
         hits = np.nonzero(np.char.strip(have.astype(str)) == value)[0]
     if hits.size == 0:
-        shown = ", ".join(str(v) for v in have[:12]) + (", ..." if have.size > 12 else "")
-        raise DataError(f"{source}: --select {dim}={value}: no such value; {dim} has {shown}")
+        raise DataError(
+            f"{source}: --select {dim}={value}: no such value; {dim} has {choices(ds, dim)}"
+        )
     return int(hits[0])
+
+
+def choices(ds: xr.Dataset, dim: str, limit: int = 12) -> str:
+    """What ``--select`` can name along ``dim``: its coordinate values, or positions."""
+    if dim not in ds.variables:
+        return f"positions 0..{ds.sizes[dim] - 1}"
+    have = np.asarray(ds[dim].values)
+    return ", ".join(str(v) for v in have[:limit]) + (", ..." if have.size > limit else "")
 
 
 def apply_select(
