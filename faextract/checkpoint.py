@@ -91,10 +91,22 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FaextractError(f"{path}: no such checkpoint")
+    if os.path.isdir(path):
+        raise FaextractError(f"{path}: a directory, not a checkpoint file (e.g. {path}/best.pt)")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic[:2] != b"PK":  # torch.save writes a zip archive
+        raise FaextractError(f"{path}: not a PyTorch checkpoint (truncated or another format)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        text = str(err).strip()
+        if "Weights only load failed" in text:
+            raise FaextractError(
+                f"{path}: not a faextract checkpoint (it holds Python objects, not only tensors "
+                "and plain values: saved by another program?)"
+            ) from err
+        msg = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
         raise FaextractError(f"{path}: not a readable checkpoint ({msg})") from err
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise FaextractError(f"{path}: not a faextract checkpoint")

@@ -450,3 +450,13 @@ def test_cdo_absolute_time_axis(tmp_path, small_ds):
     bad.to_netcdf(tmp_path / "bad.nc")
     with pytest.raises(DataError, match="bad.nc: time value 20000132 is not a date"):
         open_cube(tmp_path / "bad.nc")
+
+
+def test_parse_select():
+    from faextract.data.selection import parse_select
+
+    assert parse_select("member=r1i1p1f1, number = 3,") == {"member": "r1i1p1f1", "number": "3"}
+    assert parse_select({"number": 3}) == {"number": "3"}
+    assert parse_select(None) == {} and parse_select("") == {}
+    with pytest.raises(DataError, match="expected DIM=VALUE pairs like 'member=3', got 'x'"):
+        parse_select("x")

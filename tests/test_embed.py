@@ -148,6 +148,27 @@ def test_refusals(tmp_path, trained):
     assert open_embeddings(out).sizes["time"] == 30
 
 
+def test_bad_checkpoint_files_are_one_line_errors(tmp_path, trained):
+    import torch
+
+    from faextract.checkpoint import load_checkpoint
+
+    _, ckpt, _ = trained
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")
+    (tmp_path / "cut.pt").write_bytes(ckpt.read_bytes()[:2000])
+    torch.save({"layer": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")
+    cases = {
+        "text.pt": "not a PyTorch checkpoint",
+        "cut.pt": "not a readable checkpoint .*zip archive",
+        "module.pt": "not a faextract checkpoint .*Python objects",
+        ".": "a directory, not a checkpoint file",
+    }
+    for name, message in cases.items():
+        with pytest.raises(FaextractError, match=message) as info:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(info.value)
+
+
 def test_mismatches_are_named(tmp_path, trained):
     cube, ckpt, src = trained
     cases = [

@@ -37,6 +37,8 @@ def parse_select(spec: str | Mapping[str, object] | None) -> dict[str, str]:
         return {str(k): str(v) for k, v in spec.items()}
     out: dict[str, str] = {}
     for part in str(spec).split(","):
+        if not part.strip():
+            continue  # "member=3," or "a=1,,b=2"
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise DataError(f"--select: expected DIM=VALUE pairs like 'member=3', got {part!r}")
