@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import warnings
 
 import pytest
@@ -375,3 +376,21 @@ def test_run_rows_splits_large_calls_and_keeps_small_ones_on_this_thread():
         assert len({c[0] for c in calls}) == 2
     finally:
         torch.set_num_threads(before)
+
+
+@needs_cc
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(
+    monkeypatch, tmp_path, fresh_kernels
+):
+    # as on a compute node whose home is read-only: ~/.cache cannot be made
+    (tmp_path / "home-file").write_text("a file where the cache folder would go")
+    monkeypatch.delenv("FAEXTRACT_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-file" / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert kernels.cache_dir().parent == tmp_path / "tmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.library() is not None
+    assert len(list(kernels.cache_dir().glob("kernels-*.so"))) == 1

@@ -10,7 +10,8 @@ bfloat16), callers use their PyTorch path, which computes the same function.
 Building: ``$CC`` (default ``cc``) compiles the sources of this folder with ``-O3
 -march=native`` into ``$FAEXTRACT_KERNEL_CACHE`` (default ``$XDG_CACHE_HOME/faextract`` or
 ``~/.cache/faextract``), once per source, flags and CPU (the file name carries a hash of all
-three, so a home directory shared by different cluster nodes holds one build per CPU kind).
+three, so a home directory shared by different cluster nodes holds one build per CPU kind;
+an unwritable home falls back to a per-user folder in the temporary directory).
 The build writes a temporary file and renames it, so concurrent first uses (DDP ranks, array
 tasks) are safe. If the compiler rejects the x86 tuning flags, portable flags are tried; a build
 that fails with both warns once and the process goes on with PyTorch.
@@ -70,10 +71,25 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
+    """Where built kernels are kept: ``$FAEXTRACT_KERNEL_CACHE``, else ``~/.cache/faextract``;
+    when that cannot be written (a read-only or full home on a compute node), a per-user
+    folder in the temporary directory."""
     if os.environ.get("FAEXTRACT_KERNEL_CACHE"):
         return Path(os.environ["FAEXTRACT_KERNEL_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "faextract"
+    preferred = Path(base) / "faextract"
+    if _writable(preferred):
+        return preferred
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return Path(tempfile.gettempdir()) / f"faextract-kernels-{uid}"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def _cpu_identity() -> str:
