@@ -270,7 +270,11 @@ def test_read_single_file_levels_packed_and_one_chunk(tmp_path):
     _check_reads(open_cube(path, time_chunk=4))
 
 
-def test_read_across_files_and_time_ranges(tmp_path, small_ds):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_read_across_files_and_time_ranges(tmp_path, small_ds, threads, monkeypatch):
+    import faextract.data.cube as cube_module
+
+    monkeypatch.setattr(cube_module, "_READERS", threads)  # variables read side by side or not
     for i in range(3):
         write_netcdf(small_ds.isel(time=slice(20 * i, 20 * (i + 1))), tmp_path / f"part{i}.nc")
     cube = open_cube([tmp_path / "part2.nc", tmp_path / "part0.nc", tmp_path / "part1.nc"])

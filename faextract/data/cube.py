@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob as globmod
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,13 +127,27 @@ class Cube:
         if t1 <= t0:
             return out
         first = np.cumsum([0] + [self._channel_count(name) for name in self.variables])
+        pieces = []  # (slot in out, lazily indexed variable)
         for start, ds in self.files:  # sorted by start; each holds some of the variables
             a, b = max(t0, start), min(t1, start + ds.sizes["time"])
             if a < b:
                 sub = ds.isel(time=slice(a - start, b - start))
                 for i, name in enumerate(self.variables):
-                    if name in sub.data_vars:  # written in place: no concatenation copies
-                        out[a - t0 : b - t0, first[i] : first[i + 1]] = _as_channels(sub[name])
+                    if name in sub.data_vars:
+                        slot = (slice(a - t0, b - t0), slice(first[i], first[i + 1]))
+                        pieces.append((slot, sub[name]))
+
+        def fill(piece) -> None:  # written in place: no concatenation copies
+            slot, da = piece
+            out[slot] = _as_channels(da)
+
+        if len(pieces) > 1 and _READERS > 1:
+            # Decompression (Zarr) and decoding, masking and copying (both) release the GIL:
+            # variables read side by side. HDF5 serializes the NetCDF reads themselves.
+            list(_reader_pool().map(fill, pieces))
+        else:
+            for piece in pieces:
+                fill(piece)
         return out
 
     def _channel_count(self, name: str) -> int:
@@ -159,6 +174,21 @@ class Cube:
             sources=self.sources,
             files=files,
         )
+
+
+#: Threads reading a block's variables side by side (``FAEXTRACT_READ_THREADS``).
+_READERS = int(os.environ.get("FAEXTRACT_READ_THREADS", min(4, os.cpu_count() or 1)))
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """This process's pool (per process id: a pool inherited through fork has no threads)."""
+    pid = os.getpid()
+    if pid not in _POOLS:
+        _POOLS[pid] = ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="faextract-read")
+    return _POOLS[pid]
 
 
 def _as_channels(da: xr.DataArray) -> np.ndarray:
