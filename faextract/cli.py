@@ -136,9 +136,9 @@ def inspect(
     from rich.table import Table
 
     console = Console()
-    console.print(
-        f"[bold]{', '.join(info['sources'])}[/bold]  ({info['size_on_disk_bytes'] / 1e6:.1f} MB on disk)"
-    )
+    size = info["size_on_disk_bytes"]
+    where = "remote" if size is None else f"{size / 1e6:.1f} MB on disk"
+    console.print(f"[bold]{', '.join(info['sources'])}[/bold]  ({where})")
     t = info["time"]
     console.print(
         f"time: {t['start']} .. {t['end']}, {t['steps']} steps of {t['step']}, calendar {t['calendar']}"

@@ -35,7 +35,7 @@ import torch
 from faextract import __version__
 from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_from_dict
 from faextract.data.axes import parse_dims
-from faextract.data.cube import Cube, open_cube
+from faextract.data.cube import Cube, is_url, open_cube
 from faextract.data.dataset import CubeSource
 from faextract.data.selection import parse_select
 from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
@@ -140,7 +140,7 @@ def check_compatible(ckpt: dict, cube: Cube, source: str) -> None:
 
 def _inputs_digest(cube: Cube, ckpt_sha: str) -> str:
     facts = {
-        "sources": [os.path.abspath(s) for s in cube.sources],
+        "sources": [s if is_url(s) else os.path.abspath(s) for s in cube.sources],
         "shape": list(cube.shape),
         "channels": list(cube.channels),
         "start": str(cube.time.values[0]),

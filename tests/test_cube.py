@@ -464,3 +464,27 @@ def test_parse_select():
     assert parse_select(None) == {} and parse_select("") == {}
     with pytest.raises(DataError, match="expected DIM=VALUE pairs like 'member=3', got 'x'"):
         parse_select("x")
+
+
+def test_remote_zarr_store_through_fsspec(small_ds, small_nc):
+    """A URL is opened through fsspec (memory:// here; gs://, s3:// with their packages)."""
+    url = "memory://faextract-test/cube.zarr"
+    small_ds.to_zarr(url, mode="w", consolidated=True)
+    remote, local = open_cube(url, ["sst", "t2m", "sp"]), open_cube(small_nc)
+    assert remote.sources == (url,) and remote.channels == local.channels
+    np.testing.assert_allclose(remote.read(5, 25), local.read(5, 25), rtol=1e-6, equal_nan=True)
+    assert open_cube(f"file://{small_nc}").shape == local.shape
+    with pytest.raises(DataError, match="nosuch://x.zarr: cannot open the remote dataset"):
+        open_cube("nosuch://x.zarr")
+
+
+def test_a_missing_fsspec_backend_names_the_package():
+    pytest.importorskip("fsspec")
+    try:
+        import gcsfs  # noqa: F401
+
+        pytest.skip("gcsfs is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(DataError, match=r"gs://bucket/era5.zarr: .*\(pip install gcsfs\)"):
+        open_cube("gs://bucket/era5.zarr")

@@ -148,6 +148,21 @@ def test_refusals(tmp_path, trained):
     assert open_embeddings(out).sizes["time"] == 30
 
 
+def test_embed_a_remote_store(tmp_path, trained):
+    """A Zarr store behind a URL (memory:// stands in for gs:// or s3://) embeds like the file."""
+    cube, ckpt, src = trained
+    url = "memory://faextract-embed/cube.zarr"
+    src.to_zarr(url, mode="w")
+    embed([url], ckpt, str(tmp_path / "remote.zarr"), _opts(latent=False))
+    embed([cube], ckpt, str(tmp_path / "local.zarr"), _opts(latent=False))
+    remote, local = (
+        open_embeddings(tmp_path / "remote.zarr"),
+        open_embeddings(tmp_path / "local.zarr"),
+    )
+    np.testing.assert_allclose(remote["embedding"].values, local["embedding"].values, atol=1e-5)
+    assert url in remote.attrs["comment"] or "cube.zarr" in remote.attrs["comment"]
+
+
 def test_bad_checkpoint_files_are_one_line_errors(tmp_path, trained):
     import torch
 

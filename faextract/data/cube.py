@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob as globmod
 import os
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -208,7 +209,11 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     out: list[str] = []
     for item in items:
         item = os.fspath(item)
-        if any(ch in item for ch in "*?["):
+        if item.startswith("file://"):
+            item = item[len("file://") :]
+        if is_url(item):  # a remote store or an OPeNDAP endpoint: checked when opened
+            out.append(item)
+        elif any(ch in item for ch in "*?["):
             matches = sorted(globmod.glob(item))
             if not matches:
                 raise DataError(f"{item}: the pattern matches no file")
@@ -218,6 +223,34 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
         else:
             out.append(item)
     return out
+
+
+def is_url(path: str) -> bool:
+    """``gs://bucket/era5.zarr``, ``s3://...``, ``https://.../dodsC/...``: not a local path."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
+
+
+def _remote_is_zarr(url: str) -> bool:
+    """A URL names a Zarr store unless it is http(s) without ``.zarr`` in it (OPeNDAP/THREDDS
+    endpoints, which netCDF-C reads itself)."""
+    scheme = url.split("://", 1)[0].lower()
+    return scheme not in ("http", "https") or ".zarr" in url.lower()
+
+
+def _open_remote(url: str) -> xr.Dataset:
+    scheme = url.split("://", 1)[0].lower()
+    try:
+        if _remote_is_zarr(url):
+            return xr.open_zarr(url, decode_times=False, chunks=None)
+        return xr.open_dataset(url, engine="netcdf4", decode_times=False, chunks=None)
+    except ImportError as err:  # fsspec lacks the protocol's package (gcsfs, s3fs, ...)
+        hint = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "az": "adlfs", "abfs": "adlfs"}
+        package = hint.get(scheme)
+        need = f"pip install {package}" if package else str(err).splitlines()[0]
+        raise DataError(f"{url}: reading {scheme}:// needs another package ({need})") from None
+    except Exception as err:  # noqa: BLE001 - fsspec, zarr and netCDF-C raise many types
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{url}: cannot open the remote dataset: {msg}") from err
 
 
 def _is_zarr(path: str) -> bool:
@@ -246,6 +279,8 @@ def _limit_netcdf_chunk_cache() -> None:
 
 
 def _open_one(path: str) -> xr.Dataset:
+    if is_url(path):
+        return _open_remote(path)
     try:
         if _is_zarr(path):
             return xr.open_zarr(path, decode_times=False, chunks=None)

@@ -10,12 +10,14 @@ import os
 
 import numpy as np
 
-from faextract.data.cube import Cube
+from faextract.data.cube import Cube, is_url
 from faextract.data.selection import fold_expver
 from faextract.data.time import time_step
 
 
 def _size_on_disk(path: str) -> int:
+    if is_url(path):
+        return 0  # remote: not worth listing a bucket for (reported as None)
     if os.path.isdir(path):
         return sum(
             os.path.getsize(os.path.join(root, f))
@@ -59,7 +61,11 @@ def describe(cube: Cube) -> dict:
     }
     return {
         "sources": list(cube.sources),
-        "size_on_disk_bytes": int(sum(_size_on_disk(p) for p in cube.sources)),
+        "size_on_disk_bytes": (
+            None
+            if all(is_url(p) for p in cube.sources)
+            else int(sum(_size_on_disk(p) for p in cube.sources))
+        ),
         "variables": variables,
         "channels": list(cube.channels),
         "axes": axes,
