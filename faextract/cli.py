@@ -83,7 +83,9 @@ def _names(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
-Inputs = Annotated[list[str], typer.Argument(help="NetCDF files, globs, or a Zarr store.")]
+Inputs = Annotated[
+    list[str], typer.Argument(help="NetCDF files, globs, or a Zarr store (local or a URL).")
+]
 VarsOpt = Annotated[
     str | None, typer.Option("--variables", "-v", help="Comma-separated variable names.")
 ]
@@ -276,7 +278,7 @@ def embed(
     inputs: Annotated[
         list[str] | None,
         typer.Argument(
-            help="NetCDF files, globs, or a Zarr store (default: the bundled sample cube)."
+            help="NetCDF files, globs, or a Zarr store, local or a URL (default: the bundled sample cube)."
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output Zarr store.")] = Path(
