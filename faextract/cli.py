@@ -380,6 +380,11 @@ def embed(
         f"{result.status}: wrote {result.blocks_written} of {result.blocks_total} time blocks "
         f"({result.windows} windows) to {result.path} in {result.seconds:.1f}s; store size {result.bytes / 1e6:.1f} MB"
     )
+    if result.reading_bound() and workers == 0:
+        typer.echo(
+            f"note: the model waited for input {100 * result.input_wait / result.seconds:.0f}% "
+            "of the time; --workers 2-4 reads ahead in parallel processes"
+        )
     if result.status == "partial":
         typer.echo(
             "other shards still have blocks to write; the store is marked complete when all are done"

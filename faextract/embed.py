@@ -80,6 +80,30 @@ class EmbedResult:
     windows: int
     seconds: float
     bytes: int
+    input_wait: float = 0.0  # seconds the model waited for the next block of input
+
+    def reading_bound(self) -> bool:
+        """Whether reading set the pace: a long run whose model waited most of the time."""
+        return self.seconds > 30 and self.input_wait > 0.5 * self.seconds
+
+
+class _Waits:
+    """Iterates ``items``, adding up the seconds each ``next`` blocks (the consumer's wait)."""
+
+    def __init__(self, items):
+        self.items, self.seconds = items, 0.0
+
+    def __iter__(self):
+        it = iter(self.items)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield item
 
 
 def parse_query(text: str) -> tuple[str, tuple[float, float, float, float]]:
@@ -473,9 +497,10 @@ def embed(
     )
     batches = BlockBatches(source, cube.channels, stats, tiler, plan, opts.batch_size, cube=cube)
     prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")
+    waits = _Waits(prefetch)
     try:
         with StopFlag() as stop, torch.inference_mode():
-            for b, batches in prefetch:  # one time block and its batches
+            for b, batches in waits:  # one time block and its batches
                 if stop.requested:
                     stopped = True
                     break
@@ -520,7 +545,14 @@ def embed(
     status = "complete" if complete else ("stopped" if stopped else "partial")
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(out) for f in fs)
     return EmbedResult(
-        out, status, writer.written, nblocks, n_windows, time.perf_counter() - t_start, size
+        out,
+        status,
+        writer.written,
+        nblocks,
+        n_windows,
+        time.perf_counter() - t_start,
+        size,
+        input_wait=waits.seconds,
     )
 
 

@@ -278,6 +278,29 @@ def test_cli_embed(tmp_path, trained):
     assert "attention_query_box" in open_embeddings(out)
 
 
+def test_a_reading_bound_run_suggests_workers(tmp_path, trained, monkeypatch):
+    """The time the model waits for input is measured; when reading set the pace of a long
+    run, the command says so and what to do."""
+    import faextract.embed as embed_module
+    from faextract.embed import EmbedResult
+
+    cube, ckpt, _ = trained
+    result = embed([cube], ckpt, str(tmp_path / "e.zarr"), _opts(latent=False))
+    assert 0.0 < result.input_wait < result.seconds
+    slow = EmbedResult(str(tmp_path / "x.zarr"), "complete", 4, 4, 100, 120.0, 1, input_wait=90.0)
+    assert (
+        slow.reading_bound()
+        and not EmbedResult("x", "complete", 1, 1, 8, 5.0, 1, 4.0).reading_bound()
+    )
+    monkeypatch.setattr(embed_module, "embed", lambda *a, **k: slow)
+    out = runner.invoke(app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", "x.zarr"])
+    assert out.exit_code == 0 and "waited for input 75% of the time; --workers 2-4" in out.output
+    quiet = runner.invoke(
+        app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", "x.zarr", "--workers", "2"]
+    )
+    assert "waited for input" not in quiet.output
+
+
 def test_stop_file_stops_cleanly_and_rerun_finishes(tmp_path, trained, monkeypatch):
     cube, ckpt, _ = trained
     stop = tmp_path / "STOP"
