@@ -171,6 +171,8 @@ def _inputs_digest(cube: Cube, ckpt_sha: str) -> str:
         "end": str(cube.time.values[-1]),
         "checkpoint": ckpt_sha,
     }
+    if cube.select:  # (absent when empty, so stores made before --select keep their digest)
+        facts["select"] = dict(sorted(cube.select.items()))
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
@@ -442,7 +444,8 @@ def embed(
         "history": history_line(command),
         "references": REFERENCES,
         "comment": f"embeddings of {', '.join(os.path.basename(s) for s in cube.sources)} "
-        f"with a {model.cell_name} encoder; channels {', '.join(cube.channels)}",
+        f"with a {model.cell_name} encoder; channels {', '.join(cube.channels)}"
+        + "".join(f"; {dim}={value}" for dim, value in cube.select.items()),
         "faextract_format_version": 1,
         "faextract_inputs_digest": digest,
         "faextract_checkpoint_sha256": ckpt_sha,

@@ -478,6 +478,9 @@ def test_embed_opens_files_as_training_did(tmp_path):
     emb = open_embeddings(tmp_path / "odd.zarr")
     t = emb["time"].values  # cftime (noleap): sorted as in training
     assert t.size == 24 and all(a < b for a, b in zip(t[:-1], t[1:], strict=True))
+    assert emb.attrs["comment"].endswith("; member=2")
+    with pytest.raises(FaextractError, match="another checkpoint or input"):  # not mixed in
+        embed([path], ckpt, str(tmp_path / "odd.zarr"), EmbedOptions(select="member=1"))
     result = embed([path], ckpt, str(tmp_path / "m1.zarr"), EmbedOptions(select="member=1"))
     other = open_embeddings(tmp_path / "m1.zarr")
     assert not np.allclose(other["embedding"].values, emb["embedding"].values)

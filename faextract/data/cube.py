@@ -55,6 +55,8 @@ class Cube:
     #: The per-file datasets before dask chunking, with the cube step each starts at, sorted
     #: by it, for :meth:`read`; empty when the cube's steps are not contiguous runs of them.
     files: tuple[tuple[int, xr.Dataset], ...] = field(default=(), repr=False)
+    #: The values kept of non-grid dimensions (``--select``), e.g. ``{"member": "r1i1p1f1"}``.
+    select: dict[str, str] = field(default_factory=dict)
 
     @property
     def time(self) -> xr.DataArray:
@@ -174,6 +176,7 @@ class Cube:
             periodic=self.periodic,
             sources=self.sources,
             files=files,
+            select=self.select,
         )
 
 
@@ -574,6 +577,7 @@ def open_cube(
         periodic=is_periodic(ds["lon"].values),
         sources=tuple(p for _, members in groups for p, _ in members),
         files=files,
+        select=dict(chosen),
     )
 
 
