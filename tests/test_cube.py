@@ -409,6 +409,12 @@ def test_era5_expver_is_combined_first_valid(tmp_path, small_ds):
     np.testing.assert_allclose(cube.to_array()[:, 0].values, want, rtol=1e-6)
     only_final = open_cube(path, select="expver=0001")  # or keep one version explicitly
     assert np.isnan(only_final.read(45, 46)).all()
+    # Yearly downloads: only the latest file holds expver (older years are final data).
+    ds.isel(time=slice(0, 30), expver=0, drop=True).to_netcdf(tmp_path / "old.nc")
+    ds.isel(time=slice(30, 60)).to_netcdf(tmp_path / "new.nc")
+    mixed = open_cube([tmp_path / "old.nc", tmp_path / "new.nc"])
+    np.testing.assert_allclose(mixed.read(20, 50)[:, 0], want[20:50], rtol=1e-6)
+    np.testing.assert_allclose(mixed.to_array()[:, 0].values, want, rtol=1e-6)
 
 
 def test_levels_in_hpa_on_a_pascal_axis(tmp_path):
