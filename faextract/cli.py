@@ -145,6 +145,12 @@ def inspect(
     console.print(
         f"time: {t['start']} .. {t['end']}, {t['steps']} steps of {t['step']}, calendar {t['calendar']}"
     )
+    if t["gaps"]:
+        gaps = t["gaps"]
+        console.print(
+            f"[yellow]time gaps: {gaps['count']} (largest {gaps['largest']} after {gaps['after']}): "
+            "windows spanning one see steps that are not consecutive[/yellow]"
+        )
     g = info["grid"]
     console.print(
         f"grid: {g['nlat']} x {g['nlon']} (lat x lon), resolution {g['dlat']:g} x {g['dlon']:g} deg, "

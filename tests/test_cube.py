@@ -494,3 +494,24 @@ def test_a_missing_fsspec_backend_names_the_package():
         pass
     with pytest.raises(DataError, match=r"gs://bucket/era5.zarr: .*\(pip install gcsfs\)"):
         open_cube("gs://bucket/era5.zarr")
+
+
+def test_time_gaps_are_found_in_any_calendar():
+    import cftime
+    import pandas as pd
+
+    from faextract.data.time import time_gaps
+
+    daily = pd.date_range("2001-01-01", periods=40).delete([10, 11, 12])  # 3 missing days
+    gaps = time_gaps(xr.DataArray(daily.values, dims="time"))
+    assert gaps == {"count": 1, "largest": "4 days", "after": str(daily.values[9])}
+    joined = [cftime.DatetimeNoLeap(1990 + y // 12, 1 + y % 12, 15) for y in range(24)]
+    joined += [cftime.DatetimeNoLeap(2000 + y // 12, 1 + y % 12, 15) for y in range(24)]
+    gaps = time_gaps(xr.DataArray(joined, dims="time"), "noleap")
+    assert (
+        gaps["count"] == 1 and gaps["largest"] == "2951 days"
+    )  # 1991-12-15 -> 2000-01-15: 8 x 365 + 31
+    months = [cftime.Datetime360Day(2000 + m // 12, 1 + m % 12, 1) for m in range(30)]
+    assert time_gaps(xr.DataArray(months, dims="time"), "360_day") is None
+    gregorian = pd.date_range("2000-01-01", periods=30, freq="MS")  # 28-31 days apart
+    assert time_gaps(xr.DataArray(gregorian.values, dims="time")) is None

@@ -12,7 +12,7 @@ import numpy as np
 
 from faextract.data.cube import Cube, is_url
 from faextract.data.selection import fold_expver
-from faextract.data.time import time_step
+from faextract.data.time import time_gaps, time_step
 
 
 def _size_on_disk(path: str) -> int:
@@ -76,6 +76,7 @@ def describe(cube: Cube) -> dict:
             "end": str(time.values[-1]),
             "steps": int(nt),
             "step": time_step(time),
+            "gaps": time_gaps(time, cube.calendar),
         },
         "grid": grid,
         "levels": [float(v) for v in ds["level"].values] if "level" in ds.dims else None,

@@ -176,6 +176,49 @@ def time_step(time: xr.DataArray) -> str:
     return f"{sec:g} s"
 
 
+def _seconds(values: np.ndarray, calendar: str) -> np.ndarray:
+    """Timestamps as float seconds since 1970-01-01 in their calendar (vectorized)."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.datetime64):
+        return values.astype("datetime64[s]").astype(np.float64)
+    return np.asarray(
+        cftime.date2num(list(values), "seconds since 1970-01-01", calendar=calendar),
+        dtype=np.float64,
+    )
+
+
+def time_gaps(time: xr.DataArray, calendar: str = "standard") -> dict | None:
+    """Steps more than 1.5x the median step apart (missing days, joined periods), or None.
+
+    ``{"count": n, "largest": "9 days", "after": "2001-02-03 00:00:00"}``: windows that span
+    a gap see steps that are not consecutive. Monthly data (28-31 days) has none.
+    """
+    if time.size < 3:
+        return None
+    sec = _seconds(time.values, calendar)
+    deltas = np.diff(sec)
+    step = float(np.median(deltas))
+    big = np.nonzero(deltas > 1.5 * step)[0]
+    if step <= 0 or big.size == 0:
+        return None
+    worst = int(big[np.argmax(deltas[big])])
+    largest = float(deltas[worst])
+    return {
+        "count": int(big.size),
+        "largest": _duration(largest),
+        "after": str(time.values[worst]),
+    }
+
+
+def _duration(seconds: float) -> str:
+    """The largest whole unit: ``'9 days'``, ``'30 hours'``, ``'90 s'``."""
+    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= n and seconds % n == 0:
+            k = int(seconds // n)
+            return f"{k} {unit}{'s' if k != 1 else ''}"
+    return f"{seconds:g} s"
+
+
 def check_monotonic(time: xr.DataArray, source: str, sort_time: bool) -> np.ndarray | None:
     """Return a sorting index when ``sort_time`` and times are unsorted; else validate.
 
