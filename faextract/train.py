@@ -183,7 +183,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _check_resume_compatible(ckpt: dict, args: dict, channels) -> None:
+def _check_resume_compatible(ckpt: dict, args: dict, channels, select: dict) -> None:
     old = ckpt["model"]["args"]
     for key in sorted(set(old) | set(args)):
         if old.get(key) != args.get(key):
@@ -194,6 +194,12 @@ def _check_resume_compatible(ckpt: dict, args: dict, channels) -> None:
     if list(ckpt["channels"]) != list(channels):
         raise FaextractError(
             f"--resume: checkpoint channels {list(ckpt['channels'])} differ from the data's {list(channels)}"
+        )
+    before = parse_select(((ckpt.get("config") or {}).get("data") or {}).get("select"))
+    if before != select:
+        raise FaextractError(
+            f"--resume: the checkpoint was trained with data.select {before or 'unset'}, "
+            f"the config now has {select or 'unset'}"
         )
 
 
@@ -319,7 +325,7 @@ def train(
 
         ckpt = load_checkpoint(run_dir / "last.pt") if resume else None
         if ckpt is not None:
-            _check_resume_compatible(ckpt, args, cube.channels)
+            _check_resume_compatible(ckpt, args, cube.channels, base.select)
             stats = stats_from_dict(ckpt["stats"])
         elif d.stats:
             stats = load_stats(d.stats)

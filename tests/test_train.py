@@ -118,6 +118,25 @@ def test_resume_with_incompatible_config_is_refused(tmp_path, tiny_config):
         train(tiny_config("train.epochs=2", "model.filters=16"), tmp_path / "run", resume=True)
 
 
+def test_resume_with_another_member_is_refused(tmp_path, small_ds):
+    import xarray as xr
+
+    from faextract.config import load_config
+    from faextract.testing import TINY_RUN
+
+    ens = xr.concat([small_ds, small_ds + 1.0], dim="number", data_vars="all")
+    ens.assign_coords(number=[0, 1]).to_netcdf(tmp_path / "ens.nc")
+
+    def config(*extra):
+        return load_config(None, [*TINY_RUN, f"data.paths=[{tmp_path / 'ens.nc'}]", *extra])
+
+    train(config("train.epochs=1", "data.select={number: 0}"), tmp_path / "run")
+    with pytest.raises(
+        FaextractError, match=r"data.select \{'number': '0'\}.*now has \{'number': '1'\}"
+    ):
+        train(config("train.epochs=2", "data.select={number: 1}"), tmp_path / "run", resume=True)
+
+
 def test_run_dir_not_overwritten_without_flag(tmp_path, tiny_config):
     run = tmp_path / "run"
     train(tiny_config("train.epochs=1"), run, plain_progress=True)
