@@ -515,3 +515,16 @@ def test_time_gaps_are_found_in_any_calendar():
     assert time_gaps(xr.DataArray(months, dims="time"), "360_day") is None
     gregorian = pd.date_range("2000-01-01", periods=30, freq="MS")  # 28-31 days apart
     assert time_gaps(xr.DataArray(gregorian.values, dims="time")) is None
+
+
+def test_time_written_as_text(tmp_path, small_ds):
+    ds = small_ds.isel(time=slice(0, 4)).drop_vars("time")
+    stamps = ["2001-01-01T00:00:00", "2001-01-01T06:00:00", "2001-01-01T12:00", "2001-01-01 18:00"]
+    ds.assign_coords(time=("time", stamps)).to_netcdf(tmp_path / "text.nc")
+    cube = open_cube(tmp_path / "text.nc")
+    assert cube.time.values.astype("datetime64[h]").astype(str).tolist() == [
+        "2001-01-01T00", "2001-01-01T06", "2001-01-01T12", "2001-01-01T18"
+    ]  # fmt: skip
+    ds.assign_coords(time=("time", ["a", "b", "c", "d"])).to_netcdf(tmp_path / "junk.nc")
+    with pytest.raises(DataError, match="junk.nc: time is text but not ISO 8601 dates"):
+        open_cube(tmp_path / "junk.nc")

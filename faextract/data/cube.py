@@ -28,8 +28,10 @@ from faextract.data.time import (
     calendar_of,
     check_monotonic,
     decode_absolute,
+    decode_text,
     decode_time,
     is_absolute,
+    is_text,
 )
 from faextract.errors import DataError, MissingVariableError
 
@@ -442,6 +444,11 @@ def _standardize(
         attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
         ds = ds.assign_coords(time=("time", decoded, attrs))
         ds["time"].encoding.update({"units": units, "calendar": calendar})
+    elif is_text(t.values):
+        try:
+            ds = ds.assign_coords(time=("time", decode_text(t.values), dict(t.attrs)))
+        except DataError as err:
+            raise DataError(f"{source}: {err}") from None
     order = check_monotonic(ds["time"], source, sort_time)
     if order is not None:
         ds = ds.isel(time=order)

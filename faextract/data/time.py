@@ -61,6 +61,26 @@ def decode_time(values: np.ndarray, units: str, calendar: str = "standard") -> n
 _ABSOLUTE = "day as %y%m%d.%f"
 
 
+def is_text(values: np.ndarray) -> bool:
+    """Time written as text (``"2001-01-01T06:00:00"``), as some converted files have it."""
+    values = np.asarray(values)
+    return values.dtype.kind in "US" or (
+        values.dtype == object and values.size > 0 and isinstance(values.flat[0], (str, bytes))
+    )
+
+
+def decode_text(values: np.ndarray) -> np.ndarray:
+    """ISO 8601 date strings -> ``datetime64[ns]``; anything else is a :class:`DataError`."""
+    values = np.asarray(values)
+    text = [v.decode() if isinstance(v, bytes) else str(v) for v in values.ravel()]
+    try:
+        parsed = pd.to_datetime(text, format="ISO8601")
+    except (ValueError, TypeError) as err:
+        first = str(err).splitlines()[0]
+        raise DataError(f"time is text but not ISO 8601 dates ({first})") from None
+    return np.asarray(parsed.values, dtype="datetime64[ns]").reshape(values.shape)
+
+
 def is_absolute(units: str) -> bool:
     """CDO's absolute time axis (``day as %Y%m%d.%f``, from ``cdo -a`` or some operators)."""
     return " as " in units.lower()
