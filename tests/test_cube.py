@@ -528,3 +528,35 @@ def test_time_written_as_text(tmp_path, small_ds):
     ds.assign_coords(time=("time", ["a", "b", "c", "d"])).to_netcdf(tmp_path / "junk.nc")
     with pytest.raises(DataError, match="junk.nc: time is text but not ISO 8601 dates"):
         open_cube(tmp_path / "junk.nc")
+
+
+@pytest.mark.parametrize("calendar", ["standard", "noleap", "360_day"])
+def test_months_and_years_since(tmp_path, small_ds, calendar):
+    """Monthly and yearly products (GPCP, derived CMIP files) count calendar months/years."""
+    from faextract.data.time import decode_time
+
+    got = decode_time(np.array([0, 1, 13, 25]), "months since 2000-01-15", calendar)
+    assert [(t.year, t.month, t.day) for t in _as_cftime(got, calendar)] == [
+        (2000, 1, 15), (2000, 2, 15), (2001, 2, 15), (2002, 2, 15)
+    ]  # fmt: skip
+    got = decode_time(np.array([0, 2]), "years since 1850-07-01", calendar)
+    assert [(t.year, t.month) for t in _as_cftime(got, calendar)] == [(1850, 7), (1852, 7)]
+    if calendar != "360_day":  # (CF's own 360_day months are exact: decoded by cftime)
+        ends = decode_time(np.array([0, 1, 2]), "months since 2001-01-31", calendar)
+        assert [t.day for t in _as_cftime(ends, calendar)] == [31, 28, 31]  # clamped, not drifted
+        with pytest.raises(DataError, match="fractional values"):
+            decode_time(np.array([0.5]), "months since 2000-01-01", calendar)
+    ds = small_ds.isel(time=slice(0, 3)).drop_vars("time")
+    units = {"units": "months since 2000-01-01", "calendar": calendar}
+    ds.assign_coords(time=("time", [0.0, 1.0, 2.0], units)).to_netcdf(tmp_path / "m.nc")
+    assert open_cube(tmp_path / "m.nc").shape[0] == 3
+    bad = ds.assign_coords(time=("time", [0.0, 1.0, 2.0], {"units": "fortnights since 2000-01-01"}))
+    bad.to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(DataError, match="bad.nc: cannot decode time units 'fortnights since"):
+        open_cube(tmp_path / "bad.nc")
+
+
+def _as_cftime(values, calendar):
+    from faextract.data.time import to_cftime
+
+    return to_cftime(values, calendar)

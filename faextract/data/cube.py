@@ -440,7 +440,10 @@ def _standardize(
                 f"{source}: time axis {axes['time'][0]!r} has no CF units ('<unit> since <date>')"
             )
         else:
-            decoded = decode_time(t.values, units, calendar)
+            try:
+                decoded = decode_time(t.values, units, calendar)
+            except DataError as err:
+                raise DataError(f"{source}: {err}") from None
         attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
         ds = ds.assign_coords(time=("time", decoded, attrs))
         ds["time"].encoding.update({"units": units, "calendar": calendar})

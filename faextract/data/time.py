@@ -39,10 +39,23 @@ OutOfBoundsError = getattr(pd.errors, "OutOfBoundsDatetime", ValueError)
 
 
 def decode_time(values: np.ndarray, units: str, calendar: str = "standard") -> np.ndarray:
-    """Decode numeric CF times; reference year 0 falls back to cftime with year zero."""
+    """Decode numeric CF times; reference year 0 falls back to cftime with year zero.
+
+    ``months since`` / ``years since`` with whole numbers (monthly and yearly products, e.g.
+    GPCP) count calendar months or years from the reference date; CF defines those units as
+    fixed fractions of a year, which no such file means and xarray refuses.
+    """
     calendar = (calendar or "standard").lower()
+    step = units.strip().lower().split(" ", 1)[0]
+    exact = calendar == "360_day" and step in ("month", "months")  # cftime's own, exact
+    if step in ("month", "months", "year", "years") and not exact:
+        return _decode_calendar_steps(np.asarray(values), units, calendar)
     try:
-        return np.asarray(decode_cf_datetime(np.asarray(values), units, calendar))
+        with warnings.catch_warnings():
+            # "hours since 1-1-1" (NCEP/NCAR reanalysis): xarray warns that the year is not
+            # zero-padded, then reads it as year 1, which is what such files mean.
+            warnings.filterwarnings("ignore", message="Ambiguous reference date string")
+            return np.asarray(decode_cf_datetime(np.asarray(values), units, calendar))
     except (ValueError, OverflowError, OutOfBoundsError) as err:
         try:
             return np.asarray(
@@ -114,6 +127,37 @@ def decode_absolute(values: np.ndarray, units: str, calendar: str = "standard"):
     numbers = cftime.date2num(dates, relative, calendar=calendar, has_year_zero=True)
     numbers = np.asarray(numbers, dtype=np.float64).reshape(values.shape)
     return decode_time(numbers, relative, calendar), relative
+
+
+def _decode_calendar_steps(values: np.ndarray, units: str, calendar: str) -> np.ndarray:
+    """``n months since REF`` -> REF + n calendar months (``years``: 12 n months)."""
+    step, _, ref = units.strip().partition(" since ")
+    per = 12 if step.strip().lower().startswith("year") else 1
+    if not np.all(np.isfinite(values)) or not np.allclose(values, np.round(values)):
+        raise DataError(
+            f"time units {units!r} with fractional values: only whole {step.strip()} "
+            "can be placed on a calendar"
+        )
+    try:
+        origin = cftime.num2date(0, f"days since {ref.strip()}", calendar, has_year_zero=True)
+    except Exception as err:  # noqa: BLE001 - cftime's messages name the bad reference
+        raise DataError(f"cannot decode time units {units!r} ({calendar}): {err}") from err
+    months = np.round(values).astype(np.int64) * per + (origin.year * 12 + origin.month - 1)
+    dates = [_add_months(origin, int(m)) for m in months.ravel()]
+    relative = f"days since {origin.year:04d}-{origin.month:02d}-{origin.day:02d}"
+    numbers = cftime.date2num(dates, relative, calendar=calendar, has_year_zero=True)
+    return decode_time(
+        np.asarray(numbers, dtype=np.float64).reshape(values.shape), relative, calendar
+    )
+
+
+def _add_months(origin: cftime.datetime, month_index: int) -> cftime.datetime:
+    """``origin`` moved to absolute month ``year * 12 + month - 1``, its day kept or, past the
+    end of that month (Jan 31 + 1 month), clamped to the month's last day."""
+    year, month = month_index // 12, month_index % 12 + 1
+    first = origin.replace(year=year, month=month, day=1)
+    following = first.replace(year=year + month // 12, month=month % 12 + 1)
+    return origin.replace(year=year, month=month, day=min(origin.day, (following - first).days))
 
 
 def calendar_of(time: xr.DataArray) -> str:
