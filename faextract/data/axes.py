@@ -178,7 +178,8 @@ def detect_axes(
             desc = " and ".join(f"{d!r} ({why})" for d, why in candidates)
             raise DataError(
                 f"{where}ambiguous {axis} axis: {desc} both qualify; "
-                f"choose one with --dims {axis}={candidates[0][0]}"
+                f"choose one with --dims {axis}={candidates[0][0]} (variables on different "
+                "grids, such as staggered winds: keep those of one grid with --variables)"
             )
         result[axis] = candidates[0]
     return result
