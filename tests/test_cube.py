@@ -560,3 +560,31 @@ def _as_cftime(values, calendar):
     from faextract.data.time import to_cftime
 
     return to_cftime(values, calendar)
+
+
+@pytest.mark.parametrize("calendar", ["standard", "noleap"])
+def test_select_a_forecast_initialization_time(tmp_path, small_ds, calendar):
+    """A date-valued dimension (stored as numbers with CF units) is selected by its date."""
+    ds = _with_members(small_ds[["t2m"]], "init", [0.0, 36.0])
+    ds["init"].attrs.update(units="hours since 2020-01-01", calendar=calendar)
+    ds.to_netcdf(tmp_path / "fc.nc")
+    with pytest.raises(DataError, match=r"init has 2020-01-01.00:00:00, 2020-01-02.12:00:00"):
+        open_cube(tmp_path / "fc.nc")
+    cube = open_cube(tmp_path / "fc.nc", select="init=2020-01-02T12:00")
+    np.testing.assert_allclose(cube.read(0, 2)[:, 0], small_ds["t2m"].values[:2] + 1.0, rtol=1e-6)
+
+
+def test_staggered_variables_are_named_and_stronger_evidence_wins(tmp_path, small_ds):
+    """lon (standard_name) beats lon_u (units only) as the grid's longitude; the variable on
+    lon_u is named with the way out (--variables), not offered a --select."""
+    ds = small_ds[["t2m"]]
+    ds["lon"].attrs["standard_name"] = "longitude"
+    u = xr.DataArray(
+        np.zeros((ds.sizes["time"], ds.sizes["lat"], ds.sizes["lon"]), "f4"),
+        dims=("time", "lat", "lon_u"),
+        coords={"lon_u": ("lon_u", ds["lon"].values + 7.5, {"units": "degrees_east"})},
+    )
+    ds.assign(u=u).to_netcdf(tmp_path / "stagger.nc")
+    with pytest.raises(DataError, match=r"'u' is on another lon axis \('lon_u'\) than the grid"):
+        open_cube(tmp_path / "stagger.nc")
+    assert open_cube(tmp_path / "stagger.nc", ["t2m"]).axes["lon"] == "lon"

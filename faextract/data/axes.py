@@ -133,6 +133,14 @@ def _cf_xarray_guess(ds: xr.Dataset, dims: list[str]) -> dict[str, str]:
     return out
 
 
+def _rank(evidence: str) -> int:
+    """How strong the evidence for an axis is: 0 is strongest (see the module docstring)."""
+    for rank, prefix in enumerate(("axis=", "standard_name=", "units=")):
+        if evidence.startswith(prefix):
+            return rank
+    return 2 if evidence.startswith("positive=") else 3
+
+
 def detect_axes(
     ds: xr.Dataset, dims: list[str], overrides: Mapping[str, str] | None = None, source: str = ""
 ) -> dict[str, tuple[str, str]]:
@@ -174,6 +182,10 @@ def detect_axes(
     for axis, candidates in found.items():
         if axis in result:
             continue
+        # The strongest evidence wins (a CF axis attribute over units alone, e.g. time with
+        # axis=T beside a forecast's init time in "hours since ..."); a tie is ambiguous.
+        best = min(_rank(why) for _, why in candidates)
+        candidates = [(d, why) for d, why in candidates if _rank(why) == best]
         if len(candidates) > 1:
             desc = " and ".join(f"{d!r} ({why})" for d, why in candidates)
             raise DataError(

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from faextract.data.axes import detect_axes, parse_dims
+from faextract.data.axes import classify, detect_axes, parse_dims
 from faextract.data.selection import EXPVER, apply_select, choices, fold_expver, parse_select
 from faextract.data.time import (
     calendar_of,
@@ -409,6 +409,15 @@ def _standardize(
     kept = []
     for v in chosen:
         extra = [d for d in ds[v].dims if d not in ("time", "level", "lat", "lon", EXPVER)]
+        other_grid = [
+            d for d in extra if d in ds.variables and classify(d, ds[d])[0] in ("lat", "lon")
+        ]
+        if other_grid:
+            axis = classify(other_grid[0], ds[other_grid[0]])[0]
+            raise DataError(
+                f"{source}: variable {v!r} is on another {axis} axis ({other_grid[0]!r}) than "
+                f"the grid ({axes[axis][0]!r}); keep the variables of one grid with --variables"
+            )
         if extra:
             raise DataError(
                 f"{source}: variable {v!r} has extra dimension(s) {', '.join(extra)} "

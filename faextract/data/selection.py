@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from faextract.errors import DataError
@@ -61,12 +62,38 @@ def _position(ds: xr.Dataset, dim: str, value: str, source: str) -> int:
                 f"{source}: --select {dim}={value}: position out of range 0..{ds.sizes[dim] - 1}"
             )
         return index
-    have = np.asarray(ds[dim].values)
-    if have.dtype.kind in "iuf":
+    have = _values(ds, dim)
+    hits = np.array([], dtype=int)
+    if have.dtype == object:  # cftime dates: compare as written, e.g. 2001-01-01 00:00:00
+        try:
+            wanted = pd.Timestamp(value)
+        except ValueError:
+            wanted = None
+        if wanted is not None:
+            hits = np.nonzero(
+                [
+                    (t.year, t.month, t.day, t.hour, t.minute, t.second)
+                    == (
+                        wanted.year,
+                        wanted.month,
+                        wanted.day,
+                        wanted.hour,
+                        wanted.minute,
+                        wanted.second,
+                    )
+                    for t in have
+                ]
+            )[0]
+    elif have.dtype.kind in "iuf":
         try:
             hits = np.nonzero(np.isclose(have.astype(float), float(value)))[0]
         except ValueError:
-            hits = np.array([], dtype=int)
+            pass
+    elif have.dtype.kind == "M":  # a date, e.g. a forecast's initialization time
+        try:
+            hits = np.nonzero(have == np.datetime64(value).astype(have.dtype))[0]
+        except ValueError:
+            pass
     else:
         hits = np.nonzero(np.char.strip(have.astype(str)) == value)[0]
     if hits.size == 0:
@@ -76,11 +103,24 @@ def _position(ds: xr.Dataset, dim: str, value: str, source: str) -> int:
     return int(hits[0])
 
 
+def _values(ds: xr.Dataset, dim: str) -> np.ndarray:
+    """A coordinate's values, dates decoded (files are opened with times left numeric)."""
+    var = ds[dim]
+    units = str(var.attrs.get("units", ""))
+    if " since " in units and np.issubdtype(var.dtype, np.number):
+        from faextract.data.time import decode_time
+
+        return decode_time(var.values, units, str(var.attrs.get("calendar", "standard")))
+    return np.asarray(var.values)
+
+
 def choices(ds: xr.Dataset, dim: str, limit: int = 12) -> str:
     """What ``--select`` can name along ``dim``: its coordinate values, or positions."""
     if dim not in ds.variables:
         return f"positions 0..{ds.sizes[dim] - 1}"
-    have = np.asarray(ds[dim].values)
+    have = _values(ds, dim)
+    if have.dtype.kind == "M":
+        have = np.datetime_as_string(have, unit="s")
     return ", ".join(str(v) for v in have[:limit]) + (", ..." if have.size > limit else "")
 
 
