@@ -588,3 +588,9 @@ def test_staggered_variables_are_named_and_stronger_evidence_wins(tmp_path, smal
     with pytest.raises(DataError, match=r"'u' is on another lon axis \('lon_u'\) than the grid"):
         open_cube(tmp_path / "stagger.nc")
     assert open_cube(tmp_path / "stagger.nc", ["t2m"]).axes["lon"] == "lon"
+
+
+def test_an_empty_time_axis_is_named(tmp_path, small_ds):
+    small_ds.isel(time=slice(0, 0)).to_netcdf(tmp_path / "empty.nc")
+    with pytest.raises(DataError, match="empty.nc: the time axis 'time' is empty"):
+        open_cube(tmp_path / "empty.nc")

@@ -434,6 +434,9 @@ def _standardize(
         raise DataError(f"{source}: no variable has time, lat and lon dimensions")
     ds = ds[kept]
 
+    for axis in ("time", "lat", "lon"):
+        if ds.sizes[axis] == 0:
+            raise DataError(f"{source}: the {axis} axis {axes[axis][0]!r} is empty")
     # Time: decode here (handles reference year 0 and every CF calendar).
     t = ds["time"]
     units = t.attrs.get("units", "")
