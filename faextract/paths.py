@@ -3,19 +3,42 @@
 A relative path in a config is looked up, in order: as given (relative to the working
 directory), next to the config file, then in the faextract source tree (where
 ``sample_data/`` and ``configs/`` live), so the sample configs work from any directory.
+
+The project's top-level folders (``sample_data/``, ``configs/``, ``slurm/``) are read in place
+from a checkout or an editable install; a wheel installs them under
+``<prefix>/share/faextract/`` (``pip install --user``: the user base), where they are found
+when there is no source tree.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import site
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_DIR = PROJECT_ROOT / "sample_data"
+
+
+def shared_folder(name: str, marker: str) -> Path:
+    """One of the project's top-level folders (recognized by a file it holds, ``marker``): in
+    the source tree, else where a wheel put it."""
+    in_tree = PROJECT_ROOT / name
+    if (in_tree / marker).is_file():
+        return in_tree
+    prefixes = [sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None) or ""]
+    for prefix in filter(None, prefixes):
+        installed = Path(prefix) / "share" / "faextract" / name
+        if (installed / marker).is_file():
+            return installed
+    return in_tree  # not found: errors name the path a checkout would have
+
+
+SAMPLE_DIR = shared_folder("sample_data", "sample_cube.nc")
 SAMPLE_CUBE = SAMPLE_DIR / "sample_cube.nc"
 SAMPLE_CHECKPOINT = SAMPLE_DIR / "sample_model.pt"
-CONFIG_DIR = PROJECT_ROOT / "configs"
+CONFIG_DIR = shared_folder("configs", "default.yaml")
 
 
 def resolve(path: str, config_path: str | os.PathLike | None = None) -> str:
@@ -25,7 +48,7 @@ def resolve(path: str, config_path: str | os.PathLike | None = None) -> str:
     bases = []
     if config_path is not None:
         bases.append(Path(config_path).resolve().parent)
-    bases.append(PROJECT_ROOT)
+    bases += [PROJECT_ROOT, SAMPLE_DIR.parent]  # sample_data/... as in the bundled configs
     for base in bases:
         candidate = base / path
         if candidate.exists() or glob.glob(str(candidate)):

@@ -13,9 +13,9 @@ import sys
 from dataclasses import dataclass, field
 
 from faextract.errors import FaextractError
-from faextract.paths import PROJECT_ROOT
+from faextract.paths import shared_folder
 
-TEMPLATE_DIR = PROJECT_ROOT / "slurm"
+TEMPLATE_DIR = shared_folder("slurm", "embed.sbatch")
 
 
 @dataclass

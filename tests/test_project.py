@@ -34,3 +34,49 @@ def test_bundled_checkpoint_matches_the_sample_cube():
     ckpt = load_checkpoint(SAMPLE_CHECKPOINT)
     check_compatible(ckpt, open_cube(SAMPLE_CUBE), str(SAMPLE_CUBE))
     assert "optimizer" not in ckpt, "the bundled checkpoint is exported for inference"
+
+
+def test_a_wheel_carries_what_an_installed_faextract_needs(tmp_path):
+    """`pip install .` (not editable) must work too: the kernels' C sources, and the sample,
+    configs and SLURM templates as data files under share/faextract."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import pytest
+
+    pytest.importorskip("setuptools")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(PROJECT_ROOT)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if build.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {build.stderr.strip().splitlines()[-1:]}")
+    (wheel,) = tmp_path.glob("faextract-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    kernels = PROJECT_ROOT / "faextract" / "models" / "kernels"
+    for source in [*kernels.glob("*.c"), *kernels.glob("*.h")]:
+        assert f"faextract/models/kernels/{source.name}" in names
+    shared = [
+        n.split("/data/share/faextract/", 1)[1] for n in names if "/data/share/faextract/" in n
+    ]
+    for folder, pattern in (("configs", "*.yaml"), ("slurm", "*.sbatch")):
+        for path in (PROJECT_ROOT / folder).glob(pattern):
+            assert f"{folder}/{path.name}" in shared
+    assert {"sample_data/sample_cube.nc", "sample_data/sample_model.pt"} <= set(shared)
+
+
+def test_installed_data_folders_are_found_without_a_source_tree(tmp_path, monkeypatch):
+    import sys
+
+    from faextract import paths
+
+    prefix = tmp_path / "venv"
+    (prefix / "share" / "faextract" / "configs").mkdir(parents=True)
+    (prefix / "share" / "faextract" / "configs" / "default.yaml").write_text("{}\n")
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path / "site-packages")
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    assert paths.shared_folder("configs", "default.yaml") == prefix / "share/faextract/configs"
+    missing = paths.shared_folder("slurm", "embed.sbatch")
+    assert missing == tmp_path / "site-packages" / "slurm"  # the error names the checkout path
