@@ -272,9 +272,7 @@ def test_read_single_file_levels_packed_and_one_chunk(tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_read_across_files_and_time_ranges(tmp_path, small_ds, threads, monkeypatch):
-    import faextract.data.cube as cube_module
-
-    monkeypatch.setattr(cube_module, "_READERS", threads)  # variables read side by side or not
+    monkeypatch.setenv("FAEXTRACT_READ_THREADS", str(threads))  # variables side by side or not
     for i in range(3):
         write_netcdf(small_ds.isel(time=slice(20 * i, 20 * (i + 1))), tmp_path / f"part{i}.nc")
     cube = open_cube([tmp_path / "part2.nc", tmp_path / "part0.nc", tmp_path / "part1.nc"])
@@ -594,3 +592,13 @@ def test_an_empty_time_axis_is_named(tmp_path, small_ds):
     small_ds.isel(time=slice(0, 0)).to_netcdf(tmp_path / "empty.nc")
     with pytest.raises(DataError, match="empty.nc: the time axis 'time' is empty"):
         open_cube(tmp_path / "empty.nc")
+
+
+def test_bad_reader_settings_are_named(small_nc, monkeypatch):
+    monkeypatch.setenv("FAEXTRACT_READ_THREADS", "auto")
+    with pytest.raises(DataError, match="FAEXTRACT_READ_THREADS='auto': expected a number >= 1"):
+        open_cube(small_nc).read(0, 2)
+    monkeypatch.delenv("FAEXTRACT_READ_THREADS")
+    monkeypatch.setenv("FAEXTRACT_NETCDF_CACHE_MB", "-3")
+    with pytest.raises(DataError, match="FAEXTRACT_NETCDF_CACHE_MB='-3': expected a number >= 0"):
+        open_cube(small_nc)

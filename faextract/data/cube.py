@@ -146,10 +146,11 @@ class Cube:
             slot, da = piece
             out[slot] = _as_channels(da)
 
-        if len(pieces) > 1 and _READERS > 1:
+        threads = _reader_threads()
+        if len(pieces) > 1 and threads > 1:
             # Decompression (Zarr) and decoding, masking and copying (both) release the GIL:
             # variables read side by side. HDF5 serializes the NetCDF reads themselves.
-            list(_reader_pool().map(fill, pieces))
+            list(_reader_pool(threads).map(fill, pieces))
         else:
             for piece in pieces:
                 fill(piece)
@@ -182,19 +183,34 @@ class Cube:
         )
 
 
-#: Threads reading a block's variables side by side (``FAEXTRACT_READ_THREADS``).
-_READERS = int(os.environ.get("FAEXTRACT_READ_THREADS", min(4, os.cpu_count() or 1)))
+def env_number(name: str, default: float, minimum: float = 0) -> float:
+    """A numeric setting from the environment; a bad value is a one-line error naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum:
+        raise DataError(f"{name}={raw!r}: expected a number >= {minimum:g}")
+    return value
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+def _reader_threads() -> int:
+    """Threads reading a block's variables side by side (``FAEXTRACT_READ_THREADS``)."""
+    return int(env_number("FAEXTRACT_READ_THREADS", min(4, os.cpu_count() or 1), minimum=1))
 
 
-def _reader_pool() -> ThreadPoolExecutor:
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _reader_pool(threads: int) -> ThreadPoolExecutor:
     """This process's pool (per process id: a pool inherited through fork has no threads)."""
-    pid = os.getpid()
-    if pid not in _POOLS:
-        _POOLS[pid] = ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="faextract-read")
-    return _POOLS[pid]
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="faextract-read")
+    return _POOLS[key]
 
 
 def _as_channels(da: xr.DataArray) -> np.ndarray:
@@ -277,7 +293,7 @@ def _limit_netcdf_chunk_cache() -> None:
     """Set netCDF-C's chunk cache for files opened from now on (a process-wide default)."""
     import netCDF4
 
-    mb = float(os.environ.get("FAEXTRACT_NETCDF_CACHE_MB", NETCDF_CHUNK_CACHE_MB))
+    mb = env_number("FAEXTRACT_NETCDF_CACHE_MB", NETCDF_CHUNK_CACHE_MB)
     size, nelems, preemption = netCDF4.get_chunk_cache()
     if size != int(mb * 2**20):
         netCDF4.set_chunk_cache(int(mb * 2**20), nelems, preemption)
