@@ -137,6 +137,16 @@ def test_resume_with_another_member_is_refused(tmp_path, small_ds):
         train(config("train.epochs=2", "data.select={number: 1}"), tmp_path / "run", resume=True)
 
 
+def test_too_short_a_cube_is_named(tmp_path, small_ds):
+    from faextract.config import load_config
+    from faextract.testing import TINY_RUN, write_netcdf
+
+    write_netcdf(small_ds.isel(time=slice(0, 8)), tmp_path / "short.nc")
+    config = load_config(None, [*TINY_RUN, f"data.paths=[{tmp_path / 'short.nc'}]"])
+    with pytest.raises(FaextractError, match=r"short.nc: the cube has 8 time steps: too few"):
+        train(config, tmp_path / "run")
+
+
 def test_run_dir_not_overwritten_without_flag(tmp_path, tiny_config):
     run = tmp_path / "run"
     train(tiny_config("train.epochs=1"), run, plain_progress=True)
