@@ -385,12 +385,7 @@ def embed(
             f"{err.source}: the checkpoint needs variable {err.variable!r}, which the input "
             f"lacks (input has {', '.join(err.available)})"
         ) from None
-    source = (
-        cube.sources[0]
-        if len(cube.sources) == 1
-        else f"{cube.sources[0]} (+{len(cube.sources) - 1})"
-    )
-    check_compatible(ckpt, cube, source)
+    check_compatible(ckpt, cube, cube.source_label)
     if list(cube.channels) != list(ckpt["channels"]):
         cube = dataclasses.replace(cube, channels=tuple(ckpt["channels"]))
     stats = stats_from_dict(ckpt["stats"])

@@ -323,8 +323,7 @@ def train(
         try:
             train_range, val_range = split_time(cube.shape[0], d.val_fraction, config.tiles.window)
         except DataError as err:
-            where = cube.sources[0] if len(cube.sources) == 1 else f"{len(cube.sources)} files"
-            raise DataError(f"{where}: {err}") from None
+            raise DataError(f"{cube.source_label}: {err}") from None
         args = model_args(config, cube)
 
         ckpt = load_checkpoint(run_dir / "last.pt") if resume else None

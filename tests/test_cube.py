@@ -137,6 +137,7 @@ def test_many_files_glob_and_list(tmp_path, small_ds):
     by_list = open_cube([tmp_path / "part2.nc", tmp_path / "part0.nc", tmp_path / "part1.nc"])
     assert by_glob.shape == by_list.shape == (60, 3, 12, 24)
     np.testing.assert_array_equal(by_glob.to_array().values, by_list.to_array().values)
+    assert by_glob.source_label == f"{tmp_path / 'part0.nc'} (+2)"  # how messages name them
 
 
 def test_zarr_v2_and_v3(tmp_path, small_ds):

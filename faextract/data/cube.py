@@ -61,6 +61,14 @@ class Cube:
     select: dict[str, str] = field(default_factory=dict)
 
     @property
+    def source_label(self) -> str:
+        """How messages name the cube's files: the one file, or the first and how many more."""
+        if not self.sources:
+            return "input"
+        more = len(self.sources) - 1
+        return self.sources[0] + (f" (+{more})" if more else "")
+
+    @property
     def time(self) -> xr.DataArray:
         return self.dataset["time"]
 

@@ -83,7 +83,7 @@ class BlockReader:
         if np.isinf(block).any():
             c = int(np.nonzero(np.isinf(block).any(axis=(0, 2, 3)))[0][0])
             raise DataError(
-                f"{self.cube.sources[0] if self.cube.sources else 'input'}: variable "
+                f"{self.cube.source_label}: variable "
                 f"{self.cube.channels[c]!r} has infinite values between steps {t0} and {t1 - 1}"
             )
         self._key, self._block = (t0, t1), block

@@ -139,7 +139,7 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
 
 
 def _validate(cube: Cube, infs: np.ndarray, count: np.ndarray) -> None:
-    src = cube.sources[0] if cube.sources else "input"
+    src = cube.source_label
     for name, n_inf, n in zip(cube.channels, infs, count, strict=True):
         if n_inf:
             raise DataError(f"{src}: variable {name!r} has {int(n_inf)} infinite values")
