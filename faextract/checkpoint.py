@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from faextract import __version__
-from faextract.errors import FaextractError
+from faextract.errors import FaextractError, first_line
 
 FORMAT_VERSION = 1
 
@@ -100,13 +100,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        text = str(err).strip()
-        if "Weights only load failed" in text:
+        if "Weights only load failed" in str(err):
             raise FaextractError(
                 f"{path}: not a faextract checkpoint (it holds Python objects, not only tensors "
                 "and plain values: saved by another program?)"
             ) from err
-        msg = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+        msg = first_line(err).split(". ")[0]
         raise FaextractError(f"{path}: not a readable checkpoint ({msg})") from err
     if not isinstance(ckpt, dict) or "format_version" not in ckpt or "model" not in ckpt:
         raise FaextractError(f"{path}: not a faextract checkpoint")

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from faextract.errors import ConfigError
+from faextract.errors import ConfigError, first_line
 
 
 @dataclass
@@ -196,8 +196,7 @@ def _read_yaml(path: str, seen: tuple) -> dict:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
     except yaml.YAMLError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML ({first})") from None
+        raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     parent = data.pop("extends", None)

@@ -9,6 +9,13 @@ was expected and what was found.
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (libraries raise pages), or its type's name
+    when it has none: what a one-line error quotes of a library's complaint."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class FaextractError(Exception):
     """A user-facing error: bad input, bad config, incompatible files."""
 

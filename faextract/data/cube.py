@@ -33,7 +33,7 @@ from faextract.data.time import (
     is_absolute,
     is_text,
 )
-from faextract.errors import DataError, MissingVariableError
+from faextract.errors import DataError, MissingVariableError, first_line
 
 #: Time steps per dask chunk: windows of 8-64 steps read one or two chunks.
 DEFAULT_TIME_CHUNK = 32
@@ -275,11 +275,10 @@ def _open_remote(url: str) -> xr.Dataset:
     except ImportError as err:  # fsspec lacks the protocol's package (gcsfs, s3fs, ...)
         hint = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "az": "adlfs", "abfs": "adlfs"}
         package = hint.get(scheme)
-        need = f"pip install {package}" if package else str(err).splitlines()[0]
+        need = f"pip install {package}" if package else first_line(err)
         raise DataError(f"{url}: reading {scheme}:// needs another package ({need})") from None
     except Exception as err:  # noqa: BLE001 - fsspec, zarr and netCDF-C raise many types
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{url}: cannot open the remote dataset: {msg}") from err
+        raise DataError(f"{url}: cannot open the remote dataset: {first_line(err)}") from err
 
 
 def _is_zarr(path: str) -> bool:
@@ -324,9 +323,8 @@ def _open_one(path: str) -> xr.Dataset:
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - netCDF4/zarr raise many types for bad files
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(
-            f"{path}: cannot read as NetCDF or Zarr (corrupt or truncated?): {msg}"
+            f"{path}: cannot read as NetCDF or Zarr (corrupt or truncated?): {first_line(err)}"
         ) from err
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 from xarray.coding.times import decode_cf_datetime
 
-from faextract.errors import DataError
+from faextract.errors import DataError, first_line
 
 CALENDARS = (
     "standard",
@@ -89,8 +89,7 @@ def decode_text(values: np.ndarray) -> np.ndarray:
     try:
         parsed = pd.to_datetime(text, format="ISO8601")
     except (ValueError, TypeError) as err:
-        first = str(err).splitlines()[0]
-        raise DataError(f"time is text but not ISO 8601 dates ({first})") from None
+        raise DataError(f"time is text but not ISO 8601 dates ({first_line(err)})") from None
     return np.asarray(parsed.values, dtype="datetime64[ns]").reshape(values.shape)
 
 
