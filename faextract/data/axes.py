@@ -53,6 +53,20 @@ _NAME_PATTERNS = {
 }
 
 
+def parse_pairs(text: str, option: str, usage: str, skip_empty: bool = False) -> dict[str, str]:
+    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}`` for an option such as ``--dims``; a part that
+    is not ``KEY=VALUE`` is an error quoting ``usage`` (empty parts are skipped if asked)."""
+    items: dict[str, str] = {}
+    for part in str(text).split(","):
+        if skip_empty and not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise DataError(f"{option}: expected {usage}, got {part!r}")
+        items[key.strip()] = value.strip()
+    return items
+
+
 def parse_dims(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     """Parse ``"time=T,lat=Y,lon=X"`` into ``{"time": "T", "lat": "Y", "lon": "X"}``."""
     if spec is None or spec == "":
@@ -60,14 +74,7 @@ def parse_dims(spec: str | Mapping[str, str] | None) -> dict[str, str]:
     if isinstance(spec, Mapping):
         items = dict(spec)
     else:
-        items = {}
-        for part in str(spec).split(","):
-            key, sep, value = part.partition("=")
-            if not sep or not key.strip() or not value.strip():
-                raise DataError(
-                    f"--dims: expected NAME=DIM pairs like 'time=T,lat=Y', got {part!r}"
-                )
-            items[key.strip()] = value.strip()
+        items = parse_pairs(spec, "--dims", "NAME=DIM pairs like 'time=T,lat=Y'")
     unknown = sorted(set(items) - set(STANDARD))
     if unknown:
         raise DataError(

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from faextract.data.axes import parse_pairs
 from faextract.errors import DataError
 
 #: ERA5's experiment-version dimension (CDS downloads mixing ERA5 and ERA5T).
@@ -36,15 +37,8 @@ def parse_select(spec: str | Mapping[str, object] | None) -> dict[str, str]:
         return {}
     if isinstance(spec, Mapping):
         return {str(k): str(v) for k, v in spec.items()}
-    out: dict[str, str] = {}
-    for part in str(spec).split(","):
-        if not part.strip():
-            continue  # "member=3," or "a=1,,b=2"
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise DataError(f"--select: expected DIM=VALUE pairs like 'member=3', got {part!r}")
-        out[key.strip()] = value.strip()
-    return out
+    # Empty parts ("member=3," or "a=1,,b=2") are skipped.
+    return parse_pairs(spec, "--select", "DIM=VALUE pairs like 'member=3'", skip_empty=True)
 
 
 def _position(ds: xr.Dataset, dim: str, value: str, source: str) -> int:
