@@ -460,32 +460,14 @@ def _standardize(
         if ds.sizes[axis] == 0:
             raise DataError(f"{source}: the {axis} axis {axes[axis][0]!r} is empty")
     # Time: decode here (handles reference year 0 and every CF calendar).
-    t = ds["time"]
-    units = t.attrs.get("units", "")
-    calendar = str(t.attrs.get("calendar", "standard")).lower()
-    if np.issubdtype(t.dtype, np.number):
-        if is_absolute(units):
-            try:
-                decoded, units = decode_absolute(t.values, units, calendar)
-            except DataError as err:
-                raise DataError(f"{source}: {err}") from None
-        elif "since" not in units:
-            raise DataError(
-                f"{source}: time axis {axes['time'][0]!r} has no CF units ('<unit> since <date>')"
-            )
-        else:
-            try:
-                decoded = decode_time(t.values, units, calendar)
-            except DataError as err:
-                raise DataError(f"{source}: {err}") from None
-        attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
-        ds = ds.assign_coords(time=("time", decoded, attrs))
-        ds["time"].encoding.update({"units": units, "calendar": calendar})
-    elif is_text(t.values):
-        try:
-            ds = ds.assign_coords(time=("time", decode_text(t.values), dict(t.attrs)))
-        except DataError as err:
-            raise DataError(f"{source}: {err}") from None
+    try:
+        decoded = _decoded_time(ds["time"], axes["time"][0])
+    except DataError as err:
+        raise DataError(f"{source}: {err}") from None
+    if decoded is not None:
+        values, attrs, encoding = decoded
+        ds = ds.assign_coords(time=("time", values, attrs))
+        ds["time"].encoding.update(encoding)
     order = check_monotonic(ds["time"], source, sort_time)
     if order is not None:
         ds = ds.isel(time=order)
@@ -508,6 +490,25 @@ def _standardize(
         attrs = dict(ds["lon"].attrs)
         ds = ds.assign_coords(lon=("lon", unwrapped, attrs))
     return ds, {a: d for a, (d, _w) in axes.items()}, kept
+
+
+def _decoded_time(t: xr.DataArray, name: str) -> tuple[np.ndarray, dict, dict] | None:
+    """The time coordinate decoded: ``(values, attrs, encoding for outputs)``, or None when it
+    needs nothing (already dates). Numbers with CF or CDO units, or ISO 8601 text."""
+    if is_text(t.values):
+        return decode_text(t.values), dict(t.attrs), {}
+    if not np.issubdtype(t.dtype, np.number):
+        return None
+    units = t.attrs.get("units", "")
+    calendar = str(t.attrs.get("calendar", "standard")).lower()
+    if is_absolute(units):
+        values, units = decode_absolute(t.values, units, calendar)
+    elif "since" in units:
+        values = decode_time(t.values, units, calendar)
+    else:
+        raise DataError(f"time axis {name!r} has no CF units ('<unit> since <date>')")
+    attrs = {k: v for k, v in t.attrs.items() if k not in ("units", "calendar")}
+    return values, attrs, {"units": units, "calendar": calendar}
 
 
 #: Pressure units and their size in Pa, so ``--levels 500,850`` finds 50000 Pa and 85000 Pa.
