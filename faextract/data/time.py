@@ -121,10 +121,15 @@ def decode_absolute(values: np.ndarray, units: str, calendar: str = "standard"):
         dates.append(base + pd.Timedelta(seconds=int(sec)).to_pytimedelta())
     if not dates:
         return np.asarray(values), "days since 1970-01-01"
-    first = dates[0]
-    relative = f"days since {first.year:04d}-{first.month:02d}-{first.day:02d}"
+    return _from_dates(dates, dates[0], values.shape, calendar)
+
+
+def _from_dates(dates: list, origin, shape, calendar: str) -> tuple[np.ndarray, str]:
+    """cftime ``dates`` as :func:`decode_time` gives times, and ``days since`` ``origin``'s
+    day: the units outputs will use."""
+    relative = f"days since {origin.year:04d}-{origin.month:02d}-{origin.day:02d}"
     numbers = cftime.date2num(dates, relative, calendar=calendar, has_year_zero=True)
-    numbers = np.asarray(numbers, dtype=np.float64).reshape(values.shape)
+    numbers = np.asarray(numbers, dtype=np.float64).reshape(shape)
     return decode_time(numbers, relative, calendar), relative
 
 
@@ -143,11 +148,7 @@ def _decode_calendar_steps(values: np.ndarray, units: str, calendar: str) -> np.
         raise DataError(f"cannot decode time units {units!r} ({calendar}): {err}") from err
     months = np.round(values).astype(np.int64) * per + (origin.year * 12 + origin.month - 1)
     dates = [_add_months(origin, int(m)) for m in months.ravel()]
-    relative = f"days since {origin.year:04d}-{origin.month:02d}-{origin.day:02d}"
-    numbers = cftime.date2num(dates, relative, calendar=calendar, has_year_zero=True)
-    return decode_time(
-        np.asarray(numbers, dtype=np.float64).reshape(values.shape), relative, calendar
-    )
+    return _from_dates(dates, origin, values.shape, calendar)[0]
 
 
 def _add_months(origin: cftime.datetime, month_index: int) -> cftime.datetime:
@@ -228,15 +229,13 @@ def time_step(time: xr.DataArray) -> str:
         sec = np.median([pd.Timedelta(d).total_seconds() for d in deltas])
     except Exception:  # noqa: BLE001
         return "irregular"
-    for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if sec >= n and abs(sec / n - round(sec / n)) < 1e-6:
-            k = round(sec / n)
-            if unit == "day" and 28 <= k <= 31:
-                return "1 month"
-            if unit == "day" and 359 <= k <= 366:
-                return "1 year"
-            return f"{k} {unit}{'s' if k != 1 else ''}"
-    return f"{sec:g} s"
+    days = round(sec / 86400)
+    if days >= 1 and abs(sec / 86400 - days) < 1e-6:
+        if 28 <= days <= 31:
+            return "1 month"
+        if 359 <= days <= 366:
+            return "1 year"
+    return _duration(sec)
 
 
 def _seconds(values: np.ndarray, calendar: str) -> np.ndarray:
@@ -276,8 +275,8 @@ def time_gaps(time: xr.DataArray, calendar: str = "standard") -> dict | None:
 def _duration(seconds: float) -> str:
     """The largest whole unit: ``'9 days'``, ``'30 hours'``, ``'90 s'``."""
     for unit, n in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= n and seconds % n == 0:
-            k = int(seconds // n)
+        if seconds >= n and abs(seconds / n - round(seconds / n)) < 1e-6:
+            k = round(seconds / n)
             return f"{k} {unit}{'s' if k != 1 else ''}"
     return f"{seconds:g} s"
 
