@@ -603,3 +603,14 @@ def test_bad_reader_settings_are_named(small_nc, monkeypatch):
     monkeypatch.setenv("FAEXTRACT_NETCDF_CACHE_MB", "-3")
     with pytest.raises(DataError, match="FAEXTRACT_NETCDF_CACHE_MB='-3': expected a number >= 0"):
         open_cube(small_nc)
+
+
+def test_time_step_of_monthly_data_with_an_even_number_of_steps():
+    import pandas as pd
+
+    from faextract.data.time import time_step
+
+    months = pd.date_range("2000-01-01", periods=5, freq="MS")  # median of 31, 29, 31, 30 days
+    assert time_step(xr.DataArray(months.values, dims="time")) == "1 month"  # not "732 hours"
+    weeks = pd.date_range("2000-01-01", periods=5, freq="7D")
+    assert time_step(xr.DataArray(weeks.values, dims="time")) == "7 days"

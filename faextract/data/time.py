@@ -229,12 +229,11 @@ def time_step(time: xr.DataArray) -> str:
         sec = np.median([pd.Timedelta(d).total_seconds() for d in deltas])
     except Exception:  # noqa: BLE001
         return "irregular"
-    days = round(sec / 86400)
-    if days >= 1 and abs(sec / 86400 - days) < 1e-6:
-        if 28 <= days <= 31:
-            return "1 month"
-        if 359 <= days <= 366:
-            return "1 year"
+    days = sec / 86400  # calendar months and years vary: a median of 30.5 days is monthly
+    if 28 <= days <= 31:
+        return "1 month"
+    if 359 <= days <= 366:
+        return "1 year"
     return _duration(sec)
 
 
