@@ -64,20 +64,7 @@ def _position(ds: xr.Dataset, dim: str, value: str, source: str) -> int:
         except ValueError:
             wanted = None
         if wanted is not None:
-            hits = np.nonzero(
-                [
-                    (t.year, t.month, t.day, t.hour, t.minute, t.second)
-                    == (
-                        wanted.year,
-                        wanted.month,
-                        wanted.day,
-                        wanted.hour,
-                        wanted.minute,
-                        wanted.second,
-                    )
-                    for t in have
-                ]
-            )[0]
+            hits = np.nonzero([_fields(t) == _fields(wanted) for t in have])[0]
     elif have.dtype.kind in "iuf":
         try:
             hits = np.nonzero(np.isclose(have.astype(float), float(value)))[0]
@@ -95,6 +82,11 @@ def _position(ds: xr.Dataset, dim: str, value: str, source: str) -> int:
             f"{source}: --select {dim}={value}: no such value; {dim} has {choices(ds, dim)}"
         )
     return int(hits[0])
+
+
+def _fields(t) -> tuple[int, ...]:
+    """A date's calendar fields, to compare a cftime date with a parsed one."""
+    return (t.year, t.month, t.day, t.hour, t.minute, t.second)
 
 
 def _values(ds: xr.Dataset, dim: str) -> np.ndarray:
