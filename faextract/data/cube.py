@@ -431,13 +431,12 @@ def _standardize(
     kept = []
     for v in chosen:
         extra = [d for d in ds[v].dims if d not in ("time", "level", "lat", "lon", EXPVER)]
-        other_grid = [
-            d for d in extra if d in ds.variables and classify(d, ds[d])[0] in ("lat", "lon")
-        ]
+        kinds = {d: classify(d, ds[d])[0] for d in extra if d in ds.variables}
+        other_grid = [(d, axis) for d, axis in kinds.items() if axis in ("lat", "lon")]
         if other_grid:
-            axis = classify(other_grid[0], ds[other_grid[0]])[0]
+            dim, axis = other_grid[0]
             raise DataError(
-                f"{source}: variable {v!r} is on another {axis} axis ({other_grid[0]!r}) than "
+                f"{source}: variable {v!r} is on another {axis} axis ({dim!r}) than "
                 f"the grid ({axes[axis][0]!r}); keep the variables of one grid with --variables"
             )
         if extra:
