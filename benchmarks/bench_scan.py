@@ -70,6 +70,7 @@ def speed(device: str, Ts, B: int, S: int, repeat: int, rounds: int = 1) -> list
         ("MinConvGRU log-space", "minconvgru", {"scan": "parallel"}),
     ]
     widths = {label: matched_width(cell, budget, **kw) for label, cell, kw in specs}
+    params = {label: n_params(build(cell, widths[label], **kw)) for label, cell, kw in specs}
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     sync = torch.cuda.synchronize if device == "cuda" else None
     rows = []
@@ -104,13 +105,11 @@ def speed(device: str, Ts, B: int, S: int, repeat: int, rounds: int = 1) -> list
             for label, res in runs.items():
                 measured[label] = (statistics.median(r["seconds"] for r in res), res[0]["mb"])
         base = None
-        for label, cell, kw in specs:
-            layer = build(cell, widths[label], **kw)
-            w = widths[label]
+        for label, _cell, _kw in specs:
             t, mem = measured[label]
             fps = B * T / t
             base = base or fps
-            rows.append({"T": T, "cell": label, "width": w, "params": f"{n_params(layer):,}",
+            rows.append({"T": T, "cell": label, "width": widths[label], "params": f"{params[label]:,}",
                          "train frames/s": f"{fps:.1f}", "vs ConvLSTM2D": f"{fps / base:.2f}x",
                          "peak MB": f"{mem:.0f}"})  # fmt: skip
     return rows
