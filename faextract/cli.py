@@ -195,11 +195,18 @@ def stats(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
     """Compute normalization statistics (mean, std, optional climatology) out-of-core."""
+    from faextract.data.cube import resolve_paths
     from faextract.data.stats import StatsOptions, compute_stats, save_stats
+    from faextract.outputs import claim_output, is_stats_file
     from faextract.progress import Progress
 
-    if out.exists() and not overwrite:
-        raise FaextractError(f"{out}: already exists (use --overwrite to replace it)")
+    claim_output(
+        out,
+        inputs=resolve_paths(inputs),
+        overwrite=overwrite,
+        ours=is_stats_file,
+        what="statistics file",
+    )
     cube = _open(inputs, variables, levels, dims, sort_time, select)
     options = StatsOptions(area_weighted=area_weighted, climatology=climatology)
     with _dask_client(scheduler), Progress(unit="tasks") as progress:
@@ -409,11 +416,14 @@ def plot(
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the PNG files.")] = Path(
         "quicklook"
     ),
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the figures of an earlier plot in that directory.")
+    ] = False,
 ):
     """Write quicklook PNGs: embedding principal components and attention maps."""
     from faextract.plot import plot_store
 
-    written = plot_store(store, out)
+    written = plot_store(store, out, overwrite=overwrite)
     typer.echo(f"wrote {len(written)} figures to {out}")
 
 
@@ -425,13 +435,13 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ):
     """Convert an embeddings store to CF-clean NetCDF4 (for Panoply and CF checkers)."""
+    from faextract.outputs import claim_output, is_exported_netcdf
     from faextract.store import to_netcdf
 
-    if out.exists() and not overwrite:
-        raise FaextractError(f"{out}: already exists (use --overwrite to replace it)")
-    tmp = out.with_name(out.name + ".partial")
-    to_netcdf(store, tmp)
-    tmp.replace(out)
+    claim_output(
+        out, inputs=[store], overwrite=overwrite, ours=is_exported_netcdf, what="NetCDF export"
+    )
+    to_netcdf(store, out)
     typer.echo(f"wrote {out}")
 
 

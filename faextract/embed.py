@@ -24,10 +24,10 @@ import json
 import math
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
 from faextract.embed_batches import BlockBatches, offer, prefetched
 from faextract.errors import FaextractError, MissingVariableError
 from faextract.models.faconvlstm import FAConvLSTM2D
+from faextract.outputs import existing_output, is_embedding_store, remove_output
 from faextract.signals import StopFlag
 from faextract.store import REFERENCES, EmbeddingStore, create_template, history_line
 
@@ -420,17 +421,19 @@ def embed(
     nblocks = -(-nt // block)
     digest = _inputs_digest(cube, ckpt_sha)
 
-    if os.path.exists(out):
-        if opts.overwrite:
-            shutil.rmtree(out) if os.path.isdir(out) else os.unlink(out)
-        else:
-            existing = EmbeddingStore(out)
-            if existing.attrs.get("faextract_inputs_digest") != digest:
-                raise FaextractError(
-                    f"{out}: exists and was made from another checkpoint or input (use --overwrite to replace it)"
-                )
-            if existing.attrs.get("complete"):
-                raise FaextractError(f"{out}: already complete (use --overwrite to recompute it)")
+    present = existing_output(
+        out, inputs=[*cube.sources, checkpoint], ours=is_embedding_store, what="embeddings store"
+    )
+    if present and (opts.overwrite or not is_embedding_store(Path(out))):
+        remove_output(out)  # ours (replaced on request) or an empty directory
+    elif present:
+        existing = EmbeddingStore(out)
+        if existing.attrs.get("faextract_inputs_digest") != digest:
+            raise FaextractError(
+                f"{out}: exists and was made from another checkpoint or input (use --overwrite to replace it)"
+            )
+        if existing.attrs.get("complete"):
+            raise FaextractError(f"{out}: already complete (use --overwrite to recompute it)")
     attrs = {
         "Conventions": "CF-1.8",
         "title": "faextract embeddings",

@@ -10,12 +10,14 @@ Needs matplotlib (``pip install "faextract[plot]"``).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from faextract.errors import FaextractError
+from faextract.outputs import PLOT_MANIFEST, existing_output, is_plot_dir
 from faextract.store import open_embeddings
 
 
@@ -40,13 +42,31 @@ def principal_components(emb: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.nd
     return u[:, :k] * s[:k], var[:k]
 
 
+def _claim_folder(out: Path, store, overwrite: bool) -> None:
+    """A new or empty folder, or one of our earlier quicklooks (its figures removed first,
+    with ``overwrite``): figures from another store are never left beside the new ones."""
+    present = existing_output(out, inputs=[store], ours=is_plot_dir, what="quicklook folder")
+    if present and is_plot_dir(out):
+        if not overwrite:
+            raise FaextractError(
+                f"{out}: already holds quicklook figures (use --overwrite to replace them)"
+            )
+        for name in json.loads((out / PLOT_MANIFEST).read_text()).get("figures", []):
+            (out / Path(name).name).unlink(missing_ok=True)
+        (out / PLOT_MANIFEST).unlink()
+
+
 def plot_store(
-    path: str | os.PathLike, out_dir: str | os.PathLike, max_heads: int = 4
+    path: str | os.PathLike, out_dir: str | os.PathLike, max_heads: int = 4, overwrite: bool = False
 ) -> list[str]:
-    """Write quicklook PNGs of the store at ``path`` into ``out_dir``; returns their paths."""
+    """Write quicklook PNGs of the store at ``path`` into ``out_dir``; returns their paths.
+
+    ``out_dir`` must be new, empty, or an earlier quicklook folder (replaced with ``overwrite``).
+    """
     plt = _pyplot()
     ds = open_embeddings(path)
     out = Path(out_dir)
+    _claim_folder(out, path, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     written = []
 
@@ -91,4 +111,7 @@ def plot_store(
             fig.savefig(p, dpi=110)
             plt.close(fig)
             written.append(str(p))
+    (out / PLOT_MANIFEST).write_text(
+        json.dumps({"store": os.fspath(path), "figures": [Path(w).name for w in written]})
+    )
     return written

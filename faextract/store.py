@@ -294,7 +294,17 @@ def to_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> None:
         encoding[name] = enc
     for name in ds.data_vars:
         encoding[name] = {"zlib": True, "complevel": 4}
-    ds.to_netcdf(out, encoding=encoding, format="NETCDF4")
+    # Written beside the target and renamed: an interrupted export leaves no complete-looking file.
+    out = os.fspath(out)
+    tmp = f"{out}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        ds.to_netcdf(tmp, encoding=encoding, format="NETCDF4")
+        if os.path.isdir(out):  # an empty directory (claim_output refuses any other)
+            os.rmdir(out)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def open_embeddings(path: str | os.PathLike, allow_incomplete: bool = False) -> xr.Dataset:

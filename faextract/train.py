@@ -28,6 +28,7 @@ import torch
 from faextract import distributed
 from faextract.checkpoint import load_checkpoint, save_checkpoint, stats_from_dict, stats_to_dict
 from faextract.config import Config, save_config
+from faextract.data.cube import resolve_paths
 from faextract.data.dataset import CubeSource, WindowDataset, make_loader
 from faextract.data.selection import parse_select
 from faextract.data.stats import StatsOptions, compute_stats, load_stats
@@ -35,6 +36,7 @@ from faextract.data.tiling import TileSpec
 from faextract.errors import ConfigError, DataError, FaextractError
 from faextract.losses import dec_kl, masked_mse, weighted_sse
 from faextract.models.autoencoder import ClimateAutoencoder, coarse_target
+from faextract.outputs import RUN_FILES, check_not_input, is_run_dir
 from faextract.signals import StopFlag
 
 METRIC_FIELDS = [
@@ -267,25 +269,29 @@ def evaluate(model, loader, device, info, amp) -> dict:
     return {k: float((v / w).mean()) for k, v in res.items()}
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: list[str]) -> None:
+    """Refuse a run directory that is an input or holds one, a file, or a directory of other
+    files; with ``overwrite`` remove only the files a run writes (:data:`RUN_FILES`)."""
+    check_not_input(run_dir, inputs)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FaextractError(f"{run_dir}: is a file; --out names a run directory")
     last = run_dir / "last.pt"
     if resume:
         if not last.exists():
             raise FaextractError(f"--resume: no checkpoint {last} to resume from")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
+        if not is_run_dir(run_dir):
+            names = sorted(p.name for p in run_dir.iterdir())
+            raise FaextractError(
+                f"{run_dir}: holds files that are not a faextract run ({', '.join(names[:3])}"
+                f"{', ...' if len(names) > 3 else ''}); choose a new or empty run directory"
+            )
         if not overwrite:
             raise FaextractError(
                 f"{run_dir}: run directory is not empty (use --resume or --overwrite)"
             )
-        for name in (
-            "last.pt",
-            "best.pt",
-            "metrics.csv",
-            "config.yaml",
-            "summary.json",
-            "PREEMPTED",
-        ):
+        for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
 
 
@@ -300,7 +306,10 @@ def train(
     run_dir = Path(run_dir)
     try:
         if info.is_main:
-            _prepare_run_dir(run_dir, resume, overwrite)
+            inputs = resolve_paths(list(config.data.paths))
+            _prepare_run_dir(
+                run_dir, resume, overwrite, inputs + ([config.data.stats] if config.data.stats else [])
+            )
             run_dir.mkdir(parents=True, exist_ok=True)
         tc = config.train
         _seed_everything(tc.seed, tc.deterministic)

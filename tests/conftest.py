@@ -50,3 +50,20 @@ def tiny_config(small_nc):
         return load_config(None, [*TINY, f"data.paths=[{small_nc}]", *extra])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A cube and a checkpoint trained on it for one epoch, shared by the tests that only need
+    *a* checkpoint (returns the cube path, the checkpoint path and the dataset)."""
+    from faextract.config import load_config
+    from faextract.testing import synthetic_cube, write_netcdf
+    from faextract.train import train
+
+    root = tmp_path_factory.mktemp("tiny-checkpoint")
+    ds = synthetic_cube(nt=40, nlat=12, nlon=24, variables=("sst", "t2m"), seed=3)
+    cube = root / "cube.nc"
+    write_netcdf(ds, cube)
+    cfg = load_config(None, [f"data.paths=[{cube}]", *TINY_RUN, "train.epochs=1"])
+    train(cfg, root / "run", plain_progress=True)
+    return cube, root / "run" / "last.pt", ds

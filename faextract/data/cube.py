@@ -242,7 +242,8 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
             item = item[len("file://") :]
         if is_url(item):  # a remote store or an OPeNDAP endpoint: checked when opened
             out.append(item)
-        elif any(ch in item for ch in "*?["):
+        elif any(ch in item for ch in "*?[") and not os.path.exists(item):
+            # A path that exists is taken literally ('data[1].nc'), never as a pattern.
             matches = sorted(globmod.glob(item))
             if not matches:
                 raise DataError(f"{item}: the pattern matches no file")

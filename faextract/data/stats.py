@@ -213,23 +213,29 @@ class _progress:
 
 
 def save_stats(stats: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Write statistics to NetCDF (``.nc``) or Zarr (anything else); refuses to overwrite."""
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise DataError(f"{path}: already exists (use --overwrite to replace it)")
-    tmp = path + ".partial"
-    if path.endswith(".nc"):
-        stats.to_netcdf(tmp)
-        os.replace(tmp, path)
-    else:
-        import shutil
+    """Write statistics to NetCDF (``.nc``) or Zarr (anything else), through a temporary
+    name; replaces only a statistics file faextract wrote, and only with ``overwrite``."""
+    import shutil
 
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        stats.to_zarr(tmp, mode="w")
-        if os.path.exists(path):
-            shutil.rmtree(path)
+    from faextract.outputs import claim_output, is_stats_file, remove_output
+
+    path = os.fspath(path)
+    claim_output(path, overwrite=overwrite, ours=is_stats_file, what="statistics file")
+    tmp = path + ".partial"
+    try:
+        if path.endswith(".nc"):
+            stats.to_netcdf(tmp)
+        else:
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+            stats.to_zarr(tmp, mode="w")
+        remove_output(path)
         os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_stats(path: str | os.PathLike) -> xr.Dataset:
