@@ -353,9 +353,17 @@ def embed(
             help="Sort unsorted times instead of failing (default: as in training).",
         ),
     ] = None,
+    perturb: Annotated[
+        str | None,
+        typer.Option(
+            help="Perturb the input for robustness checks: noise=0.05 (Gaussian, in each "
+            "variable's std), drop=0.1 (cells masked), seed=N."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
     """Stream a dataset through a trained encoder into a CF-described Zarr store (restartable)."""
+    from faextract.data.perturb import Perturbation
     from faextract.embed import EmbedOptions, parse_query, parse_shard
     from faextract.embed import embed as run_embed
     from faextract.paths import SAMPLE_CHECKPOINT, SAMPLE_CUBE
@@ -378,6 +386,7 @@ def embed(
         dims=dims,
         select=select,
         sort_time=sort_time,
+        perturb=Perturbation.parse(perturb),
     )
     command = _command_line("embed")
     with Progress(unit="windows") as progress:
@@ -407,6 +416,77 @@ def embed(
 
         typer.echo("stopped by signal: rerun the same command to finish")
         raise typer.Exit(EXIT_STOPPED)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    stores: Annotated[list[str], typer.Argument(help="Embeddings stores to compare (columns).")],
+    input_: Annotated[
+        list[str],
+        typer.Option(
+            "--input", "-i", help="The cube the stores embed: files, globs or a Zarr store (repeatable)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json, report.md, PNGs.")],
+    index: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--index",
+            help="NAME=VAR:lat0:lat1,lon0:lon1: a box-mean anomaly index to probe (repeatable).",
+        ),
+    ] = None,
+    leads: Annotated[
+        str, typer.Option(help="Steps ahead to probe targets at, e.g. 0,1,3.")
+    ] = "0,1,3",
+    perturbed: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--perturbed",
+            help="Store of a perturbed input (embed --perturb), paired by checkpoint (repeatable).",
+        ),
+    ] = None,
+    eof_targets: Annotated[
+        int, typer.Option(help="Leading EOF PCs of each variable probed as targets.", min=0)
+    ] = 5,
+    folds: Annotated[int, typer.Option(help="Contiguous held-out time blocks.", min=2)] = 5,
+    tiles: Annotated[
+        str, typer.Option(help="Tiled embeddings as features: concat or mean over tiles.")
+    ] = "concat",
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier report in --out.")] = False,
+):
+    """Measure whether embeddings carry the physics: probes against EOF baselines, and more."""
+    from faextract.evaluate import EvaluateOptions, IndexSpec
+    from faextract.evaluate import evaluate as run_evaluate
+    from faextract.progress import Progress
+
+    try:
+        lead_list = tuple(int(v) for v in leads.split(",") if v.strip())
+    except ValueError:
+        raise FaextractError(f"--leads: expected whole numbers like 0,1,3, got {leads!r}") from None
+    options = EvaluateOptions(
+        indices=[IndexSpec.parse(t) for t in index or []],
+        leads=lead_list,
+        eof_targets=eof_targets,
+        folds=folds,
+        tiles=tiles,
+        overwrite=overwrite,
+    )
+    with Progress(unit="steps") as progress:
+        report = run_evaluate(
+            stores, input_, out, options, perturbed=perturbed or [], progress=progress
+        )
+    for s in report.stores:
+        index_r2 = ", ".join(
+            f"{t} {s.probe[t][report.leads[0]]:.3f}"
+            for t, d in report.targets.items()
+            if d["kind"] == "index"
+        )
+        typer.echo(
+            f"{s.path}: effective rank {s.effective_rank:.1f} of {s.features}"
+            + (f"; R² at lead {report.leads[0]}: {index_r2}" if index_r2 else "")
+        )
+    typer.echo(f"wrote {out / 'report.md'}")
 
 
 @app.command()

@@ -37,6 +37,7 @@ from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_fro
 from faextract.data.axes import parse_dims
 from faextract.data.cube import Cube, is_url, open_cube
 from faextract.data.dataset import CubeSource
+from faextract.data.perturb import Perturbation
 from faextract.data.selection import parse_select
 from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
 from faextract.embed_batches import BlockBatches, offer, prefetched
@@ -70,6 +71,7 @@ class EmbedOptions:
     select: str | dict | None = None  # other dims' values (default: as in training)
     workers: int = 0  # DataLoader worker processes reading ahead; 0 = a thread
     sort_time: bool | None = None  # sort unsorted times (default: as in training)
+    perturb: Perturbation | None = None  # noise or dropped cells, for robustness checks
 
 
 @dataclass
@@ -163,7 +165,7 @@ def check_compatible(ckpt: dict, cube: Cube, source: str) -> None:
         )
 
 
-def _inputs_digest(cube: Cube, ckpt_sha: str) -> str:
+def _inputs_digest(cube: Cube, ckpt_sha: str, perturb: Perturbation | None = None) -> str:
     facts = {
         "sources": [s if is_url(s) else os.path.abspath(s) for s in cube.sources],
         "shape": list(cube.shape),
@@ -174,6 +176,8 @@ def _inputs_digest(cube: Cube, ckpt_sha: str) -> str:
     }
     if cube.select:  # (absent when empty, so stores made before --select keep their digest)
         facts["select"] = dict(sorted(cube.select.items()))
+    if perturb is not None:  # likewise absent without --perturb
+        facts["perturb"] = perturb.describe()
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
@@ -419,7 +423,7 @@ def embed(
         block = _default_block(keep, tiler.tile_grid[0] * tiler.tile_grid[1], opts.batch_size)
     block = _round_up(block, keep)
     nblocks = -(-nt // block)
-    digest = _inputs_digest(cube, ckpt_sha)
+    digest = _inputs_digest(cube, ckpt_sha, opts.perturb)
 
     present = existing_output(
         out, inputs=[*cube.sources, checkpoint], ours=is_embedding_store, what="embeddings store"
@@ -448,6 +452,8 @@ def embed(
         "faextract_inputs_digest": digest,
         "faextract_checkpoint_sha256": ckpt_sha,
         "faextract_cell": model.cell_name,
+        "faextract_channels": json.dumps(list(cube.channels)),
+        "faextract_perturb": opts.perturb.describe() if opts.perturb else "",
         "faextract_window": f"warmup {warmup} + keep {keep} steps; block {block} steps",
         "faextract_layout": json.dumps(_layout(spec, block, opts), sort_keys=True),
     }
@@ -496,7 +502,9 @@ def embed(
         sort_time=sort_time,
         select=select,
     )
-    batches = BlockBatches(source, cube.channels, stats, tiler, plan, opts.batch_size, cube=cube)
+    batches = BlockBatches(
+        source, cube.channels, stats, tiler, plan, opts.batch_size, cube=cube, perturb=opts.perturb
+    )
     prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")
     waits = _Waits(prefetch)
     try:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from faextract.data.cube import Cube
 from faextract.data.dataset import BlockReader, CubeSource
+from faextract.data.perturb import Perturbation
 from faextract.data.tiling import Tiler
 from faextract.errors import FaextractError
 
@@ -56,9 +57,11 @@ class BlockBatches(IterableDataset):
         plan: Plan,
         batch_size: int,
         cube: Cube | None = None,
+        perturb: Perturbation | None = None,
     ):
         super().__init__()
         self.source, self.channels, self.stats = source, tuple(channels), stats
+        self.perturb = perturb
         self.tiler, self.plan, self.batch_size = tiler, list(plan), int(batch_size)
         self._cube = cube
 
@@ -74,7 +77,7 @@ class BlockBatches(IterableDataset):
             if self._cube is None:
                 cube = self.source.open()
                 self._cube = dataclasses.replace(cube, channels=self.channels)
-            reader = BlockReader(self._cube, self.stats)
+            reader = BlockReader(self._cube, self.stats, self.perturb)
             for b, idx in self.plan[wid::nworkers]:
                 yield b, list(self._batches([self.tiler.windows[i] for i in idx], reader))
         except FaextractError as err:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from faextract.data.cube import Cube, open_cube
 from faextract.data.normalize import ArrayNormalizer
+from faextract.data.perturb import Perturbation
 from faextract.data.tiling import Tiler, TileSpec, Window
 from faextract.data.time import season_phase
 from faextract.errors import DataError
@@ -66,8 +67,9 @@ class CubeSource:
 class BlockReader:
     """Reads normalized full-grid time blocks ``(T, C, H, W)``, keeping the last one."""
 
-    def __init__(self, cube: Cube, stats: xr.Dataset):
+    def __init__(self, cube: Cube, stats: xr.Dataset, perturb: Perturbation | None = None):
         self.cube = cube
+        self.perturb = perturb
         self.normalizer = ArrayNormalizer(
             stats, cube.channels, cube.time, cube.shape[2], cube.shape[3]
         )
@@ -86,6 +88,8 @@ class BlockReader:
                 f"{self.cube.source_label}: variable "
                 f"{self.cube.channels[c]!r} has infinite values between steps {t0} and {t1 - 1}"
             )
+        if self.perturb is not None:
+            self.perturb.apply(block, t0)
         self._key, self._block = (t0, t1), block
         return block
 

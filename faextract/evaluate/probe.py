@@ -1,0 +1,153 @@
+"""Linear probes with time-blocked cross-validation: how much of a target a feature set carries.
+
+A ridge regression from the features at step t to each target at step t + lead, scored by the
+held-out R^2 of predictions pooled over all test blocks (1 - SSE / SS around the mean of the
+tested targets; 0 is the skill of a constant, below 0 worse than one).
+
+Time series leak through overlapping windows, so (reference.md §8):
+
+- test rows are contiguous blocks (``folds`` of them, covering the record);
+- training rows keep ``gap = window + lead`` steps away from a test block on both sides: an
+  embedding at t summarizes the inputs of [t - window, t], so no training pair shares an input
+  step or a target step with a test pair;
+- the ridge strength is chosen per target inside the training rows alone, by the same blocked
+  scheme (``inner`` folds), from a log-spaced grid;
+- features that are fitted (EOFs) are fitted on the training rows of each fold only
+  (:class:`Features`), then applied to the test rows.
+
+A probe on features that carry nothing of the target scores about 0 (slightly below: the
+training mean of another period is not the test block's mean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+#: Ridge strengths tried (features standardized on the training rows).
+ALPHAS = np.logspace(-3, 5, 17)
+
+
+class Features(Protocol):
+    """Features that may depend on the training rows (EOFs are fitted per fold)."""
+
+    def transform(self, train_rows: np.ndarray) -> np.ndarray:
+        """``(T, p)`` features for every step, fitted on ``train_rows`` only."""
+        ...
+
+
+class FixedFeatures:
+    """Features that need no fitting (an embedding): ``(T, p)``."""
+
+    def __init__(self, values: np.ndarray):
+        values = np.asarray(values, dtype=np.float64)
+        self.values = values.reshape(values.shape[0], -1)
+
+    def transform(self, train_rows: np.ndarray) -> np.ndarray:
+        return self.values
+
+
+def blocked_folds(
+    times: np.ndarray, folds: int, gap: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split rows (with integer ``times``, increasing) into ``folds`` contiguous test blocks;
+    each fold's training rows are those at least ``gap`` steps from its block.
+
+    Returns ``(train positions, test positions)`` into ``times``. Folds whose training or test
+    set would be empty are left out.
+    """
+    times = np.asarray(times)
+    n = times.size
+    edges = np.linspace(0, n, folds + 1).round().astype(int)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b <= a:
+            continue
+        lo, hi = times[a], times[b - 1]
+        train = np.nonzero((times <= lo - gap) | (times >= hi + gap))[0]
+        if train.size:
+            out.append((train, np.arange(a, b)))
+    return out
+
+
+def _standardize(x_train: np.ndarray, *others: np.ndarray):
+    mean = x_train.mean(axis=0)
+    std = x_train.std(axis=0)
+    std = np.where(std > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), std, np.inf)
+    return [(a - mean) / std for a in (x_train, *others)]
+
+
+def _ridge_path(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Ridge coefficients of standardized ``x (n, p)`` on centred ``y (n, q)`` for every
+    strength in :data:`ALPHAS`: ``(A, p, q)``."""
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    shrink = s[None, :] / (s[None, :] ** 2 + ALPHAS[:, None])  # (A, r)
+    return np.einsum("rp,ar,rq->apq", vt, shrink, u.T @ y)
+
+
+def _fit_predict(x_tr, y_tr, t_tr, x_te, gap: int, inner: int) -> np.ndarray:
+    """Predictions for ``x_te``: ridge fitted on the training rows, each target's strength
+    chosen by blocked cross-validation inside them."""
+    q = y_tr.shape[1]
+    err = np.zeros((ALPHAS.size, q))
+    for itr, iva in blocked_folds(t_tr, inner, gap):
+        if itr.size < 2:
+            continue
+        a, b = _standardize(x_tr[itr], x_tr[iva])
+        ym = y_tr[itr].mean(axis=0)
+        coef = _ridge_path(a, y_tr[itr] - ym)
+        pred = np.einsum("np,apq->anq", b, coef) + ym
+        err += ((pred - y_tr[iva][None]) ** 2).sum(axis=1)
+    best = err.argmin(axis=0)  # (q,) all zeros when no inner fold: the weakest ridge
+    a, b = _standardize(x_tr, x_te)
+    ym = y_tr.mean(axis=0)
+    coef = _ridge_path(a, y_tr - ym)[best, :, np.arange(q)]  # (q, p)
+    return b @ coef.T + ym
+
+
+def probe(
+    features: Features | np.ndarray,
+    targets: dict[str, np.ndarray],
+    leads: Sequence[int] = (0,),
+    *,
+    window: int,
+    folds: int = 5,
+    inner: int = 4,
+) -> dict[str, dict[int, float]]:
+    """Held-out R^2 of each target at each lead: ``{target: {lead: r2}}``.
+
+    ``features``: ``(T, p)`` or a :class:`Features`; ``targets``: each ``(T,)`` on the same
+    steps; ``window``: steps an embedding looks back (the training window), which with the lead
+    sets the gap between training and test rows. Rows with NaN features or targets are left
+    out; a lead that leaves too few rows gives NaN.
+    """
+    feats = FixedFeatures(features) if isinstance(features, np.ndarray) else features
+    names = list(targets)
+    y_all = np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
+    T = y_all.shape[0]
+    out: dict[str, dict[int, float]] = {k: {} for k in names}
+    for lead in leads:
+        t = np.arange(T - lead)
+        y = y_all[lead:]
+        # Fixed features decide their own valid rows; fitted ones are checked per fold.
+        ok = np.isfinite(y).all(axis=1)
+        if isinstance(feats, FixedFeatures):
+            ok &= np.isfinite(feats.values[: T - lead]).all(axis=1)
+        rows = t[ok]
+        pred = np.full((rows.size, len(names)), np.nan)
+        gap = window + lead
+        for train, test in blocked_folds(rows, folds, gap):
+            x = feats.transform(rows[train])[: T - lead]
+            if x.shape[0] != T - lead and x.shape[0] != T:
+                raise ValueError(f"features have {x.shape[0]} rows, expected {T}")
+            pred[test] = _fit_predict(
+                x[rows[train]], y[rows[train]], rows[train], x[rows[test]], gap, inner
+            )
+        tested = np.isfinite(pred).all(axis=1)
+        for j, name in enumerate(names):
+            yt, pt = y[rows[tested], j], pred[tested, j]
+            ss = ((yt - yt.mean()) ** 2).sum() if yt.size else 0.0
+            out[name][lead] = float(1 - ((yt - pt) ** 2).sum() / ss) if ss > 0 else float("nan")
+    return out

@@ -1,0 +1,272 @@
+"""faextract.evaluate: each metric on constructed data with a known answer, the probe's
+protection against leakage, and the command end to end with its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from faextract.cli import app
+from faextract.evaluate import (
+    Calendar,
+    IndexSpec,
+    blocked_folds,
+    box_percentile,
+    effective_rank,
+    linear_cka,
+    month_jump,
+    probe,
+    regimes,
+    relative_change,
+    seasonal_cycle,
+    seasonal_share,
+)
+from faextract.evaluate.baselines import EOFFeatures
+from faextract.evaluate.regimes import dwell_time
+
+runner = CliRunner()
+
+
+def _daily_calendar(n: int, start=(2000, 1, 1)) -> Calendar:
+    import cftime
+
+    t0 = cftime.DatetimeNoLeap(*start)
+    times = np.array([t0 + __import__("datetime").timedelta(days=i) for i in range(n)])
+    return Calendar.of(times, "noleap")
+
+
+def _monthly_calendar(n: int) -> Calendar:
+    import cftime
+
+    times = np.array([cftime.DatetimeNoLeap(2000 + i // 12, i % 12 + 1, 15) for i in range(n)])
+    return Calendar.of(times, "noleap")
+
+
+def _ar1(rng, n, phi, d=1):
+    x = np.zeros((n, d))
+    for i in range(1, n):
+        x[i] = phi * x[i - 1] + np.sqrt(1 - phi**2) * rng.standard_normal(d)
+    return x
+
+
+def test_probe_recovers_a_planted_linear_signal(rng):
+    z = _ar1(rng, 600, 0.9, 8)
+    y = z @ rng.standard_normal(8) + 0.1 * rng.standard_normal(600)
+    r2 = probe(z, {"y": y}, leads=(0,), window=6)["y"][0]
+    assert r2 > 0.95
+
+
+def test_a_probe_on_pure_noise_scores_about_zero(rng):
+    z = rng.standard_normal((600, 16))
+    y = _ar1(rng, 600, 0.95)[:, 0]  # red target: blocks have other means, as real indices do
+    r2 = probe(z, {"y": y}, leads=(0, 3), window=12)["y"]
+    for lead in (0, 3):
+        assert -0.3 < r2[lead] < 0.05
+
+
+def test_blocked_folds_keep_the_gap(rng):
+    times = np.arange(300)
+    folds = blocked_folds(times, 5, gap=15)
+    assert len(folds) == 5
+    tested = np.concatenate([te for _, te in folds])
+    assert np.array_equal(np.sort(tested), times)  # every row tested once
+    for train, test in folds:
+        d = np.abs(times[train][:, None] - times[test][None, :]).min()
+        assert d >= 15
+        assert np.all(np.diff(test) == 1)  # contiguous
+
+
+def test_without_the_gap_overlapping_windows_would_leak(rng):
+    # A feature that averages the target over a trailing window of 24 steps: the target at t
+    # is inside the training rows' windows next to the test block. With the gap the probe
+    # scores what the feature really carries; the same probe without a gap scores the same
+    # here because ridge cannot memorize, so check the rows instead.
+    folds = blocked_folds(np.arange(200), 4, gap=24)
+    for train, test in folds:
+        near = train[(train > test.min() - 24) & (train < test.max() + 24)]
+        assert near.size == 0
+
+
+def test_eof_baseline_is_fitted_on_training_rows_only(rng):
+    field = rng.standard_normal((100, 30))
+    feats = EOFFeatures(field, 3)
+    a = feats.transform(np.arange(0, 50))
+    b = feats.transform(np.arange(50, 100))
+    assert a.shape == (100, 3) and not np.allclose(np.abs(a), np.abs(b))
+
+
+def test_cka_is_invariant_to_rotation_and_scale(rng):
+    x = rng.standard_normal((200, 6))
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0, abs=1e-9)
+    assert linear_cka(x, rng.standard_normal((200, 6))) < 0.2
+
+
+def test_effective_rank_of_isotropic_and_collapsed_data(rng):
+    iso = rng.standard_normal((20000, 8))
+    assert effective_rank(iso) == pytest.approx(8.0, rel=0.02)
+    line = np.outer(rng.standard_normal(500), rng.standard_normal(8))
+    assert effective_rank(line + 1e-6 * rng.standard_normal((500, 8))) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_month_jump_flags_a_stepwise_climatology(rng):
+    cal = _daily_calendar(730)
+    smooth = np.cumsum(0.05 * rng.standard_normal((730, 4)), axis=0)
+    assert month_jump(smooth, cal) == pytest.approx(1.0, abs=0.3)
+    steps = smooth + 3.0 * rng.standard_normal((24, 4))[(cal.month - 1) + 12 * (np.arange(730) >= 365)]
+    assert month_jump(steps, cal) > 5
+    assert month_jump(steps, _monthly_calendar(24)) is None  # every step starts a month
+
+
+def test_seasonal_fit_and_share():
+    cal = _daily_calendar(365 * 3)
+    cycle = np.stack([np.sin(2 * np.pi * cal.phase), np.cos(4 * np.pi * cal.phase)], axis=1)
+    fit = seasonal_cycle(cycle + 1.0, cal)
+    assert np.allclose(fit, cycle + 1.0, atol=1e-8)
+    gappy = cycle.copy()
+    gappy[::7, 0] = np.nan
+    assert np.allclose(seasonal_cycle(gappy, cal)[:, 0], cycle[:, 0], atol=1e-8)
+    assert seasonal_share(cycle, cal) == pytest.approx(1.0)
+    noise = np.random.default_rng(1).standard_normal((cal.phase.size, 2))
+    assert seasonal_share(noise, cal) < 0.02
+    mcal = _monthly_calendar(36)
+    monthly = np.tile(np.arange(12.0), 3)[:, None]
+    assert np.allclose(seasonal_cycle(monthly, mcal), monthly)
+
+
+def test_relative_change():
+    z = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    out = relative_change(z, z + 0.1)
+    assert out["relative_change"] == pytest.approx(np.linalg.norm(np.full((3, 2), 0.1)) / np.linalg.norm(z))
+    assert out["relative_to_variability"] > out["relative_change"]
+
+
+def test_regimes_find_planted_clusters(rng):
+    centres = 5 * rng.standard_normal((4, 6))
+    labels = np.repeat(np.arange(4), 50)
+    z = centres[labels] + 0.05 * rng.standard_normal((200, 6))
+    months = np.tile(np.arange(1, 13), 17)[:200]
+    out = regimes(z, months, ks=(4, 5))
+    assert out[4]["silhouette"] > 0.9
+    assert out[4]["dwell_time"] == pytest.approx(50.0)
+    assert sorted(out[4]["sizes"]) == [50, 50, 50, 50]
+    assert all(sum(c) == pytest.approx(1.0) for c in out[4]["seasons"])
+    assert dwell_time(np.array([0, 0, 1, 1, 1, 0])) == pytest.approx(2.0)
+
+
+def test_box_percentile_and_index_parsing():
+    lat = np.linspace(-80, 80, 17)
+    lon = np.arange(0, 360, 20.0)
+    values = np.zeros((17, 18))
+    values[12:14, 4:6] = 5.0  # 40-50N, 80-100E
+    assert box_percentile(values, lat, lon, (40, 50, 80, 100)) >= 0.95
+    assert box_percentile(values, lat, lon, (-10, 10, 80, 100)) < 0.5
+    spec = IndexSpec.parse("nino34=sst:-5:5,-170:-120")
+    assert spec.name == "nino34" and spec.variable == "sst" and spec.box == (-5, 5, -170, -120)
+    for bad in ("nino34", "x=sst:5:-5,0:10", "x=sst:-5:5,a:b"):
+        with pytest.raises(Exception, match="--index"):
+            IndexSpec.parse(bad)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_checkpoint, tmp_path_factory):
+    cube, ckpt, _ = tiny_checkpoint
+    root = tmp_path_factory.mktemp("evaluate")
+    for name, extra in (("a.zarr", []), ("p.zarr", ["--perturb", "noise=0.05"])):
+        r = runner.invoke(
+            app, ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(root / name),
+                  "--attention-query", "enso=-10:10,190:270", *extra],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+    return cube, root
+
+
+def test_cli_end_to_end(stores, tmp_path):
+    pytest.importorskip("sklearn")
+    cube, root = stores
+    out = tmp_path / "report"
+    args = ["evaluate", str(root / "a.zarr"), str(root / "a.zarr"), "--input", str(cube),
+            "--out", str(out), "--index", "enso=sst:-10:10,190:270", "--leads", "0,1",
+            "--perturbed", str(root / "p.zarr"), "--eof-targets", "2", "--folds", "3"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["faextract_evaluation"] == 1
+    s = rep["stores"][0]
+    for key in ("path", "cell", "embedding_dim", "probe", "effective_rank", "seasonal_share",
+                "month_jump", "regimes", "robustness", "attention"):  # fmt: skip
+        assert key in s, key
+    assert set(s["probe"]) == {"enso", "sst_pc1", "sst_pc2", "t2m_pc1", "t2m_pc2"}
+    assert set(s["probe"]["enso"]) == {"0", "1"}
+    assert set(rep["baselines"]) == {"eof", "random"}
+    assert rep["baselines"]["eof"]["components"] == s["embedding_dim"]
+    assert rep["stability"]["cka"][0][1] == pytest.approx(1.0)  # the same store twice
+    perturbed = s["robustness"][str(root / "p.zarr")]
+    assert perturbed["perturb"] == "noise=0.05,seed=0" and perturbed["relative_change"] > 0
+    assert "enso" in s["attention"]["queries"]
+    text = (out / "report.md").read_text()
+    assert "eof baseline" in text and "R² enso, lead 0" in text
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def _one_line_error(result, *words):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line(stores, tmp_path):
+    cube, root = stores
+    base = ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out", str(tmp_path / "r")]
+    _one_line_error(runner.invoke(app, [*base, "--index", "x=sst:60:70,100:110"]), "holds no grid cell")
+    _one_line_error(runner.invoke(app, [*base, "--index", "x=sp:-10:10,0:10"]), "no variable 'sp'")
+    _one_line_error(runner.invoke(app, [*base, "--leads", "0,a"]), "--leads")
+    _one_line_error(runner.invoke(app, [*base, "--tiles", "max"]), "--tiles")
+    # Another cube: the store's times are not in it.
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    other = tmp_path / "other.nc"
+    write_netcdf(synthetic_cube(nt=40, nlat=12, nlon=24, variables=("sst", "t2m"), start="1990-01-01"), other)
+    r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(other), "--out", str(tmp_path / "r")])
+    _one_line_error(r, "not in the input")
+    # A variable the store embeds that the input lacks.
+    only_sst = tmp_path / "sst.nc"
+    write_netcdf(synthetic_cube(nt=40, nlat=12, nlon=24, variables=("sst",), seed=3), only_sst)
+    r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(only_sst), "--out", str(tmp_path / "r")])
+    _one_line_error(r, "t2m")
+    # A Zarr store that holds no embeddings.
+    plain = tmp_path / "plain.zarr"
+    synthetic_cube(nt=4, nlat=6, nlon=12, variables=("t2m",)).to_zarr(plain)
+    r = runner.invoke(app, ["evaluate", str(plain), "--input", str(cube), "--out", str(tmp_path / "r")])
+    _one_line_error(r, "not a faextract embeddings store")
+    assert not (tmp_path / "r").exists()
+
+
+def test_perturbation_depends_only_on_seed_and_step():
+    from faextract.data.perturb import Perturbation
+
+    p = Perturbation.parse("noise=0.5,drop=0.2,seed=4")
+    assert p == Perturbation(0.5, 0.2, 4) and p.describe() == "noise=0.5,drop=0.2,seed=4"
+    whole = np.zeros((10, 2, 5, 6), dtype=np.float32)
+    p.apply(whole, 100)
+    parts = np.zeros((10, 2, 5, 6), dtype=np.float32)
+    p.apply(parts[:3], 100)
+    p.apply(parts[3:], 103)
+    np.testing.assert_array_equal(whole, parts)  # any block split gives the same draw
+    dropped = np.isnan(whole).mean()
+    assert 0.1 < dropped < 0.3
+    assert 0.3 < np.nanstd(whole) < 0.7
+    for bad in ("noise=-1", "drop=1", "seed=1.5", "noise", "blur=2", "noise=0"):
+        with pytest.raises(Exception, match="--perturb"):
+            Perturbation.parse(bad)
