@@ -30,8 +30,11 @@ class DataConfig:
     # The last fraction of the time axis is held out for validation (a contiguous range, so
     # validation never sees days adjacent to training days).
     val_fraction: float = 0.15
-    # Normalization: per-gridpoint climatology removed first ("none", "monthly", "dayofyear").
-    climatology: str = "none"
+    # Per-gridpoint climatology removed first: "auto" (monthly means for monthly data, a smooth
+    # harmonic fit for finer steps, none for less than a year), "none", "monthly", "dayofyear",
+    # "harmonic". Monthly means removed from daily data leave a jump on every first of the
+    # month, which an encoder learns as if it were weather.
+    climatology: str = "auto"
     area_weighted: bool = True
     # Precomputed statistics file (from `faextract stats`); computed on the training range if null.
     stats: str | None = None
@@ -62,6 +65,12 @@ class ModelConfig:
     # Weight of the coarse reconstruction from the embedding alone: this is what makes the
     # embedding carry the large-scale state rather than ride along unused.
     embedding_loss_weight: float = 0.5
+    # The embedding decoder: pooled fields on this lat x lon grid (capped at the data's grid),
+    # at the current step and this many steps ahead, decoded linearly from z_t alone.
+    embedding_grid: list[int] = field(default_factory=lambda: [4, 8])
+    embedding_horizon: int = 0
+    # End the embedding head with LayerNorm (per-step normalization of z).
+    embedding_norm: bool = True
     clusters: int = 0  # DEC clustering head with K clusters; 0 = off
     cluster_weight: float = 0.1
     cluster_start_epoch: int = 1

@@ -68,6 +68,13 @@ class Progress:
             self._rich = None
         return False
 
+    def note(self, text: str) -> None:
+        """One line of information (what a job is doing or decided), above any bars."""
+        if self._rich is not None:
+            self._rich.console.print(text, markup=False, highlight=False)
+        else:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
     def start(self, label: str, total: float | None = None) -> int:
         tid = len(self._tasks)
         self._tasks[tid] = _Task(label, total)

@@ -15,6 +15,7 @@ the job checkpoint at the next step and stop with status ``"preempted"``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -31,12 +32,13 @@ from faextract.config import Config, save_config
 from faextract.data.cube import resolve_paths
 from faextract.data.dataset import CubeSource, WindowDataset, make_loader
 from faextract.data.selection import parse_select
-from faextract.data.stats import StatsOptions, compute_stats, load_stats
+from faextract.data.stats import StatsOptions, compute_stats, load_stats, resolve_climatology
 from faextract.data.tiling import TileSpec
 from faextract.errors import ConfigError, DataError, FaextractError
 from faextract.losses import dec_kl, masked_mse, weighted_sse
 from faextract.models.autoencoder import ClimateAutoencoder, coarse_target
 from faextract.outputs import RUN_FILES, check_not_input, is_run_dir
+from faextract.progress import Progress
 from faextract.signals import StopFlag
 
 METRIC_FIELDS = [
@@ -137,6 +139,11 @@ def model_args(config: Config, cube) -> dict:
         clusters=m.clusters,
         periodic=bool(cube.periodic),
         seasonal_period=float(seasonal_period(cube)),
+        embedding_grid=tuple(
+            min(g, n) for g, n in zip(m.embedding_grid, cube.shape[2:], strict=True)
+        ),
+        embedding_horizon=m.embedding_horizon,
+        embedding_norm=m.embedding_norm,
     )
 
 
@@ -218,11 +225,15 @@ def compute_losses(model, batch, config: Config, cluster_on: bool):
     if out.forecast is not None and x.shape[1] > 1:
         parts["forecast"] = masked_mse(out.forecast[:, :-1], x[:, 1:], mask[:, 1:], lat)
         total = total + parts["forecast"]
-    target, valid = coarse_target(x, mask)
-    ones_lat = torch.zeros(
-        lat.shape[0], target.shape[-2], device=lat.device
-    )  # no extra area weight
-    parts["embedding"] = masked_mse(out.coarse, target, valid, ones_lat)
+    # The embedding decoder: pooled fields at t .. t+K from z_t (each horizon one MSE).
+    target, valid = coarse_target(x, mask, tuple(out.coarse.shape[-2:]))
+    no_area = torch.zeros(lat.shape[0], target.shape[-2], device=lat.device)  # pooled already
+    T = x.shape[1]
+    horizons = [
+        masked_mse(out.coarse[:, : T - k, k], target[:, k:], valid[:, k:], no_area)
+        for k in range(min(out.coarse.shape[2], T))
+    ]
+    parts["embedding"] = torch.stack(horizons).mean()
     total = total + config.model.embedding_loss_weight * parts["embedding"]
     if cluster_on and out.q is not None:
         parts["cluster"] = dec_kl(out.q, step_valid)
@@ -299,12 +310,17 @@ def train(
     config: Config, run_dir, *, resume: bool = False, overwrite: bool = False, plain_progress=None
 ) -> TrainResult:
     """Train per ``config`` into ``run_dir``; see the module docstring."""
-    from faextract.progress import Progress
-
     device = pick_device(config.train.device, distributed.launch_info().local_rank)
     info = distributed.setup(device)
     run_dir = Path(run_dir)
+    stack = contextlib.ExitStack()
     try:
+        progress = stack.enter_context(Progress(plain=plain_progress, unit="batches"))
+
+        def say(text: str) -> None:
+            if info.is_main:
+                progress.note(text)
+
         if info.is_main:
             inputs = resolve_paths(list(config.data.paths))
             _prepare_run_dir(
@@ -329,6 +345,8 @@ def train(
             select=parse_select(d.select),
         )
         cube = base.open()
+        say(f"opened {cube.source_label}: {cube.shape[0]} steps, {len(cube.channels)} channels, "
+            f"{cube.shape[2]}x{cube.shape[3]} grid")  # fmt: skip
         try:
             train_range, val_range = split_time(cube.shape[0], d.val_fraction, config.tiles.window)
         except DataError as err:
@@ -344,8 +362,12 @@ def train(
         else:
             stats = None
             if info.is_main:
-                opts = StatsOptions(area_weighted=d.area_weighted, climatology=d.climatology)
-                stats = compute_stats(cube.isel_time(slice(*train_range)), opts)
+                train_cube = cube.isel_time(slice(*train_range))
+                kind, why = resolve_climatology(d.climatology, train_cube)
+                say(f"statistics over the training steps {train_range[0]}..{train_range[1] - 1}; "
+                    f"climatology {kind}" + (f" ({why})" if why else ""))  # fmt: skip
+                opts = StatsOptions(area_weighted=d.area_weighted, climatology=kind)
+                stats = compute_stats(train_cube, opts)
             stats = distributed.broadcast_object(stats, info)
 
         model = ClimateAutoencoder(**args).to(device)
@@ -373,8 +395,15 @@ def train(
 
         steps_per_epoch = train_ds.num_batches()
         total_steps = steps_per_epoch * tc.epochs
+        warmup = tc.warmup_steps
+        if warmup > total_steps:
+            warmup = max(1, total_steps // 10)
+            say(f"train.warmup_steps={tc.warmup_steps} is longer than the {total_steps} steps "
+                f"of this run; warming up over {warmup} steps instead")  # fmt: skip
+        say(f"{train_ds.__len__()} training windows, {steps_per_epoch} steps per epoch, "
+            f"{tc.epochs} epochs; {sum(p.numel() for p in model.parameters()):,} parameters")  # fmt: skip
         optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(tc.warmup_steps, total_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(warmup, total_steps))
         epoch, step, batch_in_epoch, best_val, bad_epochs = 0, 0, 0, float("inf"), 0
         if ckpt is not None:
             model.load_state_dict(ckpt["model"]["state_dict"])
@@ -445,7 +474,7 @@ def train(
             save_config(config, run_dir / "config.yaml")
         last_val: dict = {}
         status = "finished"
-        with StopFlag() as stop, Progress(plain=plain_progress, unit="batches") as progress:
+        with StopFlag() as stop:
             while epoch < tc.epochs:
                 train_ds.set_epoch(epoch)
                 train_ds.skip_batches = batch_in_epoch
@@ -516,6 +545,8 @@ def train(
                     last_val = evaluate(model, val_loader, device, info, amp)
                     val_loss = last_val.get("recon", last_val.get("forecast", float("nan")))
                     writer.write(kind="val", epoch=epoch, step=step, loss=val_loss, **last_val)
+                    say(f"epoch {epoch}/{tc.epochs}: validation "
+                        + ", ".join(f"{k} {v:.4g}" for k, v in last_val.items()))  # fmt: skip
                     if tb is not None:
                         for k, v in last_val.items():
                             tb.add_scalar(f"val/{k}", v, step)
@@ -540,6 +571,7 @@ def train(
             tb.close()
         return TrainResult(status, epoch, step, best_val, last_val, str(run_dir))
     finally:
+        stack.close()
         distributed.teardown(info)
 
 

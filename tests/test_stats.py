@@ -106,3 +106,62 @@ def test_save_load_roundtrip(tmp_path, small_nc, suffix):
     )
     with pytest.raises(DataError, match="already exists"):
         save_stats(st, path)
+
+
+def test_harmonic_climatology_is_smooth_and_exact_on_harmonics(tmp_path):
+    """The harmonic fit recovers a planted seasonal cycle through land masks and gaps, has no
+    jump on month boundaries (a monthly climatology on daily data does), and round-trips."""
+    from faextract.data.normalize import ArrayNormalizer, denormalize, normalize
+    from faextract.evaluate import Calendar, month_jump
+
+    ds = synthetic_cube(nt=730, nlat=6, nlon=12, variables=("sst", "t2m"), seed=4)
+    path = tmp_path / "c.nc"
+    write_netcdf(ds, path)
+    cube = open_cube(path)
+    st = compute_stats(cube, StatsOptions(climatology="harmonic"))
+    assert st.attrs["climatology"] == "harmonic" and st.sizes["season"] == 7
+    assert np.isnan(st["climatology"].sel(channel="sst").values).any()  # land stays NaN
+    x = normalize(cube.to_array(), st)
+    back = denormalize(x, st)
+    xr.testing.assert_allclose(back, cube.to_array(), rtol=1e-4)
+    block = ArrayNormalizer(st, cube.channels, cube.time, 6, 12)(cube.read(0, 730), 0)
+    np.testing.assert_allclose(block, x.values, atol=1e-3)
+    cal = Calendar.of(cube.time.values, "noleap")
+    flat = np.nan_to_num(block).reshape(730, -1)
+    assert month_jump(flat, cal) == pytest.approx(1.0, abs=0.1)
+    monthly = compute_stats(cube, StatsOptions(climatology="monthly"))
+    mblock = ArrayNormalizer(monthly, cube.channels, cube.time, 6, 12)(cube.read(0, 730), 0)
+    assert month_jump(np.nan_to_num(mblock).reshape(730, -1), cal) > 1.5
+
+
+def test_auto_climatology_follows_the_time_step(tmp_path):
+    from faextract.data.stats import resolve_climatology
+
+    daily = tmp_path / "d.nc"
+    write_netcdf(synthetic_cube(nt=400, nlat=4, nlon=8, variables=("t2m",)), daily)
+    monthly = tmp_path / "m.nc"
+    write_netcdf(
+        synthetic_cube(nt=24, nlat=4, nlon=8, variables=("t2m",), freq_days=365 / 12,
+                       start="2000-01-16"),
+        monthly,
+    )  # fmt: skip
+    short = tmp_path / "s.nc"
+    write_netcdf(synthetic_cube(nt=100, nlat=4, nlon=8, variables=("t2m",)), short)
+    assert resolve_climatology("auto", open_cube(daily))[0] == "harmonic"
+    assert resolve_climatology("auto", open_cube(monthly))[0] == "monthly"
+    kind, why = resolve_climatology("auto", open_cube(short))
+    assert kind == "none" and "seasonal cycle" in why
+    assert resolve_climatology("dayofyear", open_cube(short))[0] == "dayofyear"
+    st = compute_stats(open_cube(monthly), StatsOptions(climatology="auto"))
+    assert st.attrs["climatology"] == "monthly"
+
+
+def test_a_monthly_climatology_missing_months_says_why(tmp_path):
+    path = tmp_path / "m.nc"
+    write_netcdf(
+        synthetic_cube(nt=9, nlat=4, nlon=8, variables=("t2m",), freq_days=365 / 12,
+                       start="2000-01-16"),
+        path,
+    )  # fmt: skip
+    with pytest.raises(DataError, match="month 10.*val_fraction"):
+        compute_stats(open_cube(path), StatsOptions(climatology="monthly"))

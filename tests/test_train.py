@@ -188,3 +188,22 @@ def test_cli_train_errors_are_one_line(tmp_path, small_nc):
     )
     assert result.exit_code == 2 and "unknown variable 'msl'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_train_says_what_it_does_and_clips_a_warmup_longer_than_the_run(
+    tmp_path, tiny_config, capsys
+):
+    result = train(
+        tiny_config("train.epochs=1", "train.warmup_steps=500", "model.embedding_horizon=2",
+                    "model.embedding_grid=[3,6]", "model.embedding_norm=false"),
+        tmp_path / "run",
+        plain_progress=True,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert "warmup_steps=500 is longer than the" in err
+    assert "opened " in err and "climatology" in err
+    assert "epoch 1/1: validation recon" in err
+    assert result.status == "finished"
+    args = load_checkpoint(tmp_path / "run" / "last.pt")["model"]["args"]
+    assert args["embedding_horizon"] == 2 and tuple(args["embedding_grid"]) == (3, 6)
+    assert args["embedding_norm"] is False

@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from faextract.data import harmonics
 from faextract.data.stats import season_index
+from faextract.data.time import calendar_of, season_phase
 from faextract.errors import DataError
 
 
@@ -31,21 +33,26 @@ def _aligned(
     std = stats["std"].sel(channel=want).astype("float32")
     clim = None
     if "climatology" in stats:
-        kind = stats.attrs.get("climatology", "monthly")
-        keys = season_index(x["time"], kind)
-        nseason = stats.sizes["season"]
-        keys = np.clip(keys, 1, nseason) - 1
         c = stats["climatology"].sel(channel=want)
         if c.sizes["lat"] != x.sizes["lat"] or c.sizes["lon"] != x.sizes["lon"]:
             raise DataError(
                 f"climatology grid {c.sizes['lat']}x{c.sizes['lon']} does not match the data grid "
                 f"{x.sizes['lat']}x{x.sizes['lon']}"
             )
-        clim = c.isel(season=xr.DataArray(keys, dims="time")).drop_vars(
-            ["season", "lat", "lon"], errors="ignore"
-        )
-        clim = clim.transpose("time", "channel", "lat", "lon").astype("float32")
+        values = climatology_at(stats, x["time"], c.values)
+        clim = xr.DataArray(values.astype("float32"), dims=("time", "channel", "lat", "lon"))
     return mean.drop_vars("channel"), std.drop_vars("channel"), clim
+
+
+def climatology_at(stats: xr.Dataset, time: xr.DataArray, maps: np.ndarray) -> np.ndarray:
+    """The climatology ``(T, C, H, W)`` at each of ``time`` from the statistics' ``maps``
+    ``(season, C, H, W)``: month or day-of-year maps looked up, harmonics evaluated."""
+    kind = stats.attrs.get("climatology", "monthly")
+    if kind == "harmonic":
+        phase = season_phase(time.values, calendar_of(time))
+        return harmonics.evaluate(maps, phase, int(stats.attrs.get("harmonics", harmonics.HARMONICS)))
+    keys = np.clip(season_index(time, kind), 1, maps.shape[0]) - 1
+    return maps[keys]
 
 
 def normalize(x: xr.DataArray, stats: xr.Dataset) -> xr.DataArray:
@@ -84,11 +91,24 @@ class ArrayNormalizer:
         want = [str(c) for c in channels]
         self.mean = stats["mean"].sel(channel=want).values.astype(np.float32)[None, :, None, None]
         self.std = stats["std"].sel(channel=want).values.astype(np.float32)[None, :, None, None]
-        self.clim = None
+        self.maps = self.basis = self.keys = None
         if "climatology" in stats:
+            self.maps = stats["climatology"].sel(channel=want).values.astype(np.float32)
             kind = stats.attrs.get("climatology", "monthly")
-            self.keys = np.clip(season_index(time, kind), 1, stats.sizes["season"]) - 1
-            self.clim = stats["climatology"].sel(channel=want).values.astype(np.float32)
+            if kind == "harmonic":
+                order = int(stats.attrs.get("harmonics", harmonics.HARMONICS))
+                phase = season_phase(time.values, calendar_of(time))
+                self.basis = harmonics.basis(phase, order).astype(np.float32)
+            else:
+                self.keys = np.clip(season_index(time, kind), 1, stats.sizes["season"]) - 1
+
+    def climatology(self, t0: int, t1: int) -> np.ndarray | None:
+        """The climatology of steps ``t0 .. t1`` ``(T, C, H, W)``, or None without one."""
+        if self.basis is not None:
+            return np.tensordot(self.basis[t0:t1], self.maps, axes=(1, 0))
+        if self.keys is not None:
+            return self.maps[self.keys[t0:t1]]
+        return None
 
     def __call__(self, x: np.ndarray, t0: int, *, in_place: bool = False) -> np.ndarray:
         """Normalize ``x``, the steps ``t0 .. t0 + len(x)`` of the cube.
@@ -96,12 +116,13 @@ class ArrayNormalizer:
         ``in_place`` overwrites a float32 ``x`` (a block the caller owns) instead of
         allocating: the same float32 operations in the same order, so the same result.
         """
+        clim = self.climatology(t0, t0 + x.shape[0])
         if not (in_place and x.dtype == np.float32):
-            if self.clim is not None:
-                x = x - self.clim[self.keys[t0 : t0 + x.shape[0]]]
+            if clim is not None:
+                x = x - clim
             return ((x - self.mean) / self.std).astype(np.float32, copy=False)
-        if self.clim is not None:
-            x -= self.clim[self.keys[t0 : t0 + x.shape[0]]]
+        if clim is not None:
+            x -= clim
         x -= self.mean
         x /= self.std
         return x

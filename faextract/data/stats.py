@@ -17,10 +17,17 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from faextract.data import harmonics
 from faextract.data.cube import Cube
+from faextract.data.time import season_phase, to_cftime
 from faextract.errors import DataError
 
-CLIMATOLOGIES = ("none", "monthly", "dayofyear")
+#: ``harmonic``: the mean and 3 annual harmonics per grid point (smooth, 7 maps; for daily and
+#: sub-daily data); ``monthly``: calendar-month means (exact for monthly data, but removed from
+#: daily data it jumps on every first of the month); ``dayofyear``: 366 smoothed daily maps.
+#: ``auto`` chooses: monthly for monthly or coarser steps, harmonic for finer ones, none for
+#: less than a year of data (see :func:`resolve_climatology`).
+CLIMATOLOGIES = ("auto", "none", "monthly", "dayofyear", "harmonic")
 #: Day-of-year climatologies are smoothed with a circular running mean of this many days:
 #: a raw daily mean over a few years is mostly weather noise.
 DOY_SMOOTHING_DAYS = 31
@@ -47,6 +54,27 @@ def season_index(time: xr.DataArray, kind: str) -> np.ndarray:
     raise ValueError(f"no season index for climatology {kind!r}")
 
 
+def resolve_climatology(kind: str, cube: Cube) -> tuple[str, str]:
+    """The climatology ``auto`` means for ``cube`` (other kinds pass through), and why."""
+    if kind != "auto":
+        return kind, ""
+    times = to_cftime(cube.time.values[: min(cube.shape[0], 400)], cube.calendar)
+    if len(times) < 2:
+        return "none", "a single time step has no seasonal cycle"
+    step = float(np.median([(b - a).total_seconds() for a, b in zip(times[:-1], times[1:], strict=True)]))
+    step /= 86400
+    first, last = to_cftime(cube.time.values[[0, -1]], cube.calendar)
+    span = (last - first).total_seconds() / 86400 + step
+    if span < 360:
+        return "none", f"{span:.0f} days of data hold no full seasonal cycle"
+    if step >= 27:
+        months = {t.month for t in to_cftime(cube.time.values, cube.calendar)}
+        if len(months) < 12:
+            return "none", f"the data cover only {len(months)} calendar months"
+        return "monthly", "monthly steps: calendar-month means"
+    return "harmonic", "steps shorter than a month: a smooth harmonic fit (no month-boundary jumps)"
+
+
 def _area_weights(lat: np.ndarray, nlon: int) -> np.ndarray:
     w = np.cos(np.deg2rad(lat.astype(np.float64))).clip(min=0.0)
     return np.repeat(w[:, None], nlon, axis=1)
@@ -60,6 +88,8 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
     :class:`faextract.progress.Progress`-like object fed by a dask callback.
     """
     options = options or StatsOptions()
+    kind, _why = resolve_climatology(options.climatology, cube)
+    options = StatsOptions(area_weighted=options.area_weighted, climatology=kind)
     arr = cube.to_array().data.astype(np.float64)  # (T, C, H, W) dask
     T, C, H, W = arr.shape
     w2d = _area_weights(cube.lat, W) if options.area_weighted else np.ones((H, W))
@@ -69,7 +99,20 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
     count = finite.sum(axis=(0, 2, 3))
 
     clim = None
-    if options.climatology != "none":
+    if options.climatology == "harmonic":
+        phase = season_phase(cube.time.values, cube.calendar)
+        b = da.from_array(harmonics.basis(phase), chunks=(arr.chunks[0], -1))
+        b2 = da.from_array(harmonics.basis(phase, 2 * harmonics.HARMONICS), chunks=(arr.chunks[0], -1))
+        xz = da.where(finite, arr, 0.0)
+        rhs = da.einsum("tk,tchw->kchw", b, xz)
+        moments = da.einsum("tj,tchw->jchw", b2, finite.astype(np.float64))
+        with _progress(progress, "climatology"):
+            rhs, moments, infs_v, count_v = dask.compute(rhs, moments, infs, count)
+        _validate(cube, infs_v, count_v)
+        clim = harmonics.solve(moments, rhs)  # (K, C, H, W), NaN where too few valid steps
+        arr = arr - da.einsum("tk,kchw->tchw", b, da.from_array(clim, chunks=-1))
+        finite = da.isfinite(arr)
+    elif options.climatology != "none":
         keys = season_index(cube.time, options.climatology)
         nseason = 12 if options.climatology == "monthly" else 366
         onehot = np.zeros((T, nseason), dtype=np.float64)
@@ -81,7 +124,7 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
         with _progress(progress, "climatology"):
             sums, cnts, infs_v, count_v = dask.compute(sums, cnts, infs, count)
         _validate(cube, infs_v, count_v)
-        clim = _finish_climatology(sums, cnts, keys, options.climatology)
+        clim = _finish_climatology(sums, cnts, keys, options.climatology, cube)
         clim_da = da.from_array(clim, chunks=(-1, -1, -1, -1))
         sub = clim_da[keys - 1]
         arr = arr - sub.rechunk(arr.chunks)
@@ -126,6 +169,12 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
             {"long_name": f"{options.climatology} climatology (per grid point)"},
         )
         out = out.assign_coords(season=np.arange(1, clim.shape[0] + 1), lat=cube.lat, lon=cube.lon)
+        if options.climatology == "harmonic":
+            out["climatology"].attrs["long_name"] = (
+                f"harmonic climatology: mean, then cos and sin of {harmonics.HARMONICS} annual "
+                "harmonics of the phase in the year (per grid point)"
+            )
+            out.attrs["harmonics"] = harmonics.HARMONICS
     out.attrs = {
         "title": "faextract normalization statistics",
         "area_weighted": int(options.area_weighted),
@@ -147,7 +196,7 @@ def _validate(cube: Cube, infs: np.ndarray, count: np.ndarray) -> None:
             raise DataError(f"{src}: variable {name!r} is all NaN (no valid value to learn from)")
 
 
-def _finish_climatology(sums, cnts, keys, kind) -> np.ndarray:
+def _finish_climatology(sums, cnts, keys, kind, cube: Cube) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         clim = sums / cnts
     if kind == "dayofyear":
@@ -162,7 +211,12 @@ def _finish_climatology(sums, cnts, keys, kind) -> np.ndarray:
     else:
         for month in range(1, 13):
             if month not in keys:
-                raise DataError(f"monthly climatology: no data for month {month}; need a full year")
+                raise DataError(
+                    f"{cube.source_label}: a monthly climatology needs every calendar month, and "
+                    f"the steps it is computed on ({cube.time.values[0]} to "
+                    f"{cube.time.values[-1]}) have none in month {month}; in training the "
+                    "validation hold-out (data.val_fraction) may have taken it"
+                )
     return clim
 
 

@@ -8,8 +8,15 @@ Data flow, per window ``x (B, T, C, H, W)`` (normalized, 0 where invalid) and
               -> latent (B, T, F, h, w), z (B, T, d)
     latent, FiLM(z) -> upsampling decoder -> reconstruction of x_t   (objective reconstruct)
                                           -> prediction of x_{t+1}   (objective forecast)
-    z alone -> linear -> coarse (pooled) x_t                         (keeps z informative)
+    z alone -> linear -> pooled x_t, x_{t+1}, ..., x_{t+K}           (the embedding decoder)
     z -> Student's t soft assignment q (B, T, K)                     (optional DEC head)
+
+The embedding decoder is what gives z its meaning: the spatial decoder can reconstruct from
+the latent maps alone, so without it z rides along unused. A *linear* map from z_t to the
+fields, pooled on ``embedding_grid``, at the current step and ``embedding_horizon`` steps ahead,
+makes z a linearly decodable summary of the large-scale state and of where it is heading
+(with 0 horizons it is a nonlinear cousin of the leading EOFs; the horizons make it keep
+what the recurrent memory knows of the future, which a snapshot's EOFs cannot).
 
 FAConvLSTM produces z itself (subspace head + seasonal temporal attention); the other cells
 get a plain :class:`~faextract.models.subspace.SubspaceHead`. Spatial convolutions wrap around
@@ -32,7 +39,8 @@ from faextract.models.layers import pad_spatial
 from faextract.models.registry import create_cell
 from faextract.models.subspace import SubspaceHead
 
-#: Grid of the coarse field reconstructed from the embedding alone (lat x lon cells).
+#: Grid of the pooled fields decoded from the embedding alone (lat x lon cells) in models
+#: that do not say (checkpoints from before ``embedding_grid``).
 COARSE_SHAPE = (4, 8)
 
 
@@ -97,7 +105,8 @@ class ClusterHead(nn.Module):
 
 @dataclass
 class NetworkOutput:
-    """Shapes: recon/forecast ``(B, T, C, H, W)``; coarse ``(B, T, C, *COARSE_SHAPE)``;
+    """Shapes: recon/forecast ``(B, T, C, H, W)``; coarse ``(B, T, K + 1, C, gh, gw)`` (the
+    embedding decoder's fields at steps t .. t + K on ``embedding_grid``);
     embeddings ``(B, T, d)``; latent ``(B, T, F, h, w)``; q ``(B, T, K)`` or None."""
 
     recon: torch.Tensor | None
@@ -128,8 +137,15 @@ class ClimateAutoencoder(nn.Module):
         clusters: int = 0,
         periodic: bool = False,
         seasonal_period: float = 365.0,
+        embedding_grid: tuple[int, int] = COARSE_SHAPE,
+        embedding_horizon: int = 0,
+        embedding_norm: bool = True,
     ):
         super().__init__()
+        if embedding_horizon < 0:
+            raise ValueError(f"model.embedding_horizon must be >= 0, got {embedding_horizon}")
+        self.embedding_grid = tuple(int(v) for v in embedding_grid)
+        self.embedding_horizon = int(embedding_horizon)
         if objective not in ("reconstruct", "forecast", "both"):
             raise ValueError(f"objective must be reconstruct, forecast or both, got {objective!r}")
         if layers < 1:
@@ -158,13 +174,17 @@ class ClimateAutoencoder(nn.Module):
             )
             if cell == "faconvlstm":
                 last = i == layers - 1
-                kw.update(periodic=periodic, seasonal_period=seasonal_period)
+                kw.update(
+                    periodic=periodic, seasonal_period=seasonal_period, embedding_norm=embedding_norm
+                )
                 kw.update({k: v for k, v in options.items()})
                 kw["embedding_dim"] = embedding_dim if last else 0
             else:
                 kw.update(options)
             self.cells.append(create_cell(cell, **kw))
-        self.head = None if cell == "faconvlstm" else SubspaceHead(filters, embedding_dim)
+        self.head = (
+            None if cell == "faconvlstm" else SubspaceHead(filters, embedding_dim, embedding_norm)
+        )
         self.film = nn.Linear(embedding_dim, 2 * filters)
         self.up = nn.ModuleList(
             GridConv(filters, filters, 3, 1, periodic) for _ in range(downsample)
@@ -176,7 +196,8 @@ class ClimateAutoencoder(nn.Module):
         self.forecast_out = (
             GridConv(dec_in, in_channels, 3, 1, periodic) if objective != "reconstruct" else None
         )
-        self.coarse = nn.Linear(embedding_dim, in_channels * COARSE_SHAPE[0] * COARSE_SHAPE[1])
+        gh, gw = self.embedding_grid
+        self.coarse = nn.Linear(embedding_dim, (embedding_horizon + 1) * in_channels * gh * gw)
         self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
 
     @property
@@ -248,16 +269,19 @@ class ClimateAutoencoder(nn.Module):
         latent, z, attention = self.encode(x, mask, phase, step_valid, need_weights)
         recon, forecast = self.decode(latent, z)
         B, T = z.shape[:2]
-        coarse = self.coarse(z).reshape(B, T, self.in_channels, *COARSE_SHAPE)
+        coarse = self.coarse(z).reshape(
+            B, T, self.embedding_horizon + 1, self.in_channels, *self.embedding_grid
+        )
         q = self.cluster(z) if self.cluster is not None else None
         return NetworkOutput(recon, forecast, coarse, z, latent, attention, q)
 
 
-def coarse_target(x: torch.Tensor, mask: torch.Tensor):
-    """Masked average-pool of ``x (B, T, C, H, W)`` to ``COARSE_SHAPE``: (target, valid)."""
+def coarse_target(x: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int] = COARSE_SHAPE):
+    """Masked average-pool of ``x (B, T, C, H, W)`` to ``grid``: (target, valid), each
+    ``(B, T, C, *grid)``."""
     B, T, C, H, W = x.shape
     m = mask.to(x.dtype).reshape(B * T, C, H, W)
-    s = F.adaptive_avg_pool2d(x.reshape(B * T, C, H, W) * m, COARSE_SHAPE)
-    n = F.adaptive_avg_pool2d(m, COARSE_SHAPE)
+    s = F.adaptive_avg_pool2d(x.reshape(B * T, C, H, W) * m, grid)
+    n = F.adaptive_avg_pool2d(m, grid)
     target = s / n.clamp(min=1e-6)
-    return target.reshape(B, T, C, *COARSE_SHAPE), (n > 0).reshape(B, T, C, *COARSE_SHAPE)
+    return target.reshape(B, T, C, *grid), (n > 0).reshape(B, T, C, *grid)

@@ -1,7 +1,10 @@
 """Subspace head: a compact embedding ``z_t`` per timestep from a hidden map sequence.
 
 ``(B, T, F, H, W) -> (B, T, d)``: 1x1 conv F -> F, SiLU, masked spatial mean *and* max
-(means see basin-scale states, maxima see localized extremes), linear 2F -> d, LayerNorm.
+(means see basin-scale states, maxima see localized extremes), linear 2F -> d, then LayerNorm
+when ``norm`` (the original head). LayerNorm makes every z_t a unit-variance vector around its
+own mean: it removes the per-step amplitude (how anomalous a state is) and, with its learned
+offsets, lets components sit near constant values; ``norm=False`` keeps the linear output.
 Invalid cells (land in an ocean field, padding) are excluded through ``valid (B, T, H, W)``.
 """
 
@@ -12,11 +15,11 @@ from torch import nn
 
 
 class SubspaceHead(nn.Module):
-    def __init__(self, channels: int, dim: int = 32):
+    def __init__(self, channels: int, dim: int = 32, norm: bool = True):
         super().__init__()
         self.proj = nn.Conv2d(channels, channels, 1)
         self.fc = nn.Linear(2 * channels, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C, H, W = h.shape

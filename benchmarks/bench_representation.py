@@ -1,0 +1,229 @@
+"""Representation quality side by side: FAConvLSTM2D, ConvLSTM2D and MinConvGRU encoders.
+
+Trains each cell at a matched parameter budget with two seeds on a generated cube long enough
+to hold out whole years (``faextract.testing.synthetic_cube``: a planted ENSO-like index and a
+lagged teleconnection), embeds the whole cube (and a copy perturbed with 5% noise), and runs
+``faextract.evaluate`` on all stores in one go. Prints one table:
+
+- held-out R² of the planted index (the ENSO box's SST anomaly) at leads 0, 1 and 3, and of
+  the teleconnection box's t2m anomaly at lead 0, against the EOF baseline with as many PCs;
+- effective rank, month-boundary jump, linear CKA between the two seeds, robustness
+  (``||z' - z|| / ||z - mean z||`` under 5% noise), best k-means silhouette;
+- for FAConvLSTM2D: the percentile of the teleconnection box in the ENSO query's attention map.
+
+Encoders train on the first 85% of the record (the rest is their validation range); the probes
+use evaluate's protocol (5 contiguous held-out blocks over the whole record, a gap of one
+window + lead). Every number comes from this one run.
+
+    python benchmarks/bench_representation.py               # the README table (~40 min, 2 cores)
+    python benchmarks/bench_representation.py --quick       # a smoke run (~3 min)
+    python benchmarks/bench_representation.py --cube daily --cells faconvlstm --seeds 0
+"""
+
+from __future__ import annotations
+
+import _env  # noqa: F401  (process settings of `faextract train`; before torch)
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from faextract.config import load_config  # noqa: E402
+from faextract.embed import EmbedOptions, embed  # noqa: E402
+from faextract.evaluate import EvaluateOptions, IndexSpec, evaluate  # noqa: E402
+from faextract.evaluate.attention import box_percentile  # noqa: E402
+from faextract.store import open_embeddings  # noqa: E402
+from faextract.testing import ENSO_BOX, TELECONNECTION_BOX, synthetic_cube, write_netcdf  # noqa: E402
+from faextract.train import train  # noqa: E402
+
+from _common import table  # noqa: E402
+
+CUBES = {
+    # 20 years of monthly means (mid-month steps), a 3-month teleconnection lag.
+    "monthly": dict(nt=240, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
+    # 6 years of daily data, a 10-day lag (the sample's kind of data, 3x longer).
+    "daily": dict(nt=6 * 365, freq_days=1.0, start="2000-01-01", teleconnection_lag=10),
+}
+CELLS = ("faconvlstm", "convlstm", "minconvgru")
+INDICES = [
+    IndexSpec("enso", "sst", ENSO_BOX),
+    IndexSpec("tele", "t2m", TELECONNECTION_BOX),
+]
+
+
+def _params(cfg, channels: int) -> int:
+    from faextract.models.autoencoder import ClimateAutoencoder
+
+    m = cfg.model
+    net = ClimateAutoencoder(
+        channels, cell=m.cell, filters=m.filters, layers=m.layers, kernel_size=m.kernel_size,
+        stem_channels=m.stem_channels, downsample=m.downsample, embedding_dim=m.embedding_dim,
+        cell_options=dict(m.cell_options), objective=m.objective, clusters=m.clusters,
+        periodic=True,
+    )  # fmt: skip
+    return sum(p.numel() for p in net.parameters())
+
+
+def matched_filters(base_overrides: list[str], cell: str, budget: int, channels: int) -> int:
+    """The width at which ``cell``'s whole network has about ``budget`` parameters."""
+    best, best_gap = 4, float("inf")
+    for filters in range(4, 129, 2):
+        cfg = load_config(None, [*base_overrides, f"model.cell={cell}", f"model.filters={filters}",
+                                 "model.cell_options={}"])  # fmt: skip
+        gap = abs(_params(cfg, channels) - budget)
+        if gap < best_gap:
+            best, best_gap = filters, gap
+    return best
+
+
+def run(args) -> list[dict]:
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-representation-"))
+    root.mkdir(parents=True, exist_ok=True)
+    variables = ("sst", "t2m", "sp", "u10")
+    cube = root / f"{args.cube}.nc"
+    if not cube.exists():
+        write_netcdf(
+            synthetic_cube(nlat=24, nlon=48, variables=variables, calendar="noleap", seed=7,
+                           **CUBES[args.cube]),
+            cube,
+        )  # fmt: skip
+    base = [f"data.paths=[{cube}]", *args.set]
+    if args.quick:
+        base += ["train.epochs=2"]
+    fa_cfg = load_config(args.config, [*base, "model.cell=faconvlstm"])
+    budget = _params(fa_cfg, len(variables))
+    stores, meta = [], {}
+    for cell in args.cells:
+        extra = [f"model.cell={cell}"]
+        if cell != "faconvlstm":
+            width = matched_filters(base, cell, budget, len(variables))
+            extra += [f"model.filters={width}", "model.cell_options={}"]
+        for seed in args.seeds:
+            name = f"{cell}-s{seed}"
+            run_dir = root / name
+            cfg = load_config(args.config, [*base, *extra, f"train.seed={seed}"])
+            t0 = time.perf_counter()
+            if not (run_dir / "best.pt").exists():
+                train(cfg, run_dir, overwrite=True, plain_progress=True)
+            seconds = time.perf_counter() - t0
+            ckpt = run_dir / "best.pt"
+            queries = {"enso": ENSO_BOX} if cell == "faconvlstm" else {}
+            for suffix, perturb in (("", None), ("-noise", "noise=0.05")):
+                from faextract.data.perturb import Perturbation
+
+                out = root / f"{name}{suffix}.zarr"
+                embed([str(cube)], str(ckpt), str(out),
+                      EmbedOptions(queries=queries, overwrite=True, device="cpu",
+                                   perturb=Perturbation.parse(perturb)))  # fmt: skip
+            stores.append(str(root / f"{name}.zarr"))
+            meta[str(root / f"{name}.zarr")] = dict(
+                cell=cell, seed=seed, params=_params(cfg, len(variables)), train_s=seconds
+            )
+    opts = EvaluateOptions(indices=INDICES, leads=(0, 1, 3), eof_targets=args.eof_targets,
+                           overwrite=True)  # fmt: skip
+    perturbed = [s.replace(".zarr", "-noise.zarr") for s in stores]
+    report = evaluate(stores, [str(cube)], root / "evaluation", opts, perturbed=perturbed)
+    (root / "evaluation" / "meta.json").write_text(json.dumps(meta, indent=1))
+    return summarize(report, meta)
+
+
+def summarize(report, meta: dict) -> list[dict]:
+    by_path = {s.path: s for s in report.stores}
+    paths = report.stability["paths"]
+    cka = np.array(report.stability["cka"], dtype=float)
+    rows = []
+    eof = report.baselines["eof"]
+    rows.append({
+        "features": f"EOF baseline ({eof.features} PCs)",
+        **{f"ENSO R² lead {L}": f"{eof.probe['enso'][L]:.3f}" for L in report.leads},
+        "tele R² lead 0": f"{eof.probe['tele'][0]:.3f}",
+        "EOF-PC R² mean": _eof_mean(eof, report),
+        "eff. rank": f"{eof.effective_rank:.1f}",
+    })  # fmt: skip
+    cells = list(dict.fromkeys(m["cell"] for m in meta.values()))
+    for cell in cells:
+        mine = [p for p in paths if meta[p]["cell"] == cell]
+        reps = [by_path[p] for p in mine]
+
+        def mean(fn, reps=reps):
+            vals = [fn(r) for r in reps]
+            vals = [v for v in vals if v is not None and np.isfinite(v)]
+            if not vals:
+                return "-"
+            spread = f" ±{(max(vals) - min(vals)) / 2:.3f}" if len(vals) > 1 else ""
+            return f"{np.mean(vals):.3f}{spread}"
+
+        idx = [paths.index(p) for p in mine]
+        pair = [cka[i, j] for i in idx for j in idx if i < j]
+        row = {
+            "features": f"{cell} ({meta[mine[0]]['params']:,} params)",
+            **{f"ENSO R² lead {L}": mean(lambda r, L=L: r.probe["enso"][L]) for L in report.leads},
+            "tele R² lead 0": mean(lambda r: r.probe["tele"][0]),
+            "EOF-PC R² mean": mean(lambda r: _eof_mean_value(r, report)),
+            "eff. rank": mean(lambda r: r.effective_rank),
+            "month jump": mean(lambda r: r.month_jump),
+            "CKA seeds": f"{np.mean(pair):.3f}" if pair else "-",
+            "robustness": mean(lambda r: next(iter(r.robustness.values()))["relative_to_variability"]
+                               if r.robustness else None),
+            "silhouette": mean(lambda r: max((g["silhouette"] for g in r.regimes.values()),
+                                             default=None)),
+            "tele in ENSO map": mean(lambda r: _tele_percentile(r.path)),
+            "train s": f"{np.mean([meta[p]['train_s'] for p in mine]):.0f}",
+        }  # fmt: skip
+        rows.append(row)
+    return rows
+
+
+def _eof_mean_value(feat, report) -> float:
+    eofs = [t for t, d in report.targets.items() if d["kind"] == "eof"]
+    return float(np.mean([feat.probe[t][0] for t in eofs])) if eofs else float("nan")
+
+
+def _eof_mean(feat, report) -> str:
+    v = _eof_mean_value(feat, report)
+    return f"{v:.3f}" if np.isfinite(v) else "-"
+
+
+def _tele_percentile(path: str) -> float | None:
+    ds = open_embeddings(path)
+    if "attention_query_enso" not in ds:
+        return None
+    m = ds["attention_query_enso"].mean(("attention_time", "head")).values
+    return box_percentile(m, ds["lat"].values, ds["lon"].values, TELECONNECTION_BOX)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cube", choices=sorted(CUBES), default="monthly")
+    ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    ap.add_argument("--config", default=str(HERE.parent / "configs" / "default.yaml"))
+    ap.add_argument("--set", action="append", default=[], help="config override (repeatable)")
+    ap.add_argument("--eof-targets", type=int, default=3)
+    ap.add_argument("--workdir", help="keep runs here (reused when present)")
+    ap.add_argument("--quick", action="store_true", help="2 epochs, one seed, a smoke run")
+    args = ap.parse_args()
+    args.cells = [c for c in args.cells.split(",") if c]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    if args.quick:
+        args.seeds = args.seeds[:1]
+    os.environ.setdefault("FAEXTRACT_PLAIN_PROGRESS", "1")
+    t0 = time.perf_counter()
+    rows = run(args)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    title = (f"Representation quality, {args.cube} cube, config {Path(args.config).name}"
+             f"{' ' + ' '.join(args.set) if args.set else ''} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    print(table(rows, cols, title))
+
+
+if __name__ == "__main__":
+    main()
