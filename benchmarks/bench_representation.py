@@ -22,8 +22,6 @@ window + lead). Every number comes from this one run.
 
 from __future__ import annotations
 
-import _env  # noqa: F401  (process settings of `faextract train`; before torch)
-
 import argparse
 import json
 import os
@@ -32,20 +30,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import _env  # noqa: F401  (process settings of `faextract train`; before torch)
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from _common import table  # noqa: E402
 
 from faextract.config import load_config  # noqa: E402
+from faextract.data.perturb import Perturbation  # noqa: E402
 from faextract.embed import EmbedOptions, embed  # noqa: E402
 from faextract.evaluate import EvaluateOptions, IndexSpec, evaluate  # noqa: E402
 from faextract.evaluate.attention import box_percentile  # noqa: E402
 from faextract.store import open_embeddings  # noqa: E402
 from faextract.testing import ENSO_BOX, TELECONNECTION_BOX, synthetic_cube, write_netcdf  # noqa: E402
 from faextract.train import train  # noqa: E402
-
-from _common import table  # noqa: E402
 
 CUBES = {
     # 20 years of monthly means (mid-month steps), a 3-month teleconnection lag.
@@ -118,8 +117,6 @@ def run(args) -> list[dict]:
             ckpt = run_dir / "best.pt"
             queries = {"enso": ENSO_BOX} if cell == "faconvlstm" else {}
             for suffix, perturb in (("", None), ("-noise", "noise=0.05")):
-                from faextract.data.perturb import Perturbation
-
                 out = root / f"{name}{suffix}.zarr"
                 embed([str(cube)], str(ckpt), str(out),
                       EmbedOptions(queries=queries, overwrite=True, device="cpu",
