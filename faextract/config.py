@@ -71,6 +71,9 @@ class ModelConfig:
     embedding_horizon: int = 0
     # End the embedding head with LayerNorm (per-step normalization of z).
     embedding_norm: bool = True
+    # Pool the last hidden state onto this lat x lon grid (capped at the latent grid) before
+    # the linear map to z, so z knows where anomalies are; null = global mean and max pooling.
+    head_grid: list[int] | None = None
     clusters: int = 0  # DEC clustering head with K clusters; 0 = off
     cluster_weight: float = 0.1
     cluster_start_epoch: int = 1

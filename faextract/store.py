@@ -43,14 +43,34 @@ def history_line(command: str) -> str:
     return f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}: {command}"
 
 
-def _time_encoding(time: xr.DataArray) -> dict:
+def _year_zero(units: str) -> bool:
+    """A reference date in year 0 (``hour since 0000-01-01``: classic climatology files)."""
+    ref = units.split(" since ", 1)[1].strip() if " since " in units else ""
+    return ref.startswith(("0000", "0-", "00-", "000-"))
+
+
+def _time_variable(time: xr.DataArray, values: np.ndarray, attrs: dict):
+    """``(values, attrs, encoding)`` of a time coordinate holding ``values`` of ``time``.
+
+    The store keeps the input's units and calendar. Times referenced to year 0 are written as
+    the numbers themselves (xarray and cftime encode them only with ``has_year_zero``, which
+    the CF calendars other than proleptic_gregorian lack), with ``units`` and ``calendar``
+    attributes; :func:`open_embeddings` decodes them as the input's times were decoded.
+    """
     units = str(time.encoding.get("units") or "days since 1970-01-01")
     calendar = str(time.encoding.get("calendar") or "standard")
-    if " since 0000" in units or " since 0-" in units:
-        # Year 0 is outside CF for most calendars: re-base on the first timestamp.
-        unit = units.split(" since ")[0]
-        units = f"{unit} since {str(time.values[0])[:19].replace('T', ' ')}"
-    return {"units": units, "calendar": calendar, "dtype": "float64", "_FillValue": None}
+    if _year_zero(units):
+        import cftime
+
+        from faextract.data.time import to_cftime
+
+        numbers = cftime.date2num(
+            to_cftime(values, calendar), units, calendar=calendar, has_year_zero=True
+        )
+        attrs = dict(attrs, units=units, calendar=calendar)
+        return np.asarray(numbers, dtype=np.float64), attrs, {"_FillValue": None}
+    encoding = {"units": units, "calendar": calendar, "dtype": "float64", "_FillValue": None}
+    return values, attrs, encoding
 
 
 def create_template(
@@ -74,8 +94,11 @@ def create_template(
         return False
     nt = time.size
     nblocks = -(-nt // block)
+    t_values, t_attrs, t_encoding = _time_variable(
+        time, time.values, {"standard_name": "time", "long_name": "time", "axis": "T"}
+    )
     coords = {
-        "time": ("time", time.values, {"standard_name": "time", "long_name": "time", "axis": "T"}),
+        "time": ("time", t_values, t_attrs),
         "lat": (
             "lat",
             np.asarray(lat, dtype=np.float64),
@@ -139,11 +162,12 @@ def create_template(
     H, W = len(lat), len(lon)
     if attention_every:
         att_idx = np.arange(0, nt, attention_every)
-        coords["attention_time"] = (
-            "attention_time",
+        a_values, a_attrs, a_encoding = _time_variable(
+            time,
             time.values[att_idx],
             {"standard_name": "time", "long_name": "time steps where axial attention ran"},
         )
+        coords["attention_time"] = ("attention_time", a_values, a_attrs)
         na = att_idx.size
         ab = block // attention_every
         chunks = (ab, heads, H, W)
@@ -173,7 +197,7 @@ def create_template(
             np.arange(heads, dtype=np.int32),
             {"long_name": "attention head index", "units": "1"},
         )
-        encoding["attention_time"] = _time_encoding(time)
+        encoding["attention_time"] = a_encoding
     if latent_channels:
         coords["channel"] = (
             "channel",
@@ -198,7 +222,7 @@ def create_template(
     )
     encoding["block_done"] = {"chunks": (1,), "_FillValue": None}
     ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs, complete=0))
-    encoding["time"] = _time_encoding(time)
+    encoding["time"] = t_encoding
     for name in ("lat", "lon", "component", "block", "tile_y", "tile_x", "head", "channel"):
         if name in ds.coords:
             encoding[name] = {"_FillValue": None}
@@ -285,7 +309,9 @@ def to_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> None:
     Sets the encodings xarray would otherwise default wrongly for CF: no ``_FillValue`` on
     coordinates, float64 times with the store's units and calendar.
     """
-    ds = open_embeddings(path)
+    # Times travel as the stored numbers with their units and calendar (year-0 references
+    # included, which xarray would not encode again).
+    ds = open_embeddings(path, decode_times=False)
     encoding = {}
     for name in ds.coords:
         enc = {"_FillValue": None}
@@ -307,16 +333,21 @@ def to_netcdf(path: str | os.PathLike, out: str | os.PathLike) -> None:
             os.unlink(tmp)
 
 
-def open_embeddings(path: str | os.PathLike, allow_incomplete: bool = False) -> xr.Dataset:
+def open_embeddings(
+    path: str | os.PathLike, allow_incomplete: bool = False, decode_times: bool = True
+) -> xr.Dataset:
     """Open an embeddings store as an ``xr.Dataset`` (lazy). Incomplete stores are an error
-    unless ``allow_incomplete`` (unwritten blocks read as NaN)."""
+    unless ``allow_incomplete`` (unwritten blocks read as NaN). Times are decoded as faextract
+    decodes input times (reference year 0 included) unless ``decode_times`` is False."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FaextractError(f"{path}: no such embeddings store")
     try:
-        ds = xr.open_zarr(path, consolidated=None)
+        ds = xr.open_zarr(path, consolidated=None, decode_times=False)
     except Exception as err:  # noqa: BLE001
         raise FaextractError(f"{path}: not a readable Zarr store ({err})") from err
+    if decode_times:
+        ds = _decoded_times(ds)
     if "faextract_format_version" not in ds.attrs:
         raise FaextractError(f"{path}: not a faextract embeddings store")
     if not ds.attrs.get("complete") and not allow_incomplete:
@@ -325,4 +356,18 @@ def open_embeddings(path: str | os.PathLike, allow_incomplete: bool = False) -> 
             f"{path}: incomplete store ({done} of {ds.sizes['block']} time blocks written); "
             "rerun the same embed command to finish it"
         )
+    return ds
+
+
+def _decoded_times(ds: xr.Dataset) -> xr.Dataset:
+    from faextract.data.time import decode_time
+
+    for name in ("time", "attention_time"):
+        if name not in ds.coords or "units" not in ds[name].attrs:
+            continue
+        attrs = dict(ds[name].attrs)
+        units, calendar = attrs.pop("units"), attrs.pop("calendar", "standard")
+        values = decode_time(ds[name].values, units, calendar)
+        ds = ds.assign_coords({name: (name, values, attrs)})
+        ds[name].encoding.update(units=units, calendar=calendar)
     return ds

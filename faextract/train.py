@@ -144,7 +144,15 @@ def model_args(config: Config, cube) -> dict:
         ),
         embedding_horizon=m.embedding_horizon,
         embedding_norm=m.embedding_norm,
+        head_grid=_head_grid(m.head_grid, cube.shape[2:], 2**m.downsample),
     )
+
+
+def _head_grid(grid, shape, multiple: int) -> tuple[int, int] | None:
+    """The head's pooling grid, at most the latent grid (null: global pooling)."""
+    if not grid:
+        return None
+    return tuple(max(1, min(g, -(-n // multiple))) for g, n in zip(grid, shape, strict=True))
 
 
 def tile_spec(config: Config, multiple: int) -> TileSpec:

@@ -238,14 +238,15 @@ def time_step(time: xr.DataArray) -> str:
 
 
 def _seconds(values: np.ndarray, calendar: str) -> np.ndarray:
-    """Timestamps as float seconds since 1970-01-01 in their calendar (vectorized)."""
+    """Timestamps as float seconds since the first one, in their calendar.
+
+    Counted from the first timestamp rather than a fixed epoch: a climatology's dates lie in
+    year 0, which a 1970 reference cannot express in calendars without a year zero."""
     values = np.asarray(values)
     if np.issubdtype(values.dtype, np.datetime64):
         return values.astype("datetime64[s]").astype(np.float64)
-    return np.asarray(
-        cftime.date2num(list(values), "seconds since 1970-01-01", calendar=calendar),
-        dtype=np.float64,
-    )
+    first = values.flat[0]
+    return np.array([(t - first).total_seconds() for t in values.ravel()], dtype=np.float64)
 
 
 def time_gaps(time: xr.DataArray, calendar: str = "standard") -> dict | None:

@@ -140,6 +140,7 @@ class ClimateAutoencoder(nn.Module):
         embedding_grid: tuple[int, int] = COARSE_SHAPE,
         embedding_horizon: int = 0,
         embedding_norm: bool = True,
+        head_grid: tuple[int, int] | None = None,
     ):
         super().__init__()
         if embedding_horizon < 0:
@@ -175,7 +176,10 @@ class ClimateAutoencoder(nn.Module):
             if cell == "faconvlstm":
                 last = i == layers - 1
                 kw.update(
-                    periodic=periodic, seasonal_period=seasonal_period, embedding_norm=embedding_norm
+                    periodic=periodic,
+                    seasonal_period=seasonal_period,
+                    embedding_norm=embedding_norm,
+                    head_grid=head_grid,
                 )
                 kw.update({k: v for k, v in options.items()})
                 kw["embedding_dim"] = embedding_dim if last else 0
@@ -183,7 +187,9 @@ class ClimateAutoencoder(nn.Module):
                 kw.update(options)
             self.cells.append(create_cell(cell, **kw))
         self.head = (
-            None if cell == "faconvlstm" else SubspaceHead(filters, embedding_dim, embedding_norm)
+            None
+            if cell == "faconvlstm"
+            else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid)
         )
         self.film = nn.Linear(embedding_dim, 2 * filters)
         self.up = nn.ModuleList(

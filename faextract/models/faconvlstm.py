@@ -34,7 +34,8 @@ Defaults (the paper does not fix them; reference.md §1 gives ranges):
   which is small against the gates; ``attention_heads = 2`` on ``attention_dim = 16`` channels;
 - ``embedding_dim = 32``, ``temporal_heads = 4``, ``seasonal_period = 365`` (daily data);
   ``embedding_dim = 0`` drops the head (e.g. for inner layers of a stack); ``embedding_norm``
-  ends the head with LayerNorm (see :mod:`faextract.models.subspace`).
+  ends the head with LayerNorm; ``head_grid`` pools onto a coarse grid that keeps positions
+  instead of globally (see :mod:`faextract.models.subspace`).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         temporal_heads: int = 4,
         seasonal_period: float = 365.0,
         embedding_norm: bool = True,
+        head_grid: tuple[int, int] | None = None,
     ):
         if attention_every < 1:
             raise ValueError(f"attention_every must be >= 1, got {attention_every}")
@@ -142,6 +144,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.temporal_heads = temporal_heads
         self.seasonal_period = seasonal_period
         self.embedding_norm = embedding_norm
+        self.head_grid = tuple(head_grid) if head_grid else None
         super().__init__(
             filters,
             kernel_size,
@@ -205,7 +208,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         if self.attention:
             self.axial = AxialAttention(F_, self.attention_dim, self.attention_heads, self.periodic)
         if self.embedding_dim:
-            self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm)
+            self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid)
             self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
             if self.temporal_attention:
                 self.temporal = TemporalSelfAttention(self.embedding_dim, self.temporal_heads)

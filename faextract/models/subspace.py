@@ -6,6 +6,12 @@ when ``norm`` (the original head). LayerNorm makes every z_t a unit-variance vec
 own mean: it removes the per-step amplitude (how anomalous a state is) and, with its learned
 offsets, lets components sit near constant values; ``norm=False`` keeps the linear output.
 Invalid cells (land in an ocean field, padding) are excluded through ``valid (B, T, H, W)``.
+
+With ``grid=(gh, gw)`` the pooling keeps *where* things are: masked average pooling onto a
+``gh x gw`` grid, flattened, then linear ``F * gh * gw -> d``. Global mean and max pooling of
+translation-equivariant convolutions cannot tell an anomaly in the east Pacific from the same
+anomaly in the Atlantic, so a region's index was not linearly recoverable from z (held-out
+R² near 0 for a planted ENSO box that 16 EOFs recover at 0.95).
 """
 
 from __future__ import annotations
@@ -15,15 +21,25 @@ from torch import nn
 
 
 class SubspaceHead(nn.Module):
-    def __init__(self, channels: int, dim: int = 32, norm: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        dim: int = 32,
+        norm: bool = True,
+        grid: tuple[int, int] | None = None,
+    ):
         super().__init__()
+        self.grid = tuple(int(g) for g in grid) if grid else None
         self.proj = nn.Conv2d(channels, channels, 1)
-        self.fc = nn.Linear(2 * channels, dim)
+        width = channels * self.grid[0] * self.grid[1] if self.grid else 2 * channels
+        self.fc = nn.Linear(width, dim)
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C, H, W = h.shape
         u = torch.nn.functional.silu(self.proj(h.reshape(B * T, C, H, W))).reshape(B, T, C, H, W)
+        if self.grid is not None:
+            return self.norm(self.fc(self._grid_pool(u, valid)))
         if valid is None:
             mean = u.mean(dim=(3, 4))
             mx = u.amax(dim=(3, 4))
@@ -34,3 +50,15 @@ class SubspaceHead(nn.Module):
             mx = u.masked_fill(m == 0, float("-inf")).amax(dim=(3, 4))
             mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
         return self.norm(self.fc(torch.cat([mean, mx], dim=-1)))
+
+    def _grid_pool(self, u: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """``(B, T, C, H, W)`` -> ``(B, T, C * gh * gw)``: masked means on the head's grid."""
+        B, T, C, H, W = u.shape
+        flat = u.reshape(B * T, C, H, W)
+        pool = torch.nn.functional.adaptive_avg_pool2d
+        if valid is None:
+            return pool(flat, self.grid).reshape(B, T, -1)
+        m = valid.to(u.dtype).reshape(B * T, 1, H, W)
+        s = pool(flat * m, self.grid)
+        n = pool(m, self.grid)
+        return (s / n.clamp(min=1e-6)).reshape(B, T, -1)
