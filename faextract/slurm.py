@@ -31,6 +31,21 @@ class ClusterOptions:
     python: str = sys.executable
 
 
+def _check_scheduler_options(c: ClusterOptions, job_name: str) -> None:
+    """Refuse control characters in values that land on ``#SBATCH`` lines: a newline there
+    would end the comment and make the rest a shell command of the job."""
+    values = [
+        ("--partition", c.partition), ("--account", c.account), ("--time", c.time),
+        ("--log-dir", c.log_dir), ("job name", job_name), *(("--sbatch", e) for e in c.extra),
+    ]  # fmt: skip
+    for option, value in values:
+        if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in str(value)):
+            raise FaextractError(f"{option}: control characters are not allowed, got {value!r}")
+    for option, value in (("--log-dir", c.log_dir), ("job name", job_name)):
+        if any(ch.isspace() for ch in value):
+            raise FaextractError(f"{option}: spaces are not allowed on #SBATCH lines, got {value!r}")
+
+
 def _sbatch_lines(c: ClusterOptions, gpu_flag: str) -> str:
     """Optional #SBATCH lines; ``gpu_flag`` is a format like ``--gres=gpu:{n}``."""
     lines = []
@@ -74,6 +89,7 @@ def render_embed(
     if tasks < 1:
         raise FaextractError(f"--tasks must be >= 1, got {tasks}")
     _check_time(cluster.time)
+    _check_scheduler_options(cluster, job_name)
     return _template("embed").substitute(
         job_name=job_name,
         last_task=tasks - 1,
@@ -86,6 +102,8 @@ def render_embed(
         inputs=" ".join(shlex.quote(i) for i in inputs),
         checkpoint=shlex.quote(checkpoint),
         out=shlex.quote(out),
+        # Quoted once as a whole word: $(...) or a space in --out stays part of the file name.
+        stop_prefix=shlex.quote(f"{out}.stop-"),
         embed_args=" ".join(shlex.quote(a) for a in embed_args or []),
     )
 
@@ -103,6 +121,7 @@ def render_train(
     if nodes < 1 or procs_per_node < 1:
         raise FaextractError("--nodes and --procs-per-node must be >= 1")
     _check_time(cluster.time)
+    _check_scheduler_options(cluster, job_name)
     return _template("train").substitute(
         job_name=job_name,
         nodes=nodes,
@@ -114,6 +133,8 @@ def render_train(
         sbatch_extra=_sbatch_lines(cluster, "--gpus-per-node={n}"),
         python=shlex.quote(cluster.python),
         run_dir=shlex.quote(run_dir),
+        stop_prefix=shlex.quote(f"{run_dir}/STOP-"),
+        last_checkpoint=shlex.quote(f"{run_dir}/last.pt"),
         config_arg=f"--config {shlex.quote(config)}" if config else "",
         train_args=" ".join(shlex.quote(a) for a in train_args or []),
     )

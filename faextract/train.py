@@ -233,7 +233,9 @@ def compute_losses(model, batch, config: Config, cluster_on: bool):
     if out.forecast is not None and x.shape[1] > 1:
         parts["forecast"] = masked_mse(out.forecast[:, :-1], x[:, 1:], mask[:, 1:], lat)
         total = total + parts["forecast"]
-    # The embedding decoder: pooled fields at t .. t+K from z_t (each horizon one MSE).
+    # The embedding decoder: pooled fields at t .. t+K from z_t. The present state and the
+    # future count half each: with the horizons averaged alike, z kept what is predictable and
+    # dropped the rest of the present (leading EOFs of the fields' noise), which users compare.
     target, valid = coarse_target(x, mask, tuple(out.coarse.shape[-2:]))
     no_area = torch.zeros(lat.shape[0], target.shape[-2], device=lat.device)  # pooled already
     T = x.shape[1]
@@ -241,7 +243,8 @@ def compute_losses(model, batch, config: Config, cluster_on: bool):
         masked_mse(out.coarse[:, : T - k, k], target[:, k:], valid[:, k:], no_area)
         for k in range(min(out.coarse.shape[2], T))
     ]
-    parts["embedding"] = torch.stack(horizons).mean()
+    now, ahead = horizons[0], horizons[1:]
+    parts["embedding"] = 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
     total = total + config.model.embedding_loss_weight * parts["embedding"]
     if cluster_on and out.q is not None:
         parts["cluster"] = dec_kl(out.q, step_valid)

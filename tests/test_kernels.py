@@ -28,8 +28,10 @@ needs_cc = pytest.mark.skipif(
 @pytest.fixture
 def fresh_kernels():
     kernels.library.cache_clear()
+    kernels.cache_dir.cache_clear()
     yield
     kernels.library.cache_clear()
+    kernels.cache_dir.cache_clear()
 
 
 def _step_grads(fn, z, c, peep, bias, dh, dc):
@@ -394,3 +396,36 @@ def test_an_unwritable_cache_falls_back_to_the_temporary_folder(
         warnings.simplefilter("error")
         assert kernels.library() is not None
     assert len(list(kernels.cache_dir().glob("kernels-*.so"))) == 1
+
+
+@needs_cc
+def test_a_planted_cache_folder_is_never_loaded_from(monkeypatch, tmp_path, fresh_kernels):
+    """Another user creates the guessable fallback folder first (mode 777) and puts a library
+    under the expected name: faextract must neither load it nor build into that folder."""
+    import os
+
+    (tmp_path / "home-file").write_text("no home cache here")
+    monkeypatch.delenv("FAEXTRACT_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-file" / "cache"))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    planted = tmp_path / "tmp" / f"faextract-kernels-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    chosen = kernels.cache_dir()
+    assert chosen != planted and chosen.parent == tmp_path / "tmp"
+    assert (chosen.stat().st_mode & 0o777) == 0o700
+    kernels.cache_dir.cache_clear()
+    # A library file others may write is refused even in a private folder.
+    private = tmp_path / "private"
+    monkeypatch.setenv("FAEXTRACT_KERNEL_CACHE", str(private))
+    assert kernels.library() is not None  # builds into the private folder
+    (built,) = private.glob("kernels-*.so")
+    assert (private.stat().st_mode & 0o777) == 0o700
+    built.chmod(0o666)
+    before = built.stat().st_ino
+    kernels.library.cache_clear()
+    assert kernels.library() is not None
+    assert built.stat().st_ino != before  # rebuilt over, not loaded
+    assert not built.stat().st_mode & 0o022

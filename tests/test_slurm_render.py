@@ -67,3 +67,37 @@ def test_stop_file_requests_a_stop(tmp_path, monkeypatch):
         stop.touch()
         assert flag.requested
     assert EXIT_STOPPED == 75
+
+
+HOSTILE_OUT = "o$(touch PWNED) x.zarr"
+
+
+def test_hostile_paths_stay_file_names_in_rendered_scripts(tmp_path):
+    """``$(...)`` or a space in --out or the run directory never runs and never splits: the
+    rendered script parses, and its stop-file lines, run in a sandbox, create only the file
+    named after the path."""
+    s = render_embed(["in.nc"], "ck.pt", HOSTILE_OUT, 2, ClusterOptions())
+    t = render_train(HOSTILE_OUT, None, 1, 1, ClusterOptions())
+    (tmp_path / HOSTILE_OUT).mkdir()  # the run directory, for the training script's stop file
+    for script in (s, t):
+        assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+        lines = [ln for ln in script.splitlines() if "FAEXTRACT_STOP_FILE" in ln]
+        probe = "\n".join(["SLURM_JOB_ID=7", *lines[:1], 'touch "$FAEXTRACT_STOP_FILE"', ""])
+        subprocess.run(["bash", "-c", probe], cwd=tmp_path, check=True)
+        assert not (tmp_path / "PWNED").exists()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [HOSTILE_OUT, f"{HOSTILE_OUT}.stop-7"], names
+    assert [p.name for p in (tmp_path / HOSTILE_OUT).iterdir()] == ["STOP-7"]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("partition", "gpu\nrm -rf ~"), ("account", "a\rb"), ("log_dir", "logs\necho hi"),
+     ("extra", ["--qos=high\ntouch PWNED"]), ("log_dir", "my logs")],
+)  # fmt: skip
+def test_control_characters_in_scheduler_options_are_refused(field, value):
+    opts = ClusterOptions(**{field: value})
+    with pytest.raises(FaextractError, match="not allowed"):
+        render_embed(["in.nc"], "ck.pt", "o.zarr", 2, opts)
+    with pytest.raises(FaextractError, match="not allowed"):
+        render_train("runs/x", None, 1, 1, opts)

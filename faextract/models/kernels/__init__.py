@@ -29,6 +29,7 @@ import functools
 import hashlib
 import os
 import platform
+import stat
 import subprocess
 import tempfile
 import warnings
@@ -70,26 +71,48 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+@functools.cache
 def cache_dir() -> Path:
     """Where built kernels are kept: ``$FAEXTRACT_KERNEL_CACHE``, else ``~/.cache/faextract``;
     when that cannot be written (a read-only or full home on a compute node), a per-user
-    folder in the temporary directory."""
+    folder in the temporary directory.
+
+    A library is loaded into the process, so its folder must be private: created with mode
+    0700, and refused when another user owns it or others may write to it (a folder with a
+    guessable name in a shared /tmp could be planted by another user). A refused or unusable
+    folder falls back to a fresh private temporary folder for this process.
+    """
     if os.environ.get("FAEXTRACT_KERNEL_CACHE"):
-        return Path(os.environ["FAEXTRACT_KERNEL_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    preferred = Path(base) / "faextract"
-    if _writable(preferred):
-        return preferred
-    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
-    return Path(tempfile.gettempdir()) / f"faextract-kernels-{uid}"
+        candidates = [Path(os.environ["FAEXTRACT_KERNEL_CACHE"])]
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+        candidates = [
+            Path(base) / "faextract",
+            Path(tempfile.gettempdir()) / f"faextract-kernels-{uid}",
+        ]
+    for folder in candidates:
+        if _private(folder):
+            return folder
+    return Path(tempfile.mkdtemp(prefix="faextract-kernels-"))
 
 
-def _writable(folder: Path) -> bool:
+def _private(folder: Path) -> bool:
+    """Create ``folder`` (mode 0700) if needed; True if it is ours and no one else can write."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return _trusted(folder) and os.access(folder, os.W_OK | os.X_OK)
     except OSError:
         return False
-    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _trusted(path: Path) -> bool:
+    """Owned by this user (or root) and not writable by group or others; not a link."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return False
+    owner_ok = not hasattr(os, "getuid") or st.st_uid in (os.getuid(), 0)
+    return owner_ok and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 def _cpu_identity() -> str:
@@ -145,7 +168,9 @@ def library() -> ctypes.CDLL | None:
     for flags in (FLAGS, PORTABLE_FLAGS):
         target = _target(compiler, flags)
         try:
-            if not target.exists():
+            # Load only what this user built and no one else can change; anything else in
+            # the folder under that name is rebuilt over.
+            if not target.exists() or not _trusted(target):
                 _build(target, compiler, flags)
             lib = ctypes.CDLL(str(target))
             break
