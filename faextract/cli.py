@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from faextract import __version__
-from faextract.errors import FaextractError
+from faextract.errors import FaextractError, first_line
 
 app = typer.Typer(
     name="faextract",
@@ -54,8 +54,23 @@ def user_errors(fn):
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+            typer.echo(
+                "interrupted: rerun the same command to continue (finished blocks and "
+                "checkpoints are kept)",
+                err=True,
+            )
             raise typer.Exit(130) from None
+        except OSError as err:  # the environment: a full disk, a read-only folder, ...
+            where = f"{err.filename}: " if err.filename else ""
+            typer.echo(f"error: {where}{err.strerror or first_line(err)}", err=True)
+            raise typer.Exit(1) from None
+        except MemoryError:
+            typer.echo(
+                "error: out of memory (a grid or block too large for this machine: use "
+                "spatial tiles, a smaller --batch-size, or a machine with more memory)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 

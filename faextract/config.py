@@ -139,6 +139,11 @@ def _coerce(value, typ, key: str):
     if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if typ is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -187,33 +192,129 @@ def parse_overrides(items: list[str] | None) -> dict:
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> Config:
-    """Defaults, then the YAML file (which may ``extends: other.yaml``), then ``--set`` overrides."""
+    """Defaults, then the YAML file (which may ``extends: other.yaml``), then ``--set``
+    overrides; every value is then checked (:func:`validate`) before anything runs."""
     data: dict = {}
     if path is not None:
         data = _read_yaml(os.fspath(path), seen=())
     data = _deep_merge(data, parse_overrides(overrides))
-    return _build(Config, data, "")
+    return validate(_build(Config, data, ""))
+
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def check_device(value: str, key: str) -> str:
+    """``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``; anything else names the choices."""
+    import re
+
+    if not re.fullmatch(DEVICE_PATTERN, str(value)):
+        raise ConfigError(f"{key}: expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def _need(ok: bool, key: str, what: str, value) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {what}, got {value!r}")
+
+
+def _grid(value, key: str, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, list) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    _need(ok, key, "[lat cells, lon cells], two integers >= 1" + (" or null" if optional else ""), value)
+
+
+def validate(config: Config) -> Config:
+    """Check every key's range and choices; a :class:`ConfigError` names the key, what it
+    expects and what it got. Cell options are checked against the cell's constructor."""
+    import inspect
+    import math
+
+    from faextract.data.stats import CLIMATOLOGIES
+    from faextract.models.registry import CELLS
+
+    d, t, m, tr = config.data, config.tiles, config.model, config.train
+    _need(bool(d.paths), "data.paths", "at least one file, glob or store", d.paths)
+    _need(0 <= d.val_fraction < 1, "data.val_fraction", "a fraction in [0, 1)", d.val_fraction)
+    _need(d.climatology in CLIMATOLOGIES, "data.climatology", f"one of {', '.join(CLIMATOLOGIES)}",
+          d.climatology)  # fmt: skip
+    _need(t.window >= 1, "tiles.window", "an integer >= 1", t.window)
+    _need(t.stride >= 1, "tiles.stride", "an integer >= 1", t.stride)
+    _need(t.halo >= 0, "tiles.halo", "an integer >= 0", t.halo)
+    _need(t.edge in ("pad", "shift"), "tiles.edge", "pad or shift", t.edge)
+    _grid(t.tile, "tiles.tile", optional=True)
+    _need(m.cell in CELLS, "model.cell", f"one of {', '.join(CELLS)}", m.cell)
+    for key in ("filters", "layers", "kernel_size", "stem_channels", "embedding_dim"):
+        _need(getattr(m, key) >= 1, f"model.{key}", "an integer >= 1", getattr(m, key))
+    _need(m.downsample >= 0, "model.downsample", "an integer >= 0", m.downsample)
+    _need(m.objective in ("reconstruct", "forecast", "both"), "model.objective",
+          "reconstruct, forecast or both", m.objective)  # fmt: skip
+    _need(m.clusters == 0 or m.clusters >= 2, "model.clusters", "0 (off) or >= 2", m.clusters)
+    for key in ("embedding_loss_weight", "cluster_weight"):
+        v = getattr(m, key)
+        _need(math.isfinite(v) and v >= 0, f"model.{key}", "a number >= 0", v)
+    _need(m.cluster_start_epoch >= 0, "model.cluster_start_epoch", "an integer >= 0",
+          m.cluster_start_epoch)  # fmt: skip
+    _grid(m.embedding_grid, "model.embedding_grid")
+    _grid(m.head_grid, "model.head_grid", optional=True)
+    _need(m.embedding_horizon >= 0, "model.embedding_horizon", "an integer >= 0",
+          m.embedding_horizon)  # fmt: skip
+    cell = CELLS[m.cell]
+    accepted = {
+        name
+        for klass in cell.__mro__
+        if "__init__" in vars(klass)
+        for name in inspect.signature(klass.__init__).parameters
+    } - {"self", "args", "kwargs", "filters", "kernel_size", "padding", "data_format",
+         "return_sequences", "in_channels", "embedding_dim", "periodic", "seasonal_period",
+         "embedding_norm", "head_grid"}  # fmt: skip
+    for key in m.cell_options:
+        if key not in accepted:
+            raise ConfigError(
+                f"model.cell_options: {key!r} is not an option of the {m.cell} cell (it takes "
+                f"{', '.join(sorted(accepted))}); options of another cell, inherited from an "
+                "extended config, are dropped with model.cell_options={}"
+            )
+    _need(tr.epochs >= 1, "train.epochs", "an integer >= 1", tr.epochs)
+    _need(tr.batch_size >= 1, "train.batch_size", "an integer >= 1", tr.batch_size)
+    _need(math.isfinite(tr.lr) and tr.lr > 0, "train.lr", "a number > 0", tr.lr)
+    for key in ("weight_decay", "grad_clip"):
+        v = getattr(tr, key)
+        _need(math.isfinite(v) and v >= 0, f"train.{key}", "a number >= 0", v)
+    for key in ("warmup_steps", "early_stopping", "num_workers", "checkpoint_every"):
+        _need(getattr(tr, key) >= 0, f"train.{key}", "an integer >= 0", getattr(tr, key))
+    _need(tr.log_every >= 1, "train.log_every", "an integer >= 1", tr.log_every)
+    check_device(tr.device, "train.device")
+    return config
 
 
 def config_from_dict(data: dict) -> Config:
-    return _build(Config, data, "")
+    return validate(_build(Config, data, ""))
 
 
 def _read_yaml(path: str, seen: tuple) -> dict:
     if not os.path.exists(path):
         raise ConfigError(f"{path}: no such config file")
-    if path in seen:
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory, not a config file")
+    if os.path.realpath(path) in seen:
         raise ConfigError(f"{path}: 'extends' loops back to itself")
     try:
         with open(path) as fh:
             data = yaml.safe_load(fh) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     parent = data.pop("extends", None)
     if parent:
-        base = _read_yaml(os.path.join(os.path.dirname(path), parent), seen + (path,))
+        base = _read_yaml(
+            os.path.join(os.path.dirname(path), parent), seen + (os.path.realpath(path),)
+        )
         data = _deep_merge(base, data)
     return data
 

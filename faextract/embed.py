@@ -35,6 +35,7 @@ import torch
 from faextract import __version__
 from faextract.checkpoint import build_model, load_checkpoint, sha256, stats_from_dict
 from faextract.data.axes import parse_dims
+from faextract.data.boxes import box_mask, lon_in_box
 from faextract.data.cube import Cube, is_url, open_cube
 from faextract.data.dataset import CubeSource
 from faextract.data.perturb import Perturbation
@@ -52,6 +53,8 @@ EARTH_RADIUS_KM = 6371.0
 
 @dataclass
 class EmbedOptions:
+    """What ``faextract embed`` may be told; checked on creation (one-line errors)."""
+
     batch_size: int = 8
     device: str = "auto"
     bf16: bool = False
@@ -72,6 +75,21 @@ class EmbedOptions:
     workers: int = 0  # DataLoader worker processes reading ahead; 0 = a thread
     sort_time: bool | None = None  # sort unsorted times (default: as in training)
     perturb: Perturbation | None = None  # noise or dropped cells, for robustness checks
+
+    def __post_init__(self):
+        from faextract.config import check_device
+
+        if self.batch_size < 1:
+            raise FaextractError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.keep is not None and self.keep < 1:
+            raise FaextractError(f"--keep must be >= 1, got {self.keep}")
+        if self.warmup is not None and self.warmup < 0:
+            raise FaextractError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.workers < 0:
+            raise FaextractError(f"--workers must be >= 0, got {self.workers}")
+        if self.zarr_format not in (2, 3):
+            raise FaextractError(f"--zarr-format must be 2 or 3, got {self.zarr_format}")
+        check_device(self.device, "--device")
 
 
 @dataclass
@@ -124,7 +142,22 @@ def parse_query(text: str) -> tuple[str, tuple[float, float, float, float]]:
         raise FaextractError(
             f"--attention-query: the name must be a plain identifier, got {name!r}"
         )
+    if not all(np.isfinite([lat0, lat1, lon0, lon1])):
+        raise FaextractError(f"--attention-query {name}: the bounds must be finite, got {text!r}")
+    if not -90 <= min(lat0, lat1) <= max(lat0, lat1) <= 90:
+        raise FaextractError(f"--attention-query {name}: latitudes must lie in [-90, 90]")
     return name, (min(lat0, lat1), max(lat0, lat1), lon0, lon1)
+
+
+def check_queries(queries: dict, cube: Cube) -> None:
+    """Every query region must hold at least one grid cell (else its map would be all NaN)."""
+    for name, box in queries.items():
+        if not box_mask(cube.lat, cube.lon, box).any():
+            raise FaextractError(
+                f"--attention-query {name}: the box lat {box[0]:g}..{box[1]:g}, lon "
+                f"{box[2]:g}..{box[3]:g} holds no grid cell (the grid spans lat "
+                f"{cube.lat.min():g}..{cube.lat.max():g}, lon {cube.lon.min():g}..{cube.lon.max():g})"
+            )
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -255,9 +288,7 @@ class AttentionMaps:
         valid = (np.isfinite(lat_c)[:, None] & np.isfinite(lon_c)[None, :]).ravel()
         self.query_cells = {}
         for name, (lat0, lat1, lon0, lon1) in queries.items():
-            lo360 = np.mod(in_lon, 360.0)
-            a, b = np.mod(lon0, 360.0), np.mod(lon1, 360.0)
-            in_lon_box = (lo360 >= a) & (lo360 <= b) if a <= b else (lo360 >= a) | (lo360 <= b)
+            in_lon_box = lon_in_box(in_lon, lon0, lon1)
             in_lat_box = (in_lat >= lat0) & (in_lat <= lat1)
             # A latent cell belongs to the query if any input cell under it lies in the box:
             # a region smaller than one latent cell still has a query.
@@ -391,6 +422,7 @@ def embed(
             f"lacks (input has {', '.join(err.available)})"
         ) from None
     check_compatible(ckpt, cube, cube.source_label)
+    check_queries(opts.queries, cube)
     if list(cube.channels) != list(ckpt["channels"]):
         cube = dataclasses.replace(cube, channels=tuple(ckpt["channels"]))
     stats = stats_from_dict(ckpt["stats"])

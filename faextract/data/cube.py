@@ -314,7 +314,9 @@ def _open_one(path: str) -> xr.Dataset:
         if _is_zarr(path):
             return xr.open_zarr(path, decode_times=False, chunks=None)
         if os.path.isdir(path):
-            raise DataError(f"{path}: a directory that is not a Zarr store")
+            files = sorted(p for p in os.listdir(path) if p.endswith((".nc", ".nc4", ".netcdf")))
+            hint = f" (for its {len(files)} NetCDF files, give a glob: '{path.rstrip('/')}/*.nc')" if files else ""
+            raise DataError(f"{path}: a directory that is not a Zarr store{hint}")
         with open(path, "rb") as fh:
             magic = fh.read(8)
         if not (magic[:3] == b"CDF" or magic[:8] == b"\x89HDF\r\n\x1a\n"):

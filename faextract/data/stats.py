@@ -20,7 +20,7 @@ import xarray as xr
 from faextract.data import harmonics
 from faextract.data.cube import Cube
 from faextract.data.time import season_phase, to_cftime
-from faextract.errors import DataError
+from faextract.errors import DataError, first_line
 
 #: ``harmonic``: the mean and 3 annual harmonics per grid point (smooth, 7 maps; for daily and
 #: sub-daily data); ``monthly``: calendar-month means (exact for monthly data, but removed from
@@ -298,7 +298,15 @@ def load_stats(path: str | os.PathLike) -> xr.Dataset:
         raise DataError(f"{path}: no such statistics file")
     try:
         if os.path.isdir(path):
-            return xr.open_zarr(path).load()
-        return xr.load_dataset(path)
+            stats = xr.open_zarr(path).load()
+        else:
+            stats = xr.load_dataset(path)
     except Exception as err:  # noqa: BLE001
-        raise DataError(f"{path}: not a faextract statistics file ({err})") from err
+        raise DataError(f"{path}: not a faextract statistics file ({first_line(err)})") from None
+    missing = [v for v in ("mean", "std", "channel") if v not in stats.variables]
+    if missing:
+        raise DataError(
+            f"{path}: not a faextract statistics file (no {missing[0]!r}; make one with "
+            "faextract stats)"
+        )
+    return stats

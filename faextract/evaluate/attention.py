@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from faextract.evaluate.inputs import box_mask
+from faextract.data.boxes import box_mask
 
 EARTH_RADIUS_KM = 6371.0
 TOP_FRACTION = 0.05

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from faextract.data.boxes import box_mask
 from faextract.data.cube import Cube
 from faextract.errors import DataError
 from faextract.evaluate.baselines import leading_eofs
@@ -59,20 +60,6 @@ class IndexSpec:
         if box[0] >= box[1]:
             raise DataError(f"--index {text!r}: lat0 must be below lat1")
         return cls(m.group(1), m.group(2).strip(), box)  # type: ignore[arg-type]
-
-
-def box_mask(lat: np.ndarray, lon: np.ndarray, box) -> np.ndarray:
-    """Boolean ``(lat, lon)``: cells whose centre lies in ``box`` (any longitude convention)."""
-    lat0, lat1, lon0, lon1 = box
-    la, lo = np.meshgrid(np.asarray(lat), np.mod(np.asarray(lon), 360.0), indexing="ij")
-    a, b = np.mod(lon0, 360.0), np.mod(lon1, 360.0)
-    if lon1 - lon0 >= 360:
-        in_lon = np.ones_like(lo, dtype=bool)
-    elif a <= b:
-        in_lon = (lo >= a) & (lo <= b)
-    else:  # across the 0/360 seam
-        in_lon = (lo >= a) | (lo <= b)
-    return (la >= lat0) & (la <= lat1) & in_lon
 
 
 @dataclass
