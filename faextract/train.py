@@ -416,6 +416,7 @@ def train(
         optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(warmup, total_steps))
         epoch, step, batch_in_epoch, best_val, bad_epochs = 0, 0, 0, float("inf"), 0
+        running, in_row, resumed_row = {}, 0, None
         if ckpt is not None:
             model.load_state_dict(ckpt["model"]["state_dict"])
             optim.load_state_dict(ckpt["optimizer"])
@@ -424,6 +425,8 @@ def train(
             epoch, step = ckpt["epoch"], ckpt["step"]
             batch_in_epoch = ckpt["batch_in_epoch"]
             best_val, bad_epochs = ckpt["best_val"], ckpt.get("bad_epochs", 0)
+            if batch_in_epoch:
+                resumed_row = ckpt.get("running")
             if model.cluster is not None:
                 model.cluster.initialized = bool(ckpt.get("cluster_initialized", False))
         if tc.compile:
@@ -476,10 +479,14 @@ def train(
                 "scheduler": sched.state_dict(),
                 "rng": _rng_state(),
                 "val_metrics": last_val,
+                # the metrics row in progress, so a mid-epoch resume logs the same means
+                "running": {"sums": dict(running), "steps": in_row},
             }
 
         metrics_path = run_dir / "metrics.csv"
         writer = _MetricsWriter(metrics_path, info.is_main)
+        if ckpt is not None:  # rows logged after the checkpoint (a kill -9) are logged again
+            writer.drop_after(step)
         tb = _tensorboard(run_dir) if info.is_main else None
         if info.is_main:
             save_config(config, run_dir / "config.yaml")
@@ -505,11 +512,23 @@ def train(
                 )
                 if task is not None and batch_in_epoch:
                     progress.advance(task, batch_in_epoch)
-                t0, seen, running = time.perf_counter(), 0, {}
+                t0, seen = time.perf_counter(), 0
+                if resumed_row is not None:  # the row a mid-epoch checkpoint had begun
+                    running, in_row = dict(resumed_row["sums"]), int(resumed_row["steps"])
+                    resumed_row = None
+                else:
+                    running, in_row = {}, 0
                 for batch in loader:
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                     with amp:
                         loss, parts = compute_losses(net, batch, config, cluster_on)
+                    if _any_rank(not bool(torch.isfinite(loss.detach())), info, device):
+                        raise FaextractError(
+                            f"training diverged at step {step + 1}: the loss is not finite "
+                            f"(train.lr={tc.lr:g}, train.grad_clip={tc.grad_clip:g}); lower the "
+                            f"learning rate or clip gradients; {run_dir / 'last.pt'} holds the "
+                            "last good checkpoint, if any"
+                        )
                     optim.zero_grad(set_to_none=True)
                     loss.backward()
                     if tc.grad_clip > 0:
@@ -519,22 +538,22 @@ def train(
                     step += 1
                     batch_in_epoch += 1
                     seen += batch["x"].shape[0] * info.world_size
+                    in_row += 1
                     for k, v in {"loss": loss, **parts}.items():
                         running[k] = running.get(k, 0.0) + float(v.detach())
                     rate = seen / max(time.perf_counter() - t0, 1e-9)
                     if task is not None:
                         progress.advance(task, 1, info=f"loss {loss.item():.4f} {rate:.1f} win/s")
                     if step % tc.log_every == 0 or batch_in_epoch == steps_per_epoch:
-                        n = max(
-                            1, batch_in_epoch if batch_in_epoch < tc.log_every else tc.log_every
-                        )
-                        row = {k: v / n for k, v in running.items()}
+                        # the mean over the steps since the last row (an epoch's last row,
+                        # and the first after a mid-epoch resume, cover fewer than log_every)
+                        row = {k: v / in_row for k, v in running.items()}
                         writer.write(kind="train", epoch=epoch + 1, step=step, lr=sched.get_last_lr()[0],
                                      windows_per_s=rate, **row)  # fmt: skip
                         if tb is not None:
                             for k, v in row.items():
                                 tb.add_scalar(f"train/{k}", v, step)
-                        running = {}
+                        running, in_row = {}, 0
                     stop_now = _any_rank(stop.requested, info, device)
                     if stop_now or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
                         if info.is_main:
@@ -621,6 +640,22 @@ class _MetricsWriter:
         if active and not path.exists():
             with open(path, "w", newline="") as fh:
                 csv.DictWriter(fh, METRIC_FIELDS).writeheader()
+
+    def drop_after(self, step: int) -> None:
+        """Remove the rows of steps after ``step`` (written, then lost with the process)."""
+        if not self.active or not self.path.exists():
+            return
+        with open(self.path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        keep = [r for r in rows if not r.get("step") or int(r["step"]) <= step]
+        if len(keep) == len(rows):
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, self.path)
 
     def write(self, **row) -> None:
         if not self.active:

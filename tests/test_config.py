@@ -21,10 +21,15 @@ def test_extends_and_overrides(tmp_path):
     base.write_text("model: {filters: 8, cell_options: {se: false}}\ntrain: {epochs: 2}\n")
     child = tmp_path / "child.yaml"
     child.write_text("extends: base.yaml\ntrain: {lr: 0.01}\n")
-    cfg = load_config(child, ["train.epochs=5", "model.cell=convlstm", "tiles.tile=[8, 16]"])
-    assert cfg.model.filters == 8 and cfg.model.cell_options == {"se": False}
+    cfg = load_config(child, ["train.epochs=5", "model.cell=minconvgru", "tiles.tile=[8, 16]",
+                              "model.cell_options={scan: sequential}"])  # fmt: skip
+    assert cfg.model.filters == 8 and cfg.model.cell_options == {"scan": "sequential"}
     assert cfg.train.lr == 0.01 and cfg.train.epochs == 5
-    assert cfg.model.cell == "convlstm" and cfg.tiles.tile == [8, 16]
+    assert cfg.model.cell == "minconvgru" and cfg.tiles.tile == [8, 16]
+    assert load_config(child).model.cell_options == {"se": False}
+    # The inherited FAConvLSTM option does not fit another cell: refused by name.
+    with pytest.raises(ConfigError, match="'se' is not an option of the convlstm cell"):
+        load_config(child, ["model.cell=convlstm"])
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):

@@ -49,11 +49,11 @@ def test_train_writes_a_self_describing_checkpoint(tmp_path, tiny_config):
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["faconvlstm", "convlstm", "minconvgru", "minconvlstm"])
 def test_loss_decreases_for_every_cell(tmp_path, tiny_config, cell):
+    options = [] if cell == "faconvlstm" else ["model.cell_options={}"]  # TINY's are FA's
     cfg = tiny_config(
-        "train.epochs=4", f"model.cell={cell}", "train.lr=0.01", "model.objective=reconstruct"
-    )
-    if cell != "faconvlstm":
-        cfg.model.cell_options = {}
+        "train.epochs=4", f"model.cell={cell}", "train.lr=0.01", "model.objective=reconstruct",
+        *options,
+    )  # fmt: skip
     train(cfg, tmp_path / cell, plain_progress=True)
     losses = [float(r["recon"]) for r in read_metrics(tmp_path / cell) if r["kind"] == "train"]
     assert losses[-1] < 0.8 * losses[0]
@@ -207,3 +207,55 @@ def test_train_says_what_it_does_and_clips_a_warmup_longer_than_the_run(
     args = load_checkpoint(tmp_path / "run" / "last.pt")["model"]["args"]
     assert args["embedding_horizon"] == 2 and tuple(args["embedding_grid"]) == (3, 6)
     assert args["embedding_norm"] is False
+
+
+def test_metrics_rows_are_true_means_across_a_resume_and_a_kill(tmp_path, tiny_config, monkeypatch):
+    """Rows cover log_every steps (an epoch's last row fewer, divided by its own count); a
+    mid-epoch resume continues the row it interrupted; rows written after the checkpoint by a
+    killed process are not duplicated."""
+    import os
+    import signal
+
+    import faextract.train as tr
+
+    cfg = ("train.epochs=2", "train.log_every=2", "train.deterministic=true")
+    full = tmp_path / "full"
+    train(tiny_config(*cfg), full, plain_progress=True)
+    real = tr.compute_losses
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "compute_losses", flaky)
+    part = tmp_path / "part"
+    train(tiny_config(*cfg), part, plain_progress=True)
+    monkeypatch.setattr(tr, "compute_losses", real)
+    with open(part / "metrics.csv", "a") as fh:  # a row the killed process wrote after saving
+        fh.write("train,1,99,0.001,9.9,,,,,,,,\n")
+    train(tiny_config(*cfg), part, resume=True, plain_progress=True)
+    a = [r for r in read_metrics(full) if r["kind"] == "train"]
+    b = [r for r in read_metrics(part) if r["kind"] == "train"]
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert math.isclose(float(ra["loss"]), float(rb["loss"]), rel_tol=1e-4), (ra, rb)
+    # An epoch's last row of one step is that step's loss, not half of it.
+    steps = [int(r["step"]) for r in a]
+    assert len(steps) == len(set(steps))
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tmp_path, tiny_config):
+    with pytest.raises(FaextractError, match="diverged at step"):
+        train(
+            tiny_config("train.epochs=3", "train.lr=1.0e+12", "train.grad_clip=0.0",
+                        "train.warmup_steps=0"),
+            tmp_path / "run",
+            plain_progress=True,
+        )  # fmt: skip
+    last = tmp_path / "run" / "last.pt"
+    if last.exists():  # whatever checkpoint remains holds finite weights
+        state = load_checkpoint(last)["model"]["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
