@@ -9,7 +9,8 @@ lagged teleconnection), embeds the whole cube (and a copy perturbed with 5% nois
   the teleconnection box's t2m anomaly at lead 0, against the EOF baseline with as many PCs;
 - effective rank, month-boundary jump, linear CKA between the two seeds, robustness
   (``||z' - z|| / ||z - mean z||`` under 5% noise), best k-means silhouette;
-- for FAConvLSTM2D: the percentile of the teleconnection box in the ENSO query's attention map.
+- for FAConvLSTM2D: the percentile of the teleconnection box in the ENSO query's attention maps
+  (where ENSO attends, and how strongly each point attends to ENSO).
 
 Encoders train on the first 85% of the record (the rest is their validation range); the probes
 use evaluate's protocol (5 contiguous held-out blocks over the whole record, a gap of one
@@ -173,7 +174,8 @@ def summarize(report, meta: dict) -> list[dict]:
                                if r.robustness else None),
             "silhouette": mean(lambda r: max((g["silhouette"] for g in r.regimes.values()),
                                              default=None)),
-            "tele in ENSO map": mean(lambda r: _tele_percentile(r.path)),
+            "tele in ENSO map": mean(lambda r: _tele_percentile(r.path, "query")),
+            "ENSO in tele's": mean(lambda r: _tele_percentile(r.path, "from")),
             "train s": f"{np.mean([meta[p]['train_s'] for p in mine]):.0f}",
         }  # fmt: skip
         rows.append(row)
@@ -190,11 +192,15 @@ def _eof_mean(feat, report) -> str:
     return f"{v:.3f}" if np.isfinite(v) else "-"
 
 
-def _tele_percentile(path: str) -> float | None:
+def _tele_percentile(path: str, direction: str) -> float | None:
+    """Percentile of the teleconnection box in the ENSO query's map: ``query`` is where ENSO
+    attends, ``from`` how strongly each point attends to ENSO (the teleconnection box, driven
+    by ENSO, should)."""
     ds = open_embeddings(path)
-    if "attention_query_enso" not in ds:
+    name = f"attention_{direction}_enso"
+    if name not in ds:
         return None
-    m = ds["attention_query_enso"].mean(("attention_time", "head")).values
+    m = ds[name].mean(("attention_time", "head")).values
     return box_percentile(m, ds["lat"].values, ds["lon"].values, TELECONNECTION_BOX)
 
 

@@ -249,7 +249,10 @@ class AttentionMaps:
     - mean attention distance of query q: ``sum_k E[q, k] d(q, k)``, with the great-circle
       distance ``d`` rebuilt for a few query rows at a time from per-row and per-column
       factors (haversine: ``a = A[y, y'] + B[y, y'] * S[x, x']``);
-    - a query region's map: the mean over its cells q of ``E[q, :]``, times ``h*w`` (1 = uniform).
+    - a query region's map: the mean over its cells q of ``E[q, :]``, times ``h*w`` (1 = uniform);
+    - the reverse, how much each query q attends to the region: ``sum_{k in R} E[q, k]`` over
+      the region's share of the grid (1 = uniform). Influence runs both ways: a region that
+      drives another is attended *by* it (the driven region's future depends on it).
 
     Tensors live on the model's device, so on a GPU the maps are computed there and only the
     small ``(n, h, w)`` results travel to the host.
@@ -286,7 +289,7 @@ class AttentionMaps:
         self.A, self.B, self.S = (torch.as_tensor(v, **to) for v in (A, B, S))
         my, mx = in_lat.size // h, in_lon.size // w
         valid = (np.isfinite(lat_c)[:, None] & np.isfinite(lon_c)[None, :]).ravel()
-        self.query_cells = {}
+        self.query_cells, self.query_regions = {}, {}
         for name, (lat0, lat1, lon0, lon1) in queries.items():
             in_lon_box = lon_in_box(in_lon, lon0, lon1)
             in_lat_box = (in_lat >= lat0) & (in_lat <= lat1)
@@ -299,6 +302,9 @@ class AttentionMaps:
                 torch.as_tensor(cells // w, device=device),
                 torch.as_tensor(cells % w, device=device),
             )
+            region = np.zeros(h * w, dtype=np.float32)
+            region[cells] = 1.0
+            self.query_regions[name] = torch.as_tensor(region.reshape(h, w), device=device)
 
     def _distance_rows(self, y0: int, y1: int) -> torch.Tensor:
         """Great-circle distance (km) from query rows ``y0:y1`` as ``(rows, y', x, x')``."""
@@ -334,6 +340,12 @@ class AttentionMaps:
                 rq = row[:, :, qx, :]  # (n, h, Q, w)
                 m = torch.einsum("nqk,nkql->nkl", cq, rq) / qy.numel()
                 out[f"attention_query_{name}"] = m * (h * w)
+                # The other direction: the mass every query (y, x) puts on the region,
+                # sum_{k in R} col[x](y, y') row[y'](x, x'), over the region's share (1 = uniform).
+                region = self.query_regions[name]
+                row_r = torch.einsum("nkxl,kl->nkx", row, region)  # (n, y', x)
+                m_from = torch.einsum("nxyk,nkx->nyx", col, row_r)
+                out[f"attention_from_{name}"] = m_from * (h * w / qy.numel())
         return {key: v.cpu() for key, v in out.items()}
 
 
@@ -666,6 +678,7 @@ def _untilers(tiler: Tiler, t0, t1, k, heads, opts, ckpt) -> dict[str, Untiler]:
             "attention_received",
             "attention_distance",
             *[f"attention_query_{q}" for q in opts.queries],
+            *[f"attention_from_{q}" for q in opts.queries],
         ]:
             out[name] = Untiler(tiler, heads, a0, a1)
     return out

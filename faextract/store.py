@@ -8,7 +8,8 @@ Layout (``faextract_format_version = 1``):
 - ``attention_distance (attention_time, head, lat, lon)``: mean great-circle distance (km)
   from each query point to where it attends;
 - ``attention_query_<NAME> (attention_time, head, lat, lon)``: where the region NAME attends
-  (1 = uniform), one per ``--attention-query``;
+  (1 = uniform), one per ``--attention-query``; ``attention_from_<NAME>``: how strongly each
+  grid point attends to the region NAME (1 = uniform);
 - ``latent (time, channel, lat, lon)`` with ``--latent``: the encoder's feature maps;
 - ``block_done (block)``: 1 once a time block is written (the restart ledger).
 
@@ -177,13 +178,17 @@ def create_template(
             "attention_distance": ("mean great-circle distance from a query point to where it attends", "km",
                                    "expectation of distance under the effective 2-D axial attention"),
         }  # fmt: skip
-        for name, (q, box) in zip(
-            [f"attention_query_{k}" for k in queries], queries.items(), strict=True
-        ):
-            maps[name] = (
+        for q, box in queries.items():
+            where = f"lat {box[0]}..{box[1]}, lon {box[2]}..{box[3]}"
+            maps[f"attention_query_{q}"] = (
                 f"where the region {q} attends",
                 "1",
-                f"mean attention from query points in lat {box[0]}..{box[1]}, lon {box[2]}..{box[3]}; 1 = uniform",
+                f"mean attention from query points in {where}; 1 = uniform",
+            )
+            maps[f"attention_from_{q}"] = (
+                f"how strongly each grid point attends to the region {q}",
+                "1",
+                f"attention each query point puts on {where}, over the region's share; 1 = uniform",
             )
         for name, (long_name, units, comment) in maps.items():
             data_vars[name] = (

@@ -360,7 +360,9 @@ def test_attention_maps_equal_the_explicit_effective_attention(block, keep):
     row = torch.rand(n, h, w, w).softmax(-1)
     col = torch.rand(n, w, h, h).softmax(-1)
     out = maps(row, col)
-    assert set(out) == {"attention_received", "attention_distance", "attention_query_box"}
+    assert set(out) == {
+        "attention_received", "attention_distance", "attention_query_box", "attention_from_box",
+    }  # fmt: skip
     again = maps(row, col)["attention_distance"]  # a kept table is reused, not rebuilt
     assert torch.equal(again, out["attention_distance"])
     assert (maps._kept is not None) == bool(keep)
@@ -375,6 +377,7 @@ def test_attention_maps_equal_the_explicit_effective_attention(block, keep):
         "attention_received": e.sum(dim=1),
         "attention_distance": (e * dist).sum(dim=-1),
         "attention_query_box": e[:, cells].mean(dim=1) * (h * w),
+        "attention_from_box": e[:, :, cells].sum(dim=2) * (h * w) / len(cells),
     }
     for key, value in want.items():
         torch.testing.assert_close(

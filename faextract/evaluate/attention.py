@@ -2,9 +2,10 @@
 
 - temporal coefficient of variation of every map: the ``cos(lat)``-weighted mean over cells
   and heads of ``std_t / |mean_t|`` (0 for a map that never changes);
-- for every ``--attention-query`` region: the cells in the top 5% of its time-mean map (over
-  heads), their centre of mass on the sphere, and that centre's great-circle distance from the
-  query's own centre (a teleconnection shows as a distant centre);
+- for every ``--attention-query`` region, in both directions (where it attends, and who
+  attends to it): the cells in the top 5% of the time-mean map (over heads), their centre of
+  mass on the sphere, and that centre's great-circle distance from the query's own centre (a
+  teleconnection shows as a distant centre);
 - :func:`box_percentile`: where a box's mean attention ranks among all cells (0.95 or more:
   the box lies in the top 5%).
 """
@@ -74,21 +75,24 @@ def summarize(ds: xr.Dataset, queries: dict[str, list[float]]) -> dict:
     lat, lon = ds["lat"].values, ds["lon"].values
     out: dict = {"temporal_cv": {n: temporal_cv(ds[n]) for n in names}, "queries": {}}
     for q, box in queries.items():
-        name = f"attention_query_{q}"
-        if name not in ds:
-            continue
-        mean = ds[name].mean(("attention_time", "head")).values
-        ok = np.isfinite(mean)
-        if not ok.any():
-            continue
-        cut = np.quantile(mean[ok], 1 - TOP_FRACTION)
-        top = ok & (mean >= cut)
-        clat, clon = centre_of_mass(np.where(top, mean, 0.0), lat, lon)
-        qlat, qlon = box_centre(box)
-        out["queries"][q] = {
-            "box": list(box),
-            "top_cells": int(top.sum()),
-            "top_centre": [clat, clon],
-            "top_centre_distance_km": float(great_circle_km(qlat, qlon, clat, clon)),
-        }
+        entry = {"box": list(box)}
+        # where the region attends, and (stores from before it lack it) who attends to it
+        for direction, name in (("attends_to", f"attention_query_{q}"),
+                                ("attended_by", f"attention_from_{q}")):  # fmt: skip
+            if name not in ds:
+                continue
+            mean = ds[name].mean(("attention_time", "head")).values
+            ok = np.isfinite(mean)
+            if not ok.any():
+                continue
+            cut = np.quantile(mean[ok], 1 - TOP_FRACTION)
+            top = ok & (mean >= cut)
+            clat, clon = centre_of_mass(np.where(top, mean, 0.0), lat, lon)
+            qlat, qlon = box_centre(box)
+            entry[direction] = {
+                "top_cells": int(top.sum()),
+                "top_centre": [clat, clon],
+                "top_centre_distance_km": float(great_circle_km(qlat, qlon, clat, clon)),
+            }
+        out["queries"][q] = entry
     return out
