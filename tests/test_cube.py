@@ -110,10 +110,13 @@ def test_regional_grid_is_not_periodic(tmp_path, small_ds):
 
 
 def test_latitude_either_order(tmp_path, small_ds):
+    """A south-to-north file is read north to south (one canonical orientation)."""
     path = tmp_path / "south_north.nc"
     write_netcdf(small_ds.isel(lat=slice(None, None, -1)), path)
     cube = open_cube(path)
-    assert cube.lat[0] < cube.lat[-1]
+    assert cube.lat[0] > cube.lat[-1]
+    np.testing.assert_array_equal(cube.lat, small_ds.lat.values)
+    np.testing.assert_allclose(cube.read(0, 2)[:, 1], small_ds.t2m.values[:2], rtol=1e-6)
 
 
 def test_levels_stacked_or_selected(tmp_path):
@@ -614,3 +617,50 @@ def test_time_step_of_monthly_data_with_an_even_number_of_steps():
     assert time_step(xr.DataArray(months.values, dims="time")) == "1 month"  # not "732 hours"
     weeks = pd.date_range("2000-01-01", periods=5, freq="7D")
     assert time_step(xr.DataArray(weeks.values, dims="time")) == "7 days"
+
+
+def test_latitude_order_does_not_change_the_embedding(tmp_path, tiny_checkpoint):
+    """The same data stored south to north reads as north to south and embeds bitwise alike."""
+    from faextract.embed import EmbedOptions, embed
+    from faextract.store import open_embeddings
+
+    cube, ckpt, ds = tiny_checkpoint
+    flipped = tmp_path / "ascending.nc"
+    write_netcdf(ds.isel(lat=slice(None, None, -1)), flipped)
+    a, b = open_cube(cube), open_cube(flipped)
+    assert np.array_equal(a.lat, b.lat) and a.lat[0] > a.lat[-1]
+    np.testing.assert_array_equal(a.read(0, 5), b.read(0, 5))
+    embed([cube], ckpt, str(tmp_path / "a.zarr"), EmbedOptions())
+    embed([flipped], ckpt, str(tmp_path / "b.zarr"), EmbedOptions())
+    za = open_embeddings(tmp_path / "a.zarr").embedding.values
+    zb = open_embeddings(tmp_path / "b.zarr").embedding.values
+    np.testing.assert_array_equal(za, zb)
+
+
+@pytest.mark.parametrize(
+    "lat, message",
+    [([60.0, 20.0, np.nan, -20.0, -60.0], "missing \\(NaN\\)"),
+     ([60.0, -20.0, 20.0, -60.0, -70.0], "not sorted"),
+     ([60.0, 20.0, 20.0, -20.0, -60.0], "appears twice")],
+)  # fmt: skip
+def test_bad_latitude_axes_are_named(tmp_path, lat, message):
+    import netCDF4
+
+    path = tmp_path / "bad-lat.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", 3)
+        nc.createDimension("lat", 5)
+        nc.createDimension("lon", 8)
+        t = nc.createVariable("time", "f8", ("time",))
+        t.units = "days since 2000-01-01"
+        t[:] = [0, 1, 2]
+        la = nc.createVariable("lat", "f8", ("lat",))
+        la.units = "degrees_north"
+        la[:] = lat
+        lo = nc.createVariable("lon", "f8", ("lon",))
+        lo.units = "degrees_east"
+        lo[:] = np.arange(8) * 45.0
+        v = nc.createVariable("t2m", "f4", ("time", "lat", "lon"))
+        v[:] = np.ones((3, 5, 8))
+    with pytest.raises(DataError, match=message):
+        open_cube(path)

@@ -480,10 +480,29 @@ def _standardize(
         ds = ds.isel(level=_level_positions(ds["level"], levels, source))
 
     lat = ds["lat"].values.astype(float)
+    lat_name = axes["lat"][0]
+    if not np.isfinite(lat).all():
+        raise DataError(f"{source}: latitude {lat_name!r} has missing (NaN) values")
     if lat.size and (np.nanmin(lat) < -90.0001 or np.nanmax(lat) > 90.0001):
         raise DataError(
             f"{source}: latitudes must be in [-90, 90], got [{np.nanmin(lat):g}, {np.nanmax(lat):g}]"
         )
+    step = np.diff(lat)
+    if lat.size > 1 and not (np.all(step > 0) or np.all(step < 0)):
+        i = int(np.nonzero(step == 0)[0][0]) if np.any(step == 0) else None
+        if i is not None:
+            raise DataError(f"{source}: latitude {lat[i]:g} appears twice in {lat_name!r}")
+        bad = int(np.nonzero(np.sign(step) != np.sign(step[0]))[0][0])
+        raise DataError(
+            f"{source}: latitudes in {lat_name!r} are not sorted ({lat[bad]:g}, then "
+            f"{lat[bad + 1]:g}, then {lat[bad + 2]:g}); sort the file first (xarray sortby)"
+            if bad + 2 < lat.size
+            else f"{source}: latitudes in {lat_name!r} are not sorted; sort the file first"
+        )
+    if lat.size > 1 and step[0] > 0:
+        # One canonical orientation, north to south (as ERA5): the same field stored south to
+        # north must give the same embedding, and convolutions are not mirror-symmetric.
+        ds = ds.isel(lat=slice(None, None, -1))
     lon = ds["lon"].values.astype(float)
     if lon.size > 1 and not (np.all(np.diff(lon) > 0) or np.all(np.diff(lon) < 0)):
         unwrapped = np.unwrap(lon, period=360.0)

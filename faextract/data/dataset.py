@@ -71,7 +71,7 @@ class BlockReader:
         self.cube = cube
         self.perturb = perturb
         self.normalizer = ArrayNormalizer(
-            stats, cube.channels, cube.time, cube.shape[2], cube.shape[3]
+            stats, cube.channels, cube.time, cube.shape[2], cube.shape[3], lat=cube.lat
         )
         self._key: tuple[int, int] | None = None
         self._block: np.ndarray | None = None

@@ -39,9 +39,19 @@ def _aligned(
                 f"climatology grid {c.sizes['lat']}x{c.sizes['lon']} does not match the data grid "
                 f"{x.sizes['lat']}x{x.sizes['lon']}"
             )
-        values = climatology_at(stats, x["time"], c.values)
+        values = climatology_at(stats, x["time"], _oriented(c, x["lat"].values).values)
         clim = xr.DataArray(values.astype("float32"), dims=("time", "channel", "lat", "lon"))
     return mean.drop_vars("channel"), std.drop_vars("channel"), clim
+
+
+def _oriented(maps: xr.DataArray, lat: np.ndarray | None) -> xr.DataArray:
+    """Climatology maps in the data's latitude order: statistics computed before grids were
+    read north to south may run south to north."""
+    if lat is None or "lat" not in maps.coords or maps.sizes["lat"] < 2 or len(lat) < 2:
+        return maps
+    if np.allclose(maps["lat"].values[::-1], lat) and not np.allclose(maps["lat"].values, lat):
+        return maps.isel(lat=slice(None, None, -1))
+    return maps
 
 
 def climatology_at(stats: xr.Dataset, time: xr.DataArray, maps: np.ndarray) -> np.ndarray:
@@ -80,7 +90,13 @@ class ArrayNormalizer:
     """
 
     def __init__(
-        self, stats: xr.Dataset, channels, time: xr.DataArray, lat_size: int, lon_size: int
+        self,
+        stats: xr.Dataset,
+        channels,
+        time: xr.DataArray,
+        lat_size: int,
+        lon_size: int,
+        lat: np.ndarray | None = None,
     ):
         probe = xr.DataArray(
             np.zeros((1, len(channels), lat_size, lon_size), dtype=np.float32),
@@ -93,7 +109,8 @@ class ArrayNormalizer:
         self.std = stats["std"].sel(channel=want).values.astype(np.float32)[None, :, None, None]
         self.maps = self.basis = self.keys = None
         if "climatology" in stats:
-            self.maps = stats["climatology"].sel(channel=want).values.astype(np.float32)
+            maps = _oriented(stats["climatology"].sel(channel=want), lat)
+            self.maps = maps.values.astype(np.float32)
             kind = stats.attrs.get("climatology", "monthly")
             if kind == "harmonic":
                 order = int(stats.attrs.get("harmonics", harmonics.HARMONICS))
