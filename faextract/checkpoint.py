@@ -114,6 +114,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"{path}: checkpoint format {ckpt['format_version']} is newer than this faextract "
             f"understands ({FORMAT_VERSION}); upgrade faextract"
         )
+    for name, tensor in (ckpt["model"].get("state_dict") or {}).items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise FaextractError(
+                f"{path}: the model weights {name!r} hold NaN or infinite values (a diverged "
+                "training run?); use an earlier checkpoint"
+            )
     return ckpt
 
 

@@ -572,6 +572,12 @@ def embed(
                             need_weights=bool(k),
                         )
                     z = z.float().cpu().numpy()
+                    if not np.isfinite(z).all():  # inputs are checked finite: the model failed
+                        raise FaextractError(
+                            f"{checkpoint}: the model produced non-finite embeddings in time block "
+                            f"{b} (steps {t0}..{t1 - 1}) from finite input; the store is left "
+                            "incomplete"
+                        )
                     for j, w in enumerate(group):
                         _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
                         if opts.latent:

@@ -11,6 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -188,3 +189,39 @@ def test_a_read_only_output_folder_is_one_line(ws, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "Read-only file system" in result.output and "Traceback" not in result.output
     assert not (ws["root"] / "ro.nc").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(ws):
+    import torch
+
+    ckpt = torch.load(ws["ckpt"], weights_only=True)
+    name = next(k for k, v in ckpt["model"]["state_dict"].items() if v.is_floating_point())
+    ckpt["model"]["state_dict"][name] = ckpt["model"]["state_dict"][name] * float("nan")
+    bad = ws["root"] / "nan.pt"
+    torch.save(ckpt, bad)
+    result = runner.invoke(app, _embed(ws, out="nan.zarr", ckpt=bad))
+    assert result.exit_code == 2 and "NaN or infinite" in result.output
+    assert not (ws["root"] / "nan.zarr").exists()
+
+
+def test_a_missing_time_value_is_refused(tmp_path):
+    import netCDF4
+
+    path = tmp_path / "nan-time.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", 3)
+        nc.createDimension("lat", 4)
+        nc.createDimension("lon", 8)
+        t = nc.createVariable("time", "f8", ("time",), fill_value=-9999.0)
+        t.units, t.calendar = "days since 2000-01-01", "noleap"
+        t[:] = [0.0, -9999.0, 2.0]
+        la = nc.createVariable("lat", "f8", ("lat",))
+        la.units = "degrees_north"
+        la[:] = [60, 20, -20, -60]
+        lo = nc.createVariable("lon", "f8", ("lon",))
+        lo.units = "degrees_east"
+        lo[:] = np.arange(8) * 45.0
+        nc.createVariable("t2m", "f4", ("time", "lat", "lon"))[:] = np.ones((3, 4, 8))
+    result = runner.invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "nan-time.nc" in result.output and "missing" in result.output

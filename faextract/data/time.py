@@ -46,6 +46,13 @@ def decode_time(values: np.ndarray, units: str, calendar: str = "standard") -> n
     fixed fractions of a year, which no such file means and xarray refuses.
     """
     calendar = (calendar or "standard").lower()
+    numbers = np.asarray(values)
+    if numbers.dtype.kind == "f" and not np.isfinite(numbers).all():
+        i = int(np.nonzero(~np.isfinite(numbers))[0][0])
+        raise DataError(
+            f"time value {i} is {numbers[i]} (missing); a time axis must be complete (cftime "
+            "would read it as the reference date)"
+        )
     step = units.strip().lower().split(" ", 1)[0]
     exact = calendar == "360_day" and step in ("month", "months")  # cftime's own, exact
     if step in ("month", "months", "year", "years") and not exact:
