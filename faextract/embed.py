@@ -214,6 +214,39 @@ def _inputs_digest(cube: Cube, ckpt_sha: str, perturb: Perturbation | None = Non
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
+def input_fingerprint(sources) -> dict[str, list[int]]:
+    """Size and modification time of every local input (a Zarr store: of its files):
+    resuming a store whose input changed in place would mix old and new data."""
+    out = {}
+    for src in sources:
+        if is_url(src) or not os.path.exists(src):
+            continue
+        if os.path.isdir(src):
+            size, newest, count = 0, 0, 0
+            for root, _dirs, files in os.walk(src):
+                for name in files:
+                    st = os.stat(os.path.join(root, name))
+                    size, newest, count = size + st.st_size, max(newest, st.st_mtime_ns), count + 1
+            out[os.path.abspath(src)] = [size, newest, count]
+        else:
+            st = os.stat(src)
+            out[os.path.abspath(src)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _check_fingerprint(store: EmbeddingStore, now: dict) -> None:
+    before = json.loads(store.attrs.get("faextract_input_fingerprint", "null") or "null")
+    if before is None:
+        return  # a store from before fingerprints
+    for path, facts in now.items():
+        if path in before and before[path] != facts:
+            raise FaextractError(
+                f"{store.path}: the input {path} changed since this store was started (size or "
+                "modification time differ); finishing it would mix old and new data: use "
+                "--overwrite to start again"
+            )
+
+
 def _cell_means(idx: np.ndarray, coord: np.ndarray, m: int, circular: bool = False) -> np.ndarray:
     """Mean coordinate of each run of ``m`` input cells (a latent cell); NaN for padding only.
 
@@ -468,6 +501,8 @@ def embed(
     block = _round_up(block, keep)
     nblocks = -(-nt // block)
     digest = _inputs_digest(cube, ckpt_sha, opts.perturb)
+    compute = _compute_path(device, opts)
+    fingerprint = input_fingerprint(cube.sources)
 
     present = existing_output(
         out, inputs=[*cube.sources, checkpoint], ours=is_embedding_store, what="embeddings store"
@@ -497,9 +532,10 @@ def embed(
         "faextract_checkpoint_sha256": ckpt_sha,
         "faextract_cell": model.cell_name,
         "faextract_channels": json.dumps(list(cube.channels)),
+        "faextract_input_fingerprint": json.dumps(fingerprint, sort_keys=True),
         "faextract_perturb": opts.perturb.describe() if opts.perturb else "",
         "faextract_window": f"warmup {warmup} + keep {keep} steps; block {block} steps",
-        "faextract_layout": json.dumps(_layout(spec, block, opts), sort_keys=True),
+        "faextract_layout": json.dumps(_layout(spec, block, opts, compute), sort_keys=True),
     }
     created = create_template(
         out,
@@ -522,7 +558,8 @@ def embed(
             raise FaextractError(
                 f"{out}: exists and was made from another checkpoint or input (use --overwrite)"
             )
-        _check_layout(store, _layout(spec, block, opts))
+        _check_layout(store, _layout(spec, block, opts, compute))
+        _check_fingerprint(store, fingerprint)
         store.append_history(history_line(command))
     done = store.done()
     shard_i, shard_n = opts.shard
@@ -644,9 +681,21 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _layout(spec: TileSpec, block: int, opts: EmbedOptions) -> dict:
+def _compute_path(device: torch.device, opts: EmbedOptions) -> str:
+    """Which arithmetic computes the embeddings: the C kernels and PyTorch differ by ~1e-6,
+    CUDA and bf16 by more, so every shard and resumed run of a store must use the same."""
+    from faextract.models import kernels
+
+    if device.type == "cpu":
+        return "cpu+kernels" if kernels.library() is not None else "cpu"
+    return f"{device.type}{'+bf16' if opts.bf16 else ''}"
+
+
+def _layout(spec: TileSpec, block: int, opts: EmbedOptions, compute: str) -> dict:
     """The options that decide a store's content; a resume must use the same ones."""
     return {
+        "batch_size": opts.batch_size,
+        "compute": compute,
         "warmup": spec.warmup,
         "keep": spec.step,
         "block": block,
@@ -660,6 +709,8 @@ def _layout(spec: TileSpec, block: int, opts: EmbedOptions) -> dict:
 def _check_layout(store: EmbeddingStore, layout: dict) -> None:
     before = json.loads(store.attrs.get("faextract_layout", "{}"))
     for key, value in layout.items():
+        if key in ("batch_size", "compute") and key not in before:
+            continue  # stores from before these were recorded
         if before.get(key) != value:
             raise FaextractError(
                 f"{store.path}: was started with {key}={before.get(key)!r}, now {value!r}; "

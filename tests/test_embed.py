@@ -517,3 +517,27 @@ def test_an_input_error_in_a_worker_is_one_line(tmp_path, trained):
     with pytest.raises(FaextractError, match=r"variable 't2m' has infinite values") as info:
         embed([path], ckpt, str(tmp_path / "inf.zarr"), _opts(workers=1))
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_a_resume_that_would_break_bitwise_identity_is_refused(tmp_path, trained):
+    """Another batch layout, another compute path, or an input changed in place since the store
+    was started: finishing the store would mix results, so it is refused by name."""
+    import json
+    import os
+    import shutil
+
+    cube, ckpt, _ = trained
+    local = tmp_path / "in.nc"
+    shutil.copy(cube, local)
+    out = tmp_path / "e.zarr"
+    assert embed([local], ckpt, str(out), _opts(shard=(0, 2))).status == "partial"
+    layout = json.loads(open_embeddings(out, allow_incomplete=True).attrs["faextract_layout"])
+    assert layout["batch_size"] == 8 and layout["compute"].startswith("cpu")
+    with pytest.raises(FaextractError, match="batch_size=8, now 4"):
+        embed([local], ckpt, str(out), _opts(shard=(1, 2), batch_size=4))
+    st = os.stat(local)
+    os.utime(local, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(FaextractError, match="changed since this store was started"):
+        embed([local], ckpt, str(out), _opts(shard=(1, 2)))
+    os.utime(local, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert embed([local], ckpt, str(out), _opts(shard=(1, 2))).status == "complete"
