@@ -43,6 +43,7 @@ from faextract.data.selection import parse_select
 from faextract.data.tiling import Tiler, TileSpec, Untiler, Window
 from faextract.embed_batches import BlockBatches, offer, prefetched
 from faextract.errors import FaextractError, MissingVariableError
+from faextract.locks import Lock
 from faextract.models.faconvlstm import FAConvLSTM2D
 from faextract.outputs import existing_output, is_embedding_store, remove_output
 from faextract.signals import StopFlag
@@ -560,96 +561,109 @@ def embed(
             )
         _check_layout(store, _layout(spec, block, opts, compute))
         _check_fingerprint(store, fingerprint)
-        store.append_history(history_line(command))
-    done = store.done()
+    # One process per shard of a store: a second one would redo the work and race the first.
     shard_i, shard_n = opts.shard
-    todo = [b for b in range(nblocks) if b % shard_n == shard_i and not done[b]]
+    with Lock(
+        Path(out) / f".faextract-lock-{shard_i}-of-{shard_n}", f"shard {shard_i}/{shard_n} of {out}"
+    ):
+        if not created:
+            store.append_history(history_line(command))
+        done = store.done()
+        todo = [b for b in range(nblocks) if b % shard_n == shard_i and not done[b]]
 
-    writer = _Writer(store)
-    writer.start()
-    stopped = False
-    n_windows = 0
-    plan = [
-        (b, [w.index for w in tiler.windows_in(b * block, min(nt, (b + 1) * block))]) for b in todo
-    ]
-    task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
-    attention_maps = _AttentionContext(cube, model.multiple, opts.queries, k or 1, device)
-    source = CubeSource(
-        paths=tuple(cube.sources),
-        variables=tuple(ckpt["variables"]),
-        levels=tuple(levels) if levels else None,
-        dims=dims,
-        sort_time=sort_time,
-        select=select,
-    )
-    batches = BlockBatches(
-        source, cube.channels, stats, tiler, plan, opts.batch_size, cube=cube, perturb=opts.perturb
-    )
-    prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")
-    waits = _Waits(prefetch)
-    try:
-        with StopFlag() as stop, torch.inference_mode():
-            for b, batches in waits:  # one time block and its batches
-                if stop.requested:
-                    stopped = True
-                    break
-                t0, t1 = b * block, min(nt, (b + 1) * block)
-                arrays = _block_arrays(t0, t1, tiler, ckpt)
-                untilers = _untilers(tiler, t0, t1, k, heads, opts, ckpt)
-                for idx, batch in batches:
-                    group = [tiler.windows[i] for i in idx]
-                    batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
-                    with amp:
-                        latent, z, attn = model.encode(
-                            batch["x"],
-                            batch["mask"],
-                            batch["phase"],
-                            batch["time"] >= 0,
-                            need_weights=bool(k),
-                        )
-                    z = z.float().cpu().numpy()
-                    if not np.isfinite(z).all():  # inputs are checked finite: the model failed
-                        raise FaextractError(
-                            f"{checkpoint}: the model produced non-finite embeddings in time block "
-                            f"{b} (steps {t0}..{t1 - 1}) from finite input; the store is left "
-                            "incomplete"
-                        )
-                    for j, w in enumerate(group):
-                        _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
-                        if opts.latent:
-                            untilers["latent"].add(
-                                w, _upsample(latent[j].float().cpu(), model.multiple)
+        writer = _Writer(store)
+        writer.start()
+        stopped = False
+        n_windows = 0
+        plan = [
+            (b, [w.index for w in tiler.windows_in(b * block, min(nt, (b + 1) * block))])
+            for b in todo
+        ]
+        task = progress.start("embedding", total=sum(len(w) for _, w in plan)) if progress else None
+        amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16)
+        attention_maps = _AttentionContext(cube, model.multiple, opts.queries, k or 1, device)
+        source = CubeSource(
+            paths=tuple(cube.sources),
+            variables=tuple(ckpt["variables"]),
+            levels=tuple(levels) if levels else None,
+            dims=dims,
+            sort_time=sort_time,
+            select=select,
+        )
+        batches = BlockBatches(
+            source,
+            cube.channels,
+            stats,
+            tiler,
+            plan,
+            opts.batch_size,
+            cube=cube,
+            perturb=opts.perturb,
+        )
+        prefetch = prefetched(batches, workers=opts.workers, pin=device.type == "cuda")
+        waits = _Waits(prefetch)
+        try:
+            with StopFlag() as stop, torch.inference_mode():
+                for b, batches in waits:  # one time block and its batches
+                    if stop.requested:
+                        stopped = True
+                        break
+                    t0, t1 = b * block, min(nt, (b + 1) * block)
+                    arrays = _block_arrays(t0, t1, tiler, ckpt)
+                    untilers = _untilers(tiler, t0, t1, k, heads, opts, ckpt)
+                    for idx, batch in batches:
+                        group = [tiler.windows[i] for i in idx]
+                        batch = {key: v.to(device, non_blocking=True) for key, v in batch.items()}
+                        with amp:
+                            latent, z, attn = model.encode(
+                                batch["x"],
+                                batch["mask"],
+                                batch["phase"],
+                                batch["time"] >= 0,
+                                need_weights=bool(k),
                             )
-                    if k:
-                        attention_maps.add(untilers, attn, group)
-                    n_windows += len(group)
-                    if task is not None:
-                        progress.advance(task, len(group))
-                for name, acc in untilers.items():
-                    arrays[name] = acc.result()
-                att_slice = slice(t0 // k, -(-t1 // k)) if k else None
-                writer.put((b, t0, t1, arrays, att_slice))
-    finally:  # on any exit: stop reading, let the writer finish the blocks it holds
-        prefetch.close()
-        write_error = writer.finish()
-    if write_error is not None:
-        raise write_error
-    if task is not None:
-        progress.finish(task)
-    complete = store.mark_complete_if_done()
-    status = "complete" if complete else ("stopped" if stopped else "partial")
-    size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(out) for f in fs)
-    return EmbedResult(
-        out,
-        status,
-        writer.written,
-        nblocks,
-        n_windows,
-        time.perf_counter() - t_start,
-        size,
-        input_wait=waits.seconds,
-    )
+                        z = z.float().cpu().numpy()
+                        if not np.isfinite(z).all():  # inputs are checked finite: the model failed
+                            raise FaextractError(
+                                f"{checkpoint}: the model produced non-finite embeddings in time block "
+                                f"{b} (steps {t0}..{t1 - 1}) from finite input; the store is left "
+                                "incomplete"
+                            )
+                        for j, w in enumerate(group):
+                            _store_embedding(arrays["embedding"], z[j], w, tiler, t0, t1)
+                            if opts.latent:
+                                untilers["latent"].add(
+                                    w, _upsample(latent[j].float().cpu(), model.multiple)
+                                )
+                        if k:
+                            attention_maps.add(untilers, attn, group)
+                        n_windows += len(group)
+                        if task is not None:
+                            progress.advance(task, len(group))
+                    for name, acc in untilers.items():
+                        arrays[name] = acc.result()
+                    att_slice = slice(t0 // k, -(-t1 // k)) if k else None
+                    writer.put((b, t0, t1, arrays, att_slice))
+        finally:  # on any exit: stop reading, let the writer finish the blocks it holds
+            prefetch.close()
+            write_error = writer.finish()
+        if write_error is not None:
+            raise write_error
+        if task is not None:
+            progress.finish(task)
+        complete = store.mark_complete_if_done()
+        status = "complete" if complete else ("stopped" if stopped else "partial")
+        size = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(out) for f in fs)
+        return EmbedResult(
+            out,
+            status,
+            writer.written,
+            nblocks,
+            n_windows,
+            time.perf_counter() - t_start,
+            size,
+            input_wait=waits.seconds,
+        )
 
 
 def _default_block(keep: int, tiles: int, batch_size: int) -> int:

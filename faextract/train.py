@@ -35,6 +35,7 @@ from faextract.data.selection import parse_select
 from faextract.data.stats import StatsOptions, compute_stats, load_stats, resolve_climatology
 from faextract.data.tiling import TileSpec
 from faextract.errors import ConfigError, DataError, FaextractError
+from faextract.locks import Lock
 from faextract.losses import dec_kl, masked_mse, weighted_sse
 from faextract.models.autoencoder import ClimateAutoencoder, coarse_target
 from faextract.outputs import RUN_FILES, check_not_input, is_run_dir
@@ -291,20 +292,20 @@ def evaluate(model, loader, device, info, amp) -> dict:
     return {k: float((v / w).mean()) for k, v in res.items()}
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, inputs: list[str]) -> None:
-    """Refuse a run directory that is an input or holds one, a file, or a directory of other
-    files; with ``overwrite`` remove only the files a run writes (:data:`RUN_FILES`)."""
-    check_not_input(run_dir, inputs)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FaextractError(f"{run_dir}: is a file; --out names a run directory")
+LOCK_FILE = ".faextract-lock"
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a directory of other files; a run's directory needs ``resume`` or
+    ``overwrite``, which removes only the files a run writes (:data:`RUN_FILES`)."""
     last = run_dir / "last.pt"
     if resume:
         if not last.exists():
             raise FaextractError(f"--resume: no checkpoint {last} to resume from")
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if names:
         if not is_run_dir(run_dir):
-            names = sorted(p.name for p in run_dir.iterdir())
             raise FaextractError(
                 f"{run_dir}: holds files that are not a faextract run ({', '.join(names[:3])}"
                 f"{', ...' if len(names) > 3 else ''}); choose a new or empty run directory"
@@ -334,10 +335,14 @@ def train(
 
         if info.is_main:
             inputs = resolve_paths(list(config.data.paths))
-            _prepare_run_dir(
-                run_dir, resume, overwrite, inputs + ([config.data.stats] if config.data.stats else [])
-            )
+            inputs += [config.data.stats] if config.data.stats else []
+            check_not_input(run_dir, inputs)
+            if run_dir.exists() and not run_dir.is_dir():
+                raise FaextractError(f"{run_dir}: is a file; --out names a run directory")
             run_dir.mkdir(parents=True, exist_ok=True)
+            # One run per directory: a second would write every metrics row twice.
+            stack.enter_context(Lock(run_dir / LOCK_FILE, f"the run directory {run_dir}"))
+            _prepare_run_dir(run_dir, resume, overwrite)
         tc = config.train
         _seed_everything(tc.seed, tc.deterministic)
         if tc.batch_size % info.world_size:

@@ -314,9 +314,11 @@ def test_stop_file_stops_cleanly_and_rerun_finishes(tmp_path, trained, monkeypat
         FaextractError, match=r"was started with block=\d+, now 12; rerun with the same options"
     ):
         embed([cube], ckpt, str(out), _opts())
-    # The CLI's defaults, with another batch size (whose default block would differ): the
-    # resume takes the block size from the store.
-    done = embed([cube], ckpt, str(out), EmbedOptions(batch_size=3))
+    # Another batch size would batch the windows differently (not bitwise the same): refused.
+    with pytest.raises(FaextractError, match="batch_size=8, now 3"):
+        embed([cube], ckpt, str(out), EmbedOptions(batch_size=3))
+    # The CLI's defaults: the resume takes the block size from the store.
+    done = embed([cube], ckpt, str(out), EmbedOptions())
     assert done.status == "complete"
 
 
@@ -541,3 +543,22 @@ def test_a_resume_that_would_break_bitwise_identity_is_refused(tmp_path, trained
         embed([local], ckpt, str(out), _opts(shard=(1, 2)))
     os.utime(local, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert embed([local], ckpt, str(out), _opts(shard=(1, 2))).status == "complete"
+
+
+def test_two_processes_on_one_shard_are_refused(tmp_path, trained):
+    """A second embed of the same shard of a store, while the first runs, is refused by name;
+    a lock left by a process that died is taken over."""
+    import json
+    import os
+    import socket
+
+    cube, ckpt, _ = trained
+    out = tmp_path / "e.zarr"
+    embed([cube], ckpt, str(out), _opts(shard=(0, 2)))
+    lock = out / ".faextract-lock-1-of-2"
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "since": "x"}))
+    with pytest.raises(FaextractError, match=r"shard 1/2 of .* is in use by process"):
+        embed([cube], ckpt, str(out), _opts(shard=(1, 2)))
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))  # dead
+    assert embed([cube], ckpt, str(out), _opts(shard=(1, 2))).status == "complete"
+    assert not lock.exists()

@@ -259,3 +259,21 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, tiny_config):
     if last.exists():  # whatever checkpoint remains holds finite weights
         state = load_checkpoint(last)["model"]["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_second_run_in_a_busy_run_directory_is_refused(tmp_path, tiny_config):
+    import json
+    import os
+    import socket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".faextract-lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "since": "then"})
+    )
+    with pytest.raises(FaextractError, match="run directory .* is in use by process"):
+        train(tiny_config("train.epochs=1"), run, plain_progress=True)
+    assert not (run / "metrics.csv").exists()
+    (run / ".faextract-lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7}))
+    assert train(tiny_config("train.epochs=1"), run, plain_progress=True).status == "finished"
+    assert not (run / ".faextract-lock").exists()
