@@ -48,8 +48,13 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from faextract.signals import StopFlag
+
         try:
-            return fn(*args, **kwargs)
+            # From the first line on, SIGTERM/SIGUSR1 (a scheduler's warning) request a stop
+            # at the next safe point instead of killing the process mid-write.
+            with StopFlag():
+                return fn(*args, **kwargs)
         except FaextractError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(err.exit_code) from None

@@ -30,7 +30,7 @@ import xarray as xr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from faextract.data.cube import Cube
-from faextract.data.dataset import BlockReader, CubeSource
+from faextract.data.dataset import BlockReader, CubeSource, worker_init
 from faextract.data.perturb import Perturbation
 from faextract.data.tiling import Tiler
 from faextract.errors import FaextractError
@@ -181,6 +181,7 @@ class _LoaderPrefetcher:
             multiprocessing_context=method,
             pin_memory=pin,
             prefetch_factor=2,
+            worker_init_fn=worker_init(),
         )
         self._it = None
 

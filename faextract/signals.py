@@ -18,20 +18,30 @@ EXIT_STOPPED = 75
 
 
 class StopFlag:
-    """Context manager: while active, SIGUSR1/SIGTERM set ``requested`` instead of killing."""
+    """Context manager: while active, SIGUSR1/SIGTERM set ``requested`` instead of killing.
+
+    Flags nest and share one state: the commands hold one from their first line, so a signal
+    that arrives while a job is still starting (loading a model, creating a store) is kept
+    and honoured at the job's first safe point instead of killing the process mid-write.
+    The state clears when the outermost flag exits.
+    """
 
     SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    _depth = 0
+    _signalled = False
 
     def __init__(self):
-        self._signalled = False
         self._old = {}
         self.stop_file = os.environ.get("FAEXTRACT_STOP_FILE") or None
 
     @property
     def requested(self) -> bool:
-        return self._signalled or (self.stop_file is not None and os.path.exists(self.stop_file))
+        return StopFlag._signalled or (
+            self.stop_file is not None and os.path.exists(self.stop_file)
+        )
 
     def __enter__(self):
+        StopFlag._depth += 1
         for sig in self.SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -39,10 +49,14 @@ class StopFlag:
                 pass
         return self
 
-    def _handle(self, signum, frame):
-        self._signalled = True
+    @staticmethod
+    def _handle(signum, frame):
+        StopFlag._signalled = True
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        StopFlag._depth -= 1
+        if StopFlag._depth == 0:
+            StopFlag._signalled = False
         return False

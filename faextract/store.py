@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from datetime import UTC, datetime
 
@@ -231,7 +232,8 @@ def create_template(
     for name in ("lat", "lon", "component", "block", "tile_y", "tile_x", "head", "channel"):
         if name in ds.coords:
             encoding[name] = {"_FillValue": None}
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_stale_templates(path)
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         ds.to_zarr(
             tmp,
@@ -254,6 +256,20 @@ def create_template(
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+def _remove_stale_templates(path: str) -> None:
+    """Remove ``PATH.tmp-HOST-PID-*`` templates of processes of this host that died while
+    creating them (a kill during template creation used to leave them forever)."""
+    import glob
+
+    from faextract.locks import _alive
+
+    host = socket.gethostname()
+    for tmp in glob.glob(glob.escape(f"{path}.tmp-{host}-") + "*"):
+        pid = tmp[len(f"{path}.tmp-{host}-") :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class EmbeddingStore:

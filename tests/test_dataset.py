@@ -125,3 +125,47 @@ def test_inf_in_a_window_is_a_clear_error(tmp_path, small_ds, stats):
     ds = WindowDataset(CubeSource(paths=(str(path),)), stats, TileSpec(window=4))
     with pytest.raises(DataError, match="'sp' has infinite values"):
         next(iter(ds))
+
+
+@pytest.mark.slow
+def test_reader_processes_end_with_a_killed_parent(tmp_path):
+    """``kill -9`` of a job leaves no DataLoader worker behind (forkserver workers are not
+    children of the job, so they need their own watch)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from torch.utils.data import IterableDataset\n"
+        "from faextract.data.dataset import make_loader\n"
+        "class Sleepy(IterableDataset):\n"
+        "    def __iter__(self):\n"
+        "        print('worker', os.getpid(), flush=True)\n"
+        "        while True:\n"
+        "            time.sleep(0.1)\n"
+        "            yield 0\n"
+        "if __name__ == '__main__':\n"
+        "    for _ in make_loader(Sleepy(), 1, num_workers=1):\n"
+        "        time.sleep(0.2)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("worker"), line
+    worker = int(line.split()[1])
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{worker}/stat") as fh:  # a zombie waiting for its reaper is gone too
+            if fh.read().split()[2] == "Z":
+                return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the worker outlived its parent by 10 s")

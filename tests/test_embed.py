@@ -562,3 +562,41 @@ def test_two_processes_on_one_shard_are_refused(tmp_path, trained):
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345}))  # dead
     assert embed([cube], ckpt, str(out), _opts(shard=(1, 2))).status == "complete"
     assert not lock.exists()
+
+
+def test_a_template_left_by_a_killed_process_is_cleaned(tmp_path, trained):
+    import socket
+
+    cube, ckpt, _ = trained
+    out = tmp_path / "e.zarr"
+    dead = tmp_path / f"e.zarr.tmp-{socket.gethostname()}-{2**22 + 99}-abcd1234"
+    dead.mkdir()
+    (dead / "zarr.json").write_text("{}")
+    embed([cube], ckpt, str(out), _opts(latent=False))
+    assert not dead.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_signal_while_starting_stops_cleanly(tmp_path, trained, monkeypatch):
+    """SIGTERM before the first block (while the model loads) exits 75, not -15, leaving a
+    store that the same command finishes."""
+    import os
+    import signal
+
+    import faextract.embed as emb
+
+    cube, ckpt, _ = trained
+    real = emb.build_model
+
+    def slow_start(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(emb, "build_model", slow_start)
+    out = tmp_path / "e.zarr"
+    args = ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 75, result.output
+    monkeypatch.setattr(emb, "build_model", real)
+    assert runner.invoke(app, args).exit_code == 0
+    assert open_embeddings(out).attrs["complete"]
