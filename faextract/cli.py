@@ -25,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help wraps long formats (NAME=lat0:lat1,lon0:lon1) at any width; the rich layout
+    # cut them off at 80 columns and labelled flags "<bool>".
+    rich_markup_mode=None,
 )
 
 
@@ -339,6 +342,7 @@ def embed(
         list[str] | None,
         typer.Option(
             "--attention-query",
+            metavar="NAME=LAT0:LAT1,LON0:LON1",
             help="NAME=lat0:lat1,lon0:lon1: also map where this region attends (repeatable).",
         ),
     ] = None,
@@ -409,15 +413,23 @@ def embed(
         perturb=Perturbation.parse(perturb),
     )
     command = _command_line("embed")
-    with Progress(unit="windows") as progress:
-        result = run_embed(
-            inputs or [str(SAMPLE_CUBE)],
-            checkpoint or str(SAMPLE_CHECKPOINT),
-            str(out),
-            options,
-            command=command,
-            progress=progress,
-        )
+    try:
+        with Progress(unit="windows") as progress:
+            result = run_embed(
+                inputs or [str(SAMPLE_CUBE)],
+                checkpoint or str(SAMPLE_CHECKPOINT),
+                str(out),
+                options,
+                command=command,
+                progress=progress,
+            )
+    except FaextractError as err:
+        if checkpoint is None and inputs and "checkpoint" in str(err):
+            raise FaextractError(
+                f"{err} (no --checkpoint was given, so the bundled sample model was used: "
+                "give the checkpoint trained on this data)"
+            ) from None
+        raise
     typer.echo(
         f"{result.status}: wrote {result.blocks_written} of {result.blocks_total} time blocks "
         f"({result.windows} windows) to {result.path} in {result.seconds:.1f}s; store size {result.bytes / 1e6:.1f} MB"
@@ -453,6 +465,7 @@ def evaluate(
         list[str] | None,
         typer.Option(
             "--index",
+            metavar="NAME=VAR:LAT0:LAT1,LON0:LON1",
             help="NAME=VAR:lat0:lat1,lon0:lon1: a box-mean anomaly index to probe (repeatable).",
         ),
     ] = None,
@@ -548,6 +561,7 @@ def export(
 slurm_app = typer.Typer(
     help="Render (and optionally submit) SLURM batch jobs for train and embed.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(slurm_app, name="slurm")
 
@@ -691,6 +705,12 @@ class _dask_client:
 
 
 def main() -> None:
+    import warnings
+
+    # Library chatter that is not the user's business: zarr says on every v3 store that
+    # consolidated metadata is outside its spec (faextract writes it for faster opening).
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    warnings.filterwarnings("ignore", message=".*consolidated metadata.*", module="zarr")
     app(prog_name="faextract")
 
 

@@ -34,3 +34,18 @@ def test_unknown_cell_lists_choices():
         ValueError, match="choose from convlstm, faconvlstm, minconvgru, minconvlstm"
     ):
         create_cell("lstm", filters=4, kernel_size=3)
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_lazily_built_cells_honour_a_dtype_set_before_the_first_call(name):
+    """``Cell(5, 3, padding="same").double()`` then a float64 call: the parameters are built
+    in float64 (as torch's lazy modules do), for every registered cell."""
+    cell = create_cell(name, filters=5, kernel_size=3, padding="same").double()
+    x = torch.randn(2, 3, 6, 7, 4, dtype=torch.float64)
+    out = cell(x)
+    assert out.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in cell.parameters())
+    out.sum().backward()
+    # a module moved nowhere builds where its input is, in the default dtype
+    plain = create_cell(name, filters=5, kernel_size=3, padding="same")
+    assert plain(torch.randn(2, 3, 6, 7, 4)).dtype == torch.float32

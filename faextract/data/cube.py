@@ -191,7 +191,9 @@ class Cube:
         )
 
 
-def env_number(name: str, default: float, minimum: float = 0) -> float:
+def env_number(
+    name: str, default: float, minimum: float = 0, maximum: float = float("inf")
+) -> float:
     """A numeric setting from the environment; a bad value is a one-line error naming it."""
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -200,8 +202,9 @@ def env_number(name: str, default: float, minimum: float = 0) -> float:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not value >= minimum:
-        raise DataError(f"{name}={raw!r}: expected a number >= {minimum:g}")
+    if not minimum <= value <= maximum:
+        upper = f" and <= {maximum:g}" if maximum < float("inf") else ""
+        raise DataError(f"{name}={raw!r}: expected a number >= {minimum:g}{upper}")
     return value
 
 
@@ -249,6 +252,10 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
                 raise DataError(f"{item}: the pattern matches no file")
             out.extend(matches)
         elif not os.path.exists(item):
+            if os.path.islink(item):
+                raise DataError(
+                    f"{item}: a symbolic link that leads nowhere (a loop, or its target is gone)"
+                )
             raise DataError(f"{item}: no such file or directory")
         else:
             out.append(item)
@@ -301,7 +308,7 @@ def _limit_netcdf_chunk_cache() -> None:
     """Set netCDF-C's chunk cache for files opened from now on (a process-wide default)."""
     import netCDF4
 
-    mb = env_number("FAEXTRACT_NETCDF_CACHE_MB", NETCDF_CHUNK_CACHE_MB)
+    mb = env_number("FAEXTRACT_NETCDF_CACHE_MB", NETCDF_CHUNK_CACHE_MB, maximum=1 << 20)
     size, nelems, preemption = netCDF4.get_chunk_cache()
     if size != int(mb * 2**20):
         netCDF4.set_chunk_cache(int(mb * 2**20), nelems, preemption)
@@ -395,6 +402,12 @@ def _standardize(
 ) -> tuple[xr.Dataset, dict[str, str], list[str]]:
     candidates = _data_variables(ds)
     if not candidates:
+        static = [f"{n}({', '.join(map(str, da.dims))})" for n, da in ds.data_vars.items() if da.ndim == 2]
+        if static:
+            raise DataError(
+                f"{source}: no time dimension: its variables are static maps "
+                f"({', '.join(static[:3])}); faextract needs a time axis"
+            )
         raise DataError(f"{source}: no gridded data variable (need dims like time, lat, lon)")
     if variables:
         missing = [v for v in variables if v not in ds.data_vars]

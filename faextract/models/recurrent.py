@@ -83,6 +83,8 @@ class RecurrentConv2D(nn.Module, abc.ABC):
         self.stateful = stateful
         self.in_channels = in_channels
         self._states: list[torch.Tensor] | None = None
+        # dtype and device asked for (.double(), .to(...)) before the parameters exist
+        self._pending: tuple[torch.dtype, torch.device] | None = None
         self.built = False
         if in_channels is not None:
             self._build(int(in_channels))
@@ -127,8 +129,14 @@ class RecurrentConv2D(nn.Module, abc.ABC):
         if not self.built:
             self.in_channels = int(x.shape[2])
             self._build(self.in_channels)
-            self.to(device=x.device)
             self.built = True
+            # As torch's lazy modules: parameters built late take the dtype and device the
+            # module was moved to before (or the input's device when it was not moved).
+            if self._pending is not None:
+                dtype, device = self._pending
+                self.to(device=device, dtype=dtype)
+            else:
+                self.to(device=x.device)
         elif x.shape[2] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[2]}")
         if self.go_backwards:
@@ -139,6 +147,12 @@ class RecurrentConv2D(nn.Module, abc.ABC):
         elif self.stateful and self._states is not None:
             state = self._states
         return x, state
+
+    def _apply(self, fn, *args, **kwargs):
+        if not self.built:  # remember what fn does to a float tensor, for the build
+            probe = fn(torch.empty(0))
+            self._pending = (probe.dtype, probe.device)
+        return super()._apply(fn, *args, **kwargs)
 
     def _to_cf_state(self, s):
         if not torch.is_tensor(s) or s.dim() != 4:
