@@ -56,6 +56,25 @@ def _claim_folder(out: Path, store, overwrite: bool) -> None:
         (out / PLOT_MANIFEST).unlink()
 
 
+def calendar_ticks(times: np.ndarray, most: int = 10) -> tuple[list[int], list[str]]:
+    """Tick positions on the first step of a month, every 1, 2, 3, 6 or 12*n months so that
+    at most ``most`` show, labelled ``YYYY-MM`` (or ``YYYY`` for yearly ticks); any calendar."""
+    from faextract.data.time import to_cftime
+
+    if len(times) == 0:
+        return [], []
+    dates = to_cftime(np.asarray(times), "standard")
+    starts = [0] + [i for i in range(1, len(dates)) if dates[i].month != dates[i - 1].month]
+    months = [dates[i].year * 12 + dates[i].month - 1 for i in starts]
+    span = months[-1] - months[0] + 1
+    every = next((k for k in (1, 2, 3, 6, 12, 24, 60, 120, 600) if span / k <= most), 1200)
+    chosen = [(i, m) for i, m in zip(starts, months, strict=True) if m % every == 0]
+    if not chosen:  # shorter than a month: the first step
+        return [0], [str(dates[0])[:10]]
+    fmt = (lambda d: f"{d.year:04d}") if every % 12 == 0 else (lambda d: f"{d.year:04d}-{d.month:02d}")
+    return [i for i, _m in chosen], [fmt(dates[i]) for i, _m in chosen]
+
+
 def plot_store(
     path: str | os.PathLike, out_dir: str | os.PathLike, max_heads: int = 4, overwrite: bool = False
 ) -> list[str]:
@@ -75,12 +94,11 @@ def plot_store(
         emb = np.nanmean(emb, axis=(1, 2))
     scores, var = principal_components(emb)
     times = np.arange(emb.shape[0])
-    labels = [str(t)[:10] for t in ds["time"].values]
     fig, ax = plt.subplots(figsize=(10, 4))
     for i in range(scores.shape[1]):
         ax.plot(times, scores[:, i], label=f"PC{i + 1} ({100 * var[i]:.0f}%)")
-    step = max(1, len(times) // 8)
-    ax.set_xticks(times[::step], labels[::step], rotation=30, ha="right")
+    ticks, labels = calendar_ticks(ds["time"].values)
+    ax.set_xticks(ticks, labels, rotation=30, ha="right")
     ax.set_title("Embeddings: leading principal components")
     ax.set_ylabel("score")
     ax.legend()

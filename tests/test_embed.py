@@ -600,3 +600,19 @@ def test_a_signal_while_starting_stops_cleanly(tmp_path, trained, monkeypatch):
     monkeypatch.setattr(emb, "build_model", real)
     assert runner.invoke(app, args).exit_code == 0
     assert open_embeddings(out).attrs["complete"]
+
+
+def test_plot_ticks_fall_on_month_starts():
+    import datetime
+
+    import cftime
+
+    from faextract.plot import calendar_ticks
+
+    daily = np.array([cftime.Datetime360Day(2000, 1, 1) + datetime.timedelta(days=i) for i in range(720)])
+    ticks, labels = calendar_ticks(daily)
+    assert all(daily[i].day == 1 for i in ticks) and len(ticks) <= 10
+    assert labels[0] == "2000-01" and labels[1] == "2000-04"
+    monthly = np.array([cftime.DatetimeNoLeap(1990 + i // 12, i % 12 + 1, 15) for i in range(240)])
+    ticks, labels = calendar_ticks(monthly)
+    assert labels[:2] == ["1990", "1992"] and len(ticks) <= 10
