@@ -66,3 +66,14 @@ def test_bad_yaml(tmp_path):
     path.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_default_yaml_is_the_config_defaults():
+    """configs/default.yaml documents every key with its default: the two never drift apart."""
+    import yaml
+
+    from faextract.config import Config
+
+    with open(CONFIG_DIR / "default.yaml") as fh:
+        documented = yaml.safe_load(fh)
+    assert documented == Config().to_dict()
