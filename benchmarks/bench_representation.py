@@ -52,12 +52,19 @@ CUBES = {
     "monthly": dict(nt=240, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
     # 6 years of daily data, a 10-day lag (the sample's kind of data, 3x longer).
     "daily": dict(nt=6 * 365, freq_days=1.0, start="2000-01-01", teleconnection_lag=10),
+    # Like the real-data trial of the issue: 11 years of monthly means of two variables
+    # (u10, sp) on a 2.5 degree grid (72 x 144).
+    "decade": dict(nt=132, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3,
+                   nlat=72, nlon=144, variables=("u10", "sp")),
 }
 CELLS = ("faconvlstm", "convlstm", "minconvgru")
-INDICES = [
-    IndexSpec("enso", "sst", ENSO_BOX),
-    IndexSpec("tele", "t2m", TELECONNECTION_BOX),
-]
+INDICES = {
+    "sst": IndexSpec("enso", "sst", ENSO_BOX),
+    "t2m": IndexSpec("tele", "t2m", TELECONNECTION_BOX),
+    # the trial's equatorial-Pacific zonal-wind index (5S-5N, 160-210E)
+    "u10": IndexSpec("enso", "u10", (-5.0, 5.0, 160.0, 210.0)),
+    "sp": IndexSpec("tele", "sp", TELECONNECTION_BOX),
+}
 
 
 def _params(cfg, channels: int) -> int:
@@ -88,14 +95,11 @@ def matched_filters(base_overrides: list[str], cell: str, budget: int, channels:
 def run(args) -> list[dict]:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-representation-"))
     root.mkdir(parents=True, exist_ok=True)
-    variables = ("sst", "t2m", "sp", "u10")
+    spec = {"nlat": 24, "nlon": 48, "variables": ("sst", "t2m", "sp", "u10"), **CUBES[args.cube]}
+    variables = spec["variables"]
     cube = root / f"{args.cube}.nc"
     if not cube.exists():
-        write_netcdf(
-            synthetic_cube(nlat=24, nlon=48, variables=variables, calendar="noleap", seed=7,
-                           **CUBES[args.cube]),
-            cube,
-        )  # fmt: skip
+        write_netcdf(synthetic_cube(calendar="noleap", seed=7, **spec), cube)
     base = [f"data.paths=[{cube}]", *args.set]
     if args.quick:
         base += ["train.epochs=2"]
@@ -126,7 +130,9 @@ def run(args) -> list[dict]:
             meta[str(root / f"{name}.zarr")] = dict(
                 cell=cell, seed=seed, params=_params(cfg, len(variables)), train_s=seconds
             )
-    opts = EvaluateOptions(indices=INDICES, leads=(0, 1, 3), eof_targets=args.eof_targets,
+    indices = [INDICES[v] for v in variables if v in ("sst", "u10")]  # "enso" first
+    indices += [INDICES[v] for v in variables if v in ("t2m", "sp")][:1]
+    opts = EvaluateOptions(indices=indices, leads=(0, 1, 3), eof_targets=args.eof_targets,
                            overwrite=True)  # fmt: skip
     perturbed = [s.replace(".zarr", "-noise.zarr") for s in stores]
     report = evaluate(stores, [str(cube)], root / "evaluation", opts, perturbed=perturbed)
