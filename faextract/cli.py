@@ -711,6 +711,17 @@ def main() -> None:
     # consolidated metadata is outside its spec (faextract writes it for faster opening).
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     warnings.filterwarnings("ignore", message=".*consolidated metadata.*", module="zarr")
+    shown = warnings.showwarning
+
+    def one_line(message, category, *args, **kwargs):
+        from faextract.errors import FaextractWarning
+
+        if issubclass(category, FaextractWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = one_line
     app(prog_name="faextract")
 
 

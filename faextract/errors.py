@@ -39,3 +39,8 @@ class MissingVariableError(DataError):
             f"{source}: unknown variable {variable!r}; available: {', '.join(available)}"
         )
         self.source, self.variable, self.available = source, variable, list(available)
+
+
+class FaextractWarning(UserWarning):
+    """Something the user should know that does not stop the job; the CLI prints it as one
+    ``warning: ...`` line."""

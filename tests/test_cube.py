@@ -664,3 +664,29 @@ def test_bad_latitude_axes_are_named(tmp_path, lat, message):
         v[:] = np.ones((3, 5, 8))
     with pytest.raises(DataError, match=message):
         open_cube(path)
+
+
+def test_missing_zarr_chunks_are_reported(tmp_path, monkeypatch):
+    """A chunk absent from a Zarr input reads as missing values: a warning names the variable
+    and the count, and FAEXTRACT_MISSING_CHUNKS=error refuses the store."""
+    import shutil
+
+    from faextract.errors import FaextractWarning
+
+    path = tmp_path / "c.zarr"
+    ds = synthetic_cube(nt=20, nlat=6, nlon=12, variables=("t2m",))
+    ds.to_zarr(path, encoding={"t2m": {"chunks": (5, 6, 12)}})
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_cube(path)
+    assert not [w for w in caught if issubclass(w.category, FaextractWarning)]
+    shutil.rmtree(path / "t2m" / "c" / "1")
+    with pytest.warns(FaextractWarning, match="'t2m' lacks 1 of 4 chunks"):
+        cube = open_cube(path)
+    assert np.isnan(cube.read(5, 10)).all()
+    monkeypatch.setenv("FAEXTRACT_MISSING_CHUNKS", "error")
+    with pytest.raises(DataError, match="lacks 1 of 4 chunks"):
+        open_cube(path)
+

@@ -33,7 +33,7 @@ from faextract.data.time import (
     is_absolute,
     is_text,
 )
-from faextract.errors import DataError, MissingVariableError, first_line
+from faextract.errors import DataError, FaextractWarning, MissingVariableError, first_line
 
 #: Time steps per dask chunk: windows of 8-64 steps read one or two chunks.
 DEFAULT_TIME_CHUNK = 32
@@ -319,7 +319,9 @@ def _open_one(path: str) -> xr.Dataset:
         return _open_remote(path)
     try:
         if _is_zarr(path):
-            return xr.open_zarr(path, decode_times=False, chunks=None)
+            ds = xr.open_zarr(path, decode_times=False, chunks=None)
+            _check_chunks(path, ds)
+            return ds
         if os.path.isdir(path):
             files = sorted(p for p in os.listdir(path) if p.endswith((".nc", ".nc4", ".netcdf")))
             hint = f" (for its {len(files)} NetCDF files, give a glob: '{path.rstrip('/')}/*.nc')" if files else ""
@@ -336,6 +338,42 @@ def _open_one(path: str) -> xr.Dataset:
         raise DataError(
             f"{path}: cannot read as NetCDF or Zarr (corrupt or truncated?): {first_line(err)}"
         ) from err
+
+
+def _check_chunks(path: str, ds: xr.Dataset) -> None:
+    """Chunks absent from a Zarr store read as the fill value (NaN: missing data). zarr
+    leaves out chunks that hold only the fill value (an all-land tile of SST), but a copy or
+    download that did not finish looks the same: say so, once per variable, or refuse with
+    ``FAEXTRACT_MISSING_CHUNKS=error``."""
+    import warnings
+
+    import zarr
+
+    policy = os.environ.get("FAEXTRACT_MISSING_CHUNKS", "warn").strip().lower()
+    if policy not in ("warn", "error", "ignore"):
+        raise DataError(f"FAEXTRACT_MISSING_CHUNKS={policy!r}: expected warn, error or ignore")
+    if policy == "ignore":
+        return
+    try:
+        group = zarr.open_group(path, mode="r")
+    except Exception:  # noqa: BLE001 - a store zarr cannot list: xarray read it, so go on
+        return
+    for name in _data_variables(ds):
+        try:
+            arr = group[name]
+            missing = int(arr.nchunks) - int(arr.nchunks_initialized)
+        except Exception:  # noqa: BLE001
+            continue
+        if missing <= 0:
+            continue
+        text = (
+            f"{path}: variable {name!r} lacks {missing} of {arr.nchunks} chunks in the store; they "
+            "read as missing values (zarr skips chunks holding only fill values, but an "
+            "unfinished copy looks the same)"
+        )
+        if policy == "error":
+            raise DataError(text + "; FAEXTRACT_MISSING_CHUNKS=warn reads them as missing")
+        warnings.warn(text, FaextractWarning, stacklevel=2)
 
 
 def _data_variables(ds: xr.Dataset) -> list[str]:
