@@ -270,3 +270,19 @@ def test_perturbation_depends_only_on_seed_and_step():
     for bad in ("noise=-1", "drop=1", "seed=1.5", "noise", "blur=2", "noise=0"):
         with pytest.raises(Exception, match="--perturb"):
             Perturbation.parse(bad)
+
+
+def test_tiled_stores_are_probed_with_tiles_side_by_side_or_averaged(tiny_checkpoint, tmp_path):
+    from faextract.embed import EmbedOptions, embed
+    from faextract.evaluate import EvaluateOptions, evaluate
+
+    cube, ckpt, _ = tiny_checkpoint
+    store = tmp_path / "tiled.zarr"
+    embed([cube], ckpt, str(store), EmbedOptions(tile=(6, 12), halo=0))
+    opts = dict(eof_targets=1, folds=3, leads=(0,), regimes=(4,))
+    rep = evaluate([str(store)], [str(cube)], tmp_path / "a", EvaluateOptions(**opts))
+    s = rep.stores[0]
+    assert s.tiles == "concat" and s.features == 4 * s.embedding_dim
+    rep = evaluate([str(store)], [str(cube)], tmp_path / "b", EvaluateOptions(tiles="mean", **opts))
+    assert rep.stores[0].tiles == "mean" and rep.stores[0].features == s.embedding_dim
+    assert rep.baselines["eof"].features == s.embedding_dim
