@@ -215,12 +215,19 @@ def main() -> None:
     ap.add_argument("--cube", choices=sorted(CUBES), default="monthly")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells")
     ap.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
-    ap.add_argument("--config", default=str(HERE.parent / "configs" / "default.yaml"))
+    ap.add_argument(
+        "--config",
+        help="training config (default: configs/monthly.yaml for monthly cubes, "
+        "configs/sample.yaml for the daily one)",
+    )
     ap.add_argument("--set", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--eof-targets", type=int, default=3)
     ap.add_argument("--workdir", help="keep runs here (reused when present)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, one seed, a smoke run")
     args = ap.parse_args()
+    if args.config is None:
+        name = "sample.yaml" if args.cube == "daily" else "monthly.yaml"
+        args.config = str(HERE.parent / "configs" / name)
     args.cells = [c for c in args.cells.split(",") if c]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.quick:
