@@ -78,6 +78,8 @@ class ModelConfig:
     # the linear map to z, so z knows where anomalies are; null = global mean and max pooling,
     # with which a planted ENSO box was not linearly recoverable (held-out R² ~0).
     head_grid: list[int] | None = field(default_factory=lambda: [8, 16])
+    # VICReg-style variance/covariance term on z that keeps its components in use; 0 = off.
+    decorrelation_weight: float = 0.0
     clusters: int = 0  # DEC clustering head with K clusters; 0 = off
     cluster_weight: float = 0.1
     cluster_start_epoch: int = 1
@@ -256,7 +258,7 @@ def validate(config: Config) -> Config:
     _need(m.objective in ("reconstruct", "forecast", "both"), "model.objective",
           "reconstruct, forecast or both", m.objective)  # fmt: skip
     _need(m.clusters == 0 or m.clusters >= 2, "model.clusters", "0 (off) or >= 2", m.clusters)
-    for key in ("embedding_loss_weight", "cluster_weight"):
+    for key in ("embedding_loss_weight", "cluster_weight", "decorrelation_weight"):
         v = getattr(m, key)
         _need(math.isfinite(v) and v >= 0, f"model.{key}", "a number >= 0", v)
     _need(m.cluster_start_epoch >= 0, "model.cluster_start_epoch", "an integer >= 0",

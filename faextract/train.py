@@ -36,14 +36,14 @@ from faextract.data.stats import StatsOptions, compute_stats, load_stats, resolv
 from faextract.data.tiling import TileSpec
 from faextract.errors import ConfigError, DataError, FaextractError
 from faextract.locks import Lock
-from faextract.losses import dec_kl, masked_mse, weighted_sse
+from faextract.losses import dec_kl, decorrelation, masked_mse, weighted_sse
 from faextract.models.autoencoder import ClimateAutoencoder, coarse_target
 from faextract.outputs import RUN_FILES, check_not_input, is_run_dir
 from faextract.progress import Progress
 from faextract.signals import StopFlag
 
 METRIC_FIELDS = [
-    "kind", "epoch", "step", "lr", "loss", "recon", "forecast", "embedding", "cluster",
+    "kind", "epoch", "step", "lr", "loss", "recon", "forecast", "embedding", "decorrelation", "cluster",
     "windows_per_s", "climatology", "persistence", "time",
 ]  # fmt: skip
 
@@ -247,6 +247,9 @@ def compute_losses(model, batch, config: Config, cluster_on: bool):
     now, ahead = horizons[0], horizons[1:]
     parts["embedding"] = 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
     total = total + config.model.embedding_loss_weight * parts["embedding"]
+    if config.model.decorrelation_weight > 0:
+        parts["decorrelation"] = decorrelation(out.embeddings, batch["time"] >= 0)
+        total = total + config.model.decorrelation_weight * parts["decorrelation"]
     if cluster_on and out.q is not None:
         parts["cluster"] = dec_kl(out.q, step_valid)
         total = total + config.model.cluster_weight * parts["cluster"]
