@@ -219,3 +219,16 @@ def write_netcdf(
     for name in ds.coords:
         encoding[name] = {"_FillValue": None}
     ds.to_netcdf(path, encoding=encoding, format="NETCDF4")
+
+
+def assert_one_line_error(result, *words: str, exit_code: int = 2) -> str:
+    """A CLI result (typer's ``CliRunner``) that failed as users must see failures: the exit
+    code, no traceback, one line (progress lines, which start with ``[``, aside) naming
+    ``words``. Returns that line."""
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("[")]
+    assert len(lines) == 1, result.output
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]

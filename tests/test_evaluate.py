@@ -26,15 +26,18 @@ from faextract.evaluate import (
 )
 from faextract.evaluate.baselines import EOFFeatures
 from faextract.evaluate.regimes import dwell_time
+from faextract.testing import assert_one_line_error
 
 runner = CliRunner()
 
 
 def _daily_calendar(n: int, start=(2000, 1, 1)) -> Calendar:
+    import datetime
+
     import cftime
 
     t0 = cftime.DatetimeNoLeap(*start)
-    times = np.array([t0 + __import__("datetime").timedelta(days=i) for i in range(n)])
+    times = np.array([t0 + datetime.timedelta(days=i) for i in range(n)])
     return Calendar.of(times, "noleap")
 
 
@@ -217,39 +220,30 @@ def test_cli_end_to_end(stores, tmp_path):
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
-def _one_line_error(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 def test_bad_input_is_one_line(stores, tmp_path):
     cube, root = stores
     base = ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out", str(tmp_path / "r")]
-    _one_line_error(runner.invoke(app, [*base, "--index", "x=sst:60:70,100:110"]), "holds no grid cell")
-    _one_line_error(runner.invoke(app, [*base, "--index", "x=sp:-10:10,0:10"]), "no variable 'sp'")
-    _one_line_error(runner.invoke(app, [*base, "--leads", "0,a"]), "--leads")
-    _one_line_error(runner.invoke(app, [*base, "--tiles", "max"]), "--tiles")
+    assert_one_line_error(runner.invoke(app, [*base, "--index", "x=sst:60:70,100:110"]), "holds no grid cell")
+    assert_one_line_error(runner.invoke(app, [*base, "--index", "x=sp:-10:10,0:10"]), "no variable 'sp'")
+    assert_one_line_error(runner.invoke(app, [*base, "--leads", "0,a"]), "--leads")
+    assert_one_line_error(runner.invoke(app, [*base, "--tiles", "max"]), "--tiles")
     # Another cube: the store's times are not in it.
     from faextract.testing import synthetic_cube, write_netcdf
 
     other = tmp_path / "other.nc"
     write_netcdf(synthetic_cube(nt=40, nlat=12, nlon=24, variables=("sst", "t2m"), start="1990-01-01"), other)
     r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(other), "--out", str(tmp_path / "r")])
-    _one_line_error(r, "not in the input")
+    assert_one_line_error(r, "not in the input")
     # A variable the store embeds that the input lacks.
     only_sst = tmp_path / "sst.nc"
     write_netcdf(synthetic_cube(nt=40, nlat=12, nlon=24, variables=("sst",), seed=3), only_sst)
     r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(only_sst), "--out", str(tmp_path / "r")])
-    _one_line_error(r, "t2m")
+    assert_one_line_error(r, "t2m")
     # A Zarr store that holds no embeddings.
     plain = tmp_path / "plain.zarr"
     synthetic_cube(nt=4, nlat=6, nlon=12, variables=("t2m",)).to_zarr(plain)
     r = runner.invoke(app, ["evaluate", str(plain), "--input", str(cube), "--out", str(tmp_path / "r")])
-    _one_line_error(r, "not a faextract embeddings store")
+    assert_one_line_error(r, "not a faextract embeddings store")
     assert not (tmp_path / "r").exists()
 
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from faextract.cli import app
-from faextract.testing import synthetic_cube
+from faextract.testing import assert_one_line_error, synthetic_cube
 
 runner = CliRunner()
 
@@ -34,15 +34,6 @@ def _digest(path) -> str:
     return h.hexdigest()
 
 
-def _refused(result, *words):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.output
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
 @pytest.fixture
 def user_dir(tmp_path):
     d = tmp_path / "mine"
@@ -60,7 +51,7 @@ def _embed(cube, ckpt, out, *extra):
 def test_embed_overwrite_refuses_a_user_directory(tiny_checkpoint, user_dir):
     cube, ckpt, _ = tiny_checkpoint
     before = _digest(user_dir)
-    _refused(_embed(cube, ckpt, user_dir, "--overwrite"), str(user_dir), "not an embeddings store")
+    assert_one_line_error(_embed(cube, ckpt, user_dir, "--overwrite"), str(user_dir), "not an embeddings store")
     assert _digest(user_dir) == before
 
 
@@ -69,16 +60,16 @@ def test_embed_refuses_its_own_zarr_input_as_output(tiny_checkpoint, tmp_path):
     src = tmp_path / "in.zarr"
     ds.to_zarr(src)
     before = _digest(src)
-    _refused(_embed(src, ckpt, src, "--overwrite"), "is an input")
-    _refused(_embed(src, ckpt, src / "out.zarr"), "inside the input")
+    assert_one_line_error(_embed(src, ckpt, src, "--overwrite"), "is an input")
+    assert_one_line_error(_embed(src, ckpt, src / "out.zarr"), "inside the input")
     assert _digest(src) == before
-    _refused(_embed(cube, ckpt, cube.parent, "--overwrite"), "contains the input")
+    assert_one_line_error(_embed(cube, ckpt, cube.parent, "--overwrite"), "contains the input")
 
 
 def test_embed_refuses_the_checkpoint_as_output(tiny_checkpoint):
     cube, ckpt, _ = tiny_checkpoint
     before = _digest(ckpt)
-    _refused(_embed(cube, ckpt, ckpt, "--overwrite"), "is an input")
+    assert_one_line_error(_embed(cube, ckpt, ckpt, "--overwrite"), "is an input")
     assert _digest(ckpt) == before
 
 
@@ -86,7 +77,7 @@ def test_embed_overwrite_replaces_its_own_store(tiny_checkpoint, tmp_path):
     cube, ckpt, _ = tiny_checkpoint
     out = tmp_path / "e.zarr"
     assert _embed(cube, ckpt, out).exit_code == 0
-    _refused(_embed(cube, ckpt, out), "already complete")
+    assert_one_line_error(_embed(cube, ckpt, out), "already complete")
     assert _embed(cube, ckpt, out, "--overwrite").exit_code == 0
     empty = tmp_path / "empty.zarr"
     empty.mkdir()
@@ -100,41 +91,41 @@ def test_embed_refuses_a_symlink_output(tiny_checkpoint, tmp_path):
     link = tmp_path / "link.zarr"
     link.symlink_to(real)
     before = _digest(real)
-    _refused(_embed(cube, ckpt, link, "--overwrite"), "symbolic link")
+    assert_one_line_error(_embed(cube, ckpt, link, "--overwrite"), "symbolic link")
     assert _digest(real) == before
 
 
 def test_stats_never_replaces_an_input_or_a_user_directory(tmp_path, user_dir, small_nc):
     before = _digest(small_nc)
     r = runner.invoke(app, ["stats", str(small_nc), "-o", str(small_nc), "--overwrite"])
-    _refused(r, "is an input")
+    assert_one_line_error(r, "is an input")
     assert _digest(small_nc) == before
     dir_before = _digest(user_dir)
     r = runner.invoke(app, ["stats", str(small_nc), "-o", str(user_dir), "--overwrite"])
-    _refused(r, "not a statistics file")
+    assert_one_line_error(r, "not a statistics file")
     assert _digest(user_dir) == dir_before
     # A plain file the user owns is not ours either.
     other = tmp_path / "other.nc"
     shutil.copy(small_nc, other)
     r = runner.invoke(app, ["stats", str(small_nc), "-o", str(other), "--overwrite"])
-    _refused(r, "not a statistics file")
+    assert_one_line_error(r, "not a statistics file")
     # Our own statistics are replaced on request.
     out = tmp_path / "stats.nc"
     assert runner.invoke(app, ["stats", str(small_nc), "-o", str(out)]).exit_code == 0
-    _refused(runner.invoke(app, ["stats", str(small_nc), "-o", str(out)]), "--overwrite")
+    assert_one_line_error(runner.invoke(app, ["stats", str(small_nc), "-o", str(out)]), "--overwrite")
     r = runner.invoke(app, ["stats", str(small_nc), "-o", str(out), "--overwrite"])
     assert r.exit_code == 0, r.output
 
 
-def test_export_onto_a_directory_or_a_foreign_file_is_refused(tiny_checkpoint, tmp_path, user_dir):
+def test_export_onto_a_directory_or_a_foreign_file_isassert_one_line_error(tiny_checkpoint, tmp_path, user_dir):
     cube, ckpt, _ = tiny_checkpoint
     store = tmp_path / "e.zarr"
     assert _embed(cube, ckpt, store).exit_code == 0
     before = _digest(user_dir)
-    _refused(runner.invoke(app, ["export", str(store), str(user_dir), "--overwrite"]), "not a")
+    assert_one_line_error(runner.invoke(app, ["export", str(store), str(user_dir), "--overwrite"]), "not a")
     assert _digest(user_dir) == before
-    _refused(runner.invoke(app, ["export", str(store), str(cube), "--overwrite"]), "not a")
-    _refused(runner.invoke(app, ["export", str(store), str(store / "x.nc")]), "inside the input")
+    assert_one_line_error(runner.invoke(app, ["export", str(store), str(cube), "--overwrite"]), "not a")
+    assert_one_line_error(runner.invoke(app, ["export", str(store), str(store / "x.nc")]), "inside the input")
     out = tmp_path / "e.nc"
     assert runner.invoke(app, ["export", str(store), str(out)]).exit_code == 0
     assert runner.invoke(app, ["export", str(store), str(out), "--overwrite"]).exit_code == 0
@@ -147,7 +138,7 @@ def test_plot_never_mixes_or_silently_replaces_figures(tiny_checkpoint, tmp_path
     store = tmp_path / "e.zarr"
     assert _embed(cube, ckpt, store).exit_code == 0
     before = _digest(user_dir)
-    _refused(runner.invoke(app, ["plot", str(store), "--out", str(user_dir)]), "not a")
+    assert_one_line_error(runner.invoke(app, ["plot", str(store), "--out", str(user_dir)]), "not a")
     assert _digest(user_dir) == before
     out = tmp_path / "look"
     assert runner.invoke(app, ["plot", str(store), "--out", str(out)]).exit_code == 0
@@ -160,7 +151,7 @@ def test_plot_never_mixes_or_silently_replaces_figures(tiny_checkpoint, tmp_path
     manifest["figures"].append(stale.name)
     (out / ".faextract-plot.json").write_text(json.dumps(manifest))
     (out / "mine.txt").write_text("keep me")
-    _refused(runner.invoke(app, ["plot", str(store), "--out", str(out)]), "--overwrite")
+    assert_one_line_error(runner.invoke(app, ["plot", str(store), "--out", str(out)]), "--overwrite")
     r = runner.invoke(app, ["plot", str(store), "--out", str(out), "--overwrite"])
     assert r.exit_code == 0, r.output
     assert not stale.exists() and (out / "mine.txt").read_text() == "keep me"
