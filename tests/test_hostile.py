@@ -220,3 +220,16 @@ def test_a_missing_time_value_is_refused(tmp_path):
     result = runner.invoke(app, ["inspect", str(path)])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "nan-time.nc" in result.output and "missing" in result.output
+
+
+def test_a_grid_too_large_for_memory_is_one_line(ws, monkeypatch):
+    """A grid declared 20000 x 40000 fails to allocate: one line, exit 1, no traceback."""
+    import faextract.data.cube as cube_mod
+
+    def too_big(self, t0, t1):
+        raise MemoryError
+
+    monkeypatch.setattr(cube_mod.Cube, "read", too_big)
+    result = runner.invoke(app, _embed(ws, out="big.zarr"))
+    line = assert_one_line_error(result, "out of memory", exit_code=1)
+    assert "tiles" in line
