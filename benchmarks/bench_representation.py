@@ -130,8 +130,9 @@ def run(args) -> list[dict]:
             meta[str(root / f"{name}.zarr")] = dict(
                 cell=cell, seed=seed, params=_params(cfg, len(variables)), train_s=seconds
             )
-    indices = [INDICES[v] for v in variables if v in ("sst", "u10")]  # "enso" first
-    indices += [INDICES[v] for v in variables if v in ("t2m", "sp")][:1]
+    # one "enso" index (SST where there is SST, else the zonal wind) and one "tele" index
+    indices = [INDICES[v] for v in ("sst", "u10") if v in variables][:1]
+    indices += [INDICES[v] for v in ("t2m", "sp") if v in variables][:1]
     opts = EvaluateOptions(indices=indices, leads=(0, 1, 3), eof_targets=args.eof_targets,
                            overwrite=True)  # fmt: skip
     perturbed = [s.replace(".zarr", "-noise.zarr") for s in stores]
