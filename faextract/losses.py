@@ -53,7 +53,8 @@ def decorrelation(z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.T
     et al. 2022): a hinge pulling each component's standard deviation over the batch up to 1,
     plus the squared off-diagonal covariances over the dimension. ``z (B, T, d)``;
     ``valid (B, T)`` leaves out padded steps. Without it the embedding decoder's gradient
-    concentrated z on a few directions (effective rank 2.6 of 16 on daily data)."""
+    concentrated z on a few directions (effective rank 2.6-4.6 of 16 on the benchmark cubes;
+    8.1 with weight 0.02)."""
     x = z[valid] if valid is not None else z.reshape(-1, z.shape[-1])
     x = x.float()
     if x.shape[0] < 2:
