@@ -79,6 +79,11 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
             torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp makes the file private (0600); a checkpoint gets the usual mode (the
+        # umask's), so that a group sharing a project folder can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
