@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import uuid
+import warnings
 from datetime import UTC, datetime
 
 import numpy as np
@@ -66,9 +67,11 @@ def _time_variable(time: xr.DataArray, values: np.ndarray, attrs: dict):
 
         from faextract.data.time import to_cftime
 
-        numbers = cftime.date2num(
-            to_cftime(values, calendar), units, calendar=calendar, has_year_zero=True
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cftime.CFWarning)  # year 0: outside CF, kept
+            numbers = cftime.date2num(
+                to_cftime(values, calendar), units, calendar=calendar, has_year_zero=True
+            )
         attrs = dict(attrs, units=units, calendar=calendar)
         return np.asarray(numbers, dtype=np.float64), attrs, {"_FillValue": None}
     encoding = {"units": units, "calendar": calendar, "dtype": "float64", "_FillValue": None}

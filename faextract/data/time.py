@@ -65,15 +65,19 @@ def decode_time(values: np.ndarray, units: str, calendar: str = "standard") -> n
             return np.asarray(decode_cf_datetime(np.asarray(values), units, calendar))
     except (ValueError, OverflowError, OutOfBoundsError) as err:
         try:
-            return np.asarray(
-                cftime.num2date(
-                    np.asarray(values),
-                    units,
-                    calendar,
-                    only_use_cftime_datetimes=True,
-                    has_year_zero=True,
+            with warnings.catch_warnings():
+                # Year 0 is outside CF for most calendars; climatologies use it all the same,
+                # and the outputs keep it: cftime's CFWarning would only add a stray line.
+                warnings.simplefilter("ignore", cftime.CFWarning)
+                return np.asarray(
+                    cftime.num2date(
+                        np.asarray(values),
+                        units,
+                        calendar,
+                        only_use_cftime_datetimes=True,
+                        has_year_zero=True,
+                    )
                 )
-            )
         except Exception:  # noqa: BLE001 - report the original, clearer error
             raise DataError(f"cannot decode time units {units!r} ({calendar}): {err}") from err
 
