@@ -297,9 +297,6 @@ def validate(config: Config) -> Config:
     return config
 
 
-def config_from_dict(data: dict) -> Config:
-    return validate(_build(Config, data, ""))
-
 
 def _read_yaml(path: str, seen: tuple) -> dict:
     if not os.path.exists(path):

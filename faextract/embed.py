@@ -47,7 +47,13 @@ from faextract.locks import Lock
 from faextract.models.faconvlstm import FAConvLSTM2D
 from faextract.outputs import existing_output, is_embedding_store, remove_output
 from faextract.signals import StopFlag
-from faextract.store import REFERENCES, EmbeddingStore, create_template, history_line
+from faextract.store import (
+    FORMAT_VERSION,
+    REFERENCES,
+    EmbeddingStore,
+    create_template,
+    history_line,
+)
 
 EARTH_RADIUS_KM = 6371.0
 
@@ -528,7 +534,7 @@ def embed(
         "comment": f"embeddings of {', '.join(os.path.basename(s) for s in cube.sources)} "
         f"with a {model.cell_name} encoder; channels {', '.join(cube.channels)}"
         + "".join(f"; {dim}={value}" for dim, value in cube.select.items()),
-        "faextract_format_version": 1,
+        "faextract_format_version": FORMAT_VERSION,
         "faextract_inputs_digest": digest,
         "faextract_checkpoint_sha256": ckpt_sha,
         "faextract_cell": model.cell_name,

@@ -19,18 +19,6 @@ from xarray.coding.times import decode_cf_datetime
 
 from faextract.errors import DataError, first_line
 
-CALENDARS = (
-    "standard",
-    "gregorian",
-    "proleptic_gregorian",
-    "noleap",
-    "365_day",
-    "all_leap",
-    "366_day",
-    "360_day",
-    "julian",
-)
-
 # Reference year 0 is deliberately supported (climatologies use it); cftime warns that CF
 # does not define it, on every decode and every pickle of such a date.
 warnings.filterwarnings("ignore", message="this date/calendar/year zero convention")

@@ -181,7 +181,7 @@ class ClimateAutoencoder(nn.Module):
                     embedding_norm=embedding_norm,
                     head_grid=head_grid,
                 )
-                kw.update({k: v for k, v in options.items()})
+                kw.update(options)
                 kw["embedding_dim"] = embedding_dim if last else 0
             else:
                 kw.update(options)
@@ -195,12 +195,11 @@ class ClimateAutoencoder(nn.Module):
         self.up = nn.ModuleList(
             GridConv(filters, filters, 3, 1, periodic) for _ in range(downsample)
         )
-        dec_in = filters if downsample else filters
         self.recon_out = (
-            GridConv(dec_in, in_channels, 3, 1, periodic) if objective != "forecast" else None
+            GridConv(filters, in_channels, 3, 1, periodic) if objective != "forecast" else None
         )
         self.forecast_out = (
-            GridConv(dec_in, in_channels, 3, 1, periodic) if objective != "reconstruct" else None
+            GridConv(filters, in_channels, 3, 1, periodic) if objective != "reconstruct" else None
         )
         gh, gw = self.embedding_grid
         self.coarse = nn.Linear(embedding_dim, (embedding_horizon + 1) * in_channels * gh * gw)
