@@ -89,6 +89,9 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    # A budget in optimizer steps instead (0 = off): the run takes as many epochs as that needs,
+    # so a short record trains as long as a long one (11 years of monthly data: 13 steps an epoch).
+    steps: int = 0
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -285,6 +288,7 @@ def validate(config: Config) -> Config:
                 "extended config, are dropped with model.cell_options={}"
             )
     _need(tr.epochs >= 1, "train.epochs", "an integer >= 1", tr.epochs)
+    _need(tr.steps >= 0, "train.steps", "an integer >= 0 (0 = use train.epochs)", tr.steps)
     _need(tr.batch_size >= 1, "train.batch_size", "an integer >= 1", tr.batch_size)
     _need(math.isfinite(tr.lr) and tr.lr > 0, "train.lr", "a number > 0", tr.lr)
     for key in ("weight_decay", "grad_clip"):

@@ -413,14 +413,18 @@ def train(
             )
 
         steps_per_epoch = train_ds.num_batches()
-        total_steps = steps_per_epoch * tc.epochs
+        epochs = tc.epochs
+        if tc.steps:  # a budget in optimizer steps: as many epochs as it takes, whatever the data
+            epochs = max(1, math.ceil(tc.steps / steps_per_epoch))
+        total_steps = steps_per_epoch * epochs
         warmup = tc.warmup_steps
         if warmup > total_steps:
             warmup = max(1, total_steps // 10)
             say(f"train.warmup_steps={tc.warmup_steps} is longer than the {total_steps} steps "
                 f"of this run; warming up over {warmup} steps instead")  # fmt: skip
         say(f"{train_ds.__len__()} training windows, {steps_per_epoch} steps per epoch, "
-            f"{tc.epochs} epochs; {sum(p.numel() for p in model.parameters()):,} parameters")  # fmt: skip
+            f"{epochs} epochs" + (f" (train.steps={tc.steps})" if tc.steps else "")
+            + f"; {sum(p.numel() for p in model.parameters()):,} parameters")  # fmt: skip
         optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(optim, _lr_lambda(warmup, total_steps))
         epoch, step, batch_in_epoch, best_val, bad_epochs = 0, 0, 0, float("inf"), 0
@@ -501,7 +505,7 @@ def train(
         last_val: dict = {}
         status = "finished"
         with StopFlag() as stop:
-            while epoch < tc.epochs:
+            while epoch < epochs:
                 train_ds.set_epoch(epoch)
                 train_ds.skip_batches = batch_in_epoch
                 loader = make_loader(
@@ -514,7 +518,7 @@ def train(
                 if cluster_on and not model.cluster.initialized:
                     _init_clusters(model, loader, device, amp, tc.seed, info)
                 task = (
-                    progress.start(f"epoch {epoch + 1}/{tc.epochs}", total=steps_per_epoch)
+                    progress.start(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch)
                     if info.is_main
                     else None
                 )
@@ -583,7 +587,7 @@ def train(
                     last_val = evaluate(model, val_loader, device, info, amp)
                     val_loss = last_val.get("recon", last_val.get("forecast", float("nan")))
                     writer.write(kind="val", epoch=epoch, step=step, loss=val_loss, **last_val)
-                    say(f"epoch {epoch}/{tc.epochs}: validation "
+                    say(f"epoch {epoch}/{epochs}: validation "
                         + ", ".join(f"{k} {v:.4g}" for k, v in last_val.items()))  # fmt: skip
                     if tb is not None:
                         for k, v in last_val.items():
