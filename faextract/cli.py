@@ -722,7 +722,24 @@ def main() -> None:
             shown(message, category, *args, **kwargs)
 
     warnings.showwarning = one_line
-    app(prog_name="faextract")
+    try:
+        code = app(prog_name="faextract", standalone_mode=False)
+    except Exception as err:  # noqa: BLE001 - click's exceptions (typer vendors its own click)
+        kinds = {c.__name__ for c in type(err).__mro__}
+        ctx = getattr(err, "ctx", None)
+        if "NoArgsIsHelpError" in kinds:  # bare `faextract`: the help, as asked
+            print(ctx.get_help() if ctx is not None else "", file=sys.stderr)
+            code = 2
+        elif "UsageError" in kinds:  # a missing or malformed option: one line, as every error
+            where = ctx.command_path if ctx is not None else "faextract"
+            print(f"error: {err.format_message()} (see '{where} --help')", file=sys.stderr)
+            code = 2
+        elif "Abort" in kinds:
+            print("interrupted", file=sys.stderr)
+            code = 130
+        else:
+            raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

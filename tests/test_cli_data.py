@@ -121,3 +121,28 @@ def test_select_a_member_on_the_command_line(tmp_path, small_ds):
     )
     shifted, plain = xr.open_dataset(out), xr.open_dataset(base)
     assert abs(float(shifted["mean"][1] - plain["mean"][1]) - 1.0) < 1e-3  # t2m + 1 K
+
+
+def test_usage_errors_are_one_line_from_the_command_line(tmp_path):
+    """Missing or malformed options, through the real entry point (click prints three lines
+    and a usage block by default)."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-c", "from faextract.cli import main; main()", *args],
+            capture_output=True, text=True,
+        )  # fmt: skip
+
+    for args, words in (
+        (["evaluate", "x.zarr"], "Missing option '--input'"),
+        (["embed", "--workers", "-1"], "'--workers'"),
+        (["bogus"], "No such command"),
+    ):
+        r = run(*args)
+        assert r.returncode == 2, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and words in lines[0] and "--help" in lines[0], r.stderr
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("faextract ")
