@@ -280,3 +280,13 @@ def test_tiled_stores_are_probed_with_tiles_side_by_side_or_averaged(tiny_checkp
     rep = evaluate([str(store)], [str(cube)], tmp_path / "b", EvaluateOptions(tiles="mean", **opts))
     assert rep.stores[0].tiles == "mean" and rep.stores[0].features == s.embedding_dim
     assert rep.baselines["eof"].features == s.embedding_dim
+
+
+def test_a_probe_on_nearly_constant_autocorrelated_features_scores_about_zero(rng):
+    """Features that barely move and drift slowly (a barely trained embedding) carry nothing:
+    the probe must not choose a vanishing ridge and extrapolate (it scored -167 once)."""
+    t = np.arange(300)
+    z = 1.0 + 1e-3 * _ar1(rng, 300, 0.99, 8) + 1e-4 * t[:, None] * rng.standard_normal(8)
+    y = _ar1(rng, 300, 0.9)[:, 0]
+    r2 = probe(z, {"y": y}, leads=(0, 3), window=12)["y"]
+    assert all(-0.5 < v < 0.1 for v in r2.values()), r2
