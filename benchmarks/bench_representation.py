@@ -16,7 +16,7 @@ Encoders train on the first 85% of the record (the rest is their validation rang
 use evaluate's protocol (5 contiguous held-out blocks over the whole record, a gap of one
 window + lead). Every number comes from this one run.
 
-    python benchmarks/bench_representation.py               # the README table (~40 min, 2 cores)
+    python benchmarks/bench_representation.py               # the README table (~20 min, 2 cores)
     python benchmarks/bench_representation.py --quick       # a smoke run (~3 min)
     python benchmarks/bench_representation.py --cube daily --cells faconvlstm --seeds 0
 """
