@@ -82,6 +82,26 @@ def test_resume_continues_the_same_curve(tmp_path, tiny_config):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
+def _signal_at_step(monkeypatch, n: int):
+    """Send this process SIGUSR1 (SLURM's warning) during the n-th training step; returns the
+    real step function, to put back before resuming."""
+    import os
+    import signal
+
+    import faextract.train as tr
+
+    real, calls = tr.compute_losses, {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "compute_losses", flaky)
+    return real
+
+
 def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
     """A preempted job (SIGUSR1) checkpoints mid-epoch; the resumed job ends where an uninterrupted one does."""
     import faextract.train as tr
@@ -89,19 +109,7 @@ def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
     full = tmp_path / "full"
     train(tiny_config("train.epochs=2"), full, plain_progress=True)
 
-    calls = {"n": 0}
-    real = tr.compute_losses
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            import os
-            import signal
-
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "compute_losses", flaky)
+    real = _signal_at_step(monkeypatch, 3)
     part = tmp_path / "part"
     r1 = train(tiny_config("train.epochs=2"), part, plain_progress=True)
     assert r1.status == "preempted" and (part / "PREEMPTED").exists()
@@ -213,24 +221,13 @@ def test_metrics_rows_are_true_means_across_a_resume_and_a_kill(tmp_path, tiny_c
     """Rows cover log_every steps (an epoch's last row fewer, divided by its own count); a
     mid-epoch resume continues the row it interrupted; rows written after the checkpoint by a
     killed process are not duplicated."""
-    import os
-    import signal
 
     import faextract.train as tr
 
     cfg = ("train.epochs=2", "train.log_every=2", "train.deterministic=true")
     full = tmp_path / "full"
     train(tiny_config(*cfg), full, plain_progress=True)
-    real = tr.compute_losses
-    calls = {"n": 0}
-
-    def flaky(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "compute_losses", flaky)
+    real = _signal_at_step(monkeypatch, 3)
     part = tmp_path / "part"
     train(tiny_config(*cfg), part, plain_progress=True)
     monkeypatch.setattr(tr, "compute_losses", real)
