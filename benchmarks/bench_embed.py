@@ -75,33 +75,30 @@ def end_to_end(ckpt: str, cube: Path, out: Path, **kw) -> tuple[float, int]:
 
 def model_only(ckpt_path: str, cube: Path, device: str = "cpu", **kw) -> tuple[float, int]:
     """The same windows, prepared in memory (on ``device``) first; time only the model calls."""
-    from faextract.checkpoint import build_model, load_checkpoint, stats_from_dict
-    from faextract.data import Tiler, TileSpec, open_cube
+    from faextract.checkpoint import Checkpoint
+    from faextract.data import Tiler, open_cube
     from faextract.data.dataset import BlockReader
+    from faextract.embed import EmbedOptions, window_spec
 
-    ckpt = load_checkpoint(ckpt_path)
-    model = build_model(ckpt).to(device)
+    ckpt = Checkpoint.load(ckpt_path)
+    model = ckpt.build_model().to(device)
     c = open_cube(str(cube))
-    tiles = ckpt["tiles"]
-    k = model.cells[-1].attention_every
-    keep = -(-tiles["window"] // k) * k
-    warm = -(-(tiles["window"] // 2) // k) * k
-    spec = TileSpec(window=warm + keep, stride=keep, warmup=warm, multiple=model.multiple)
-    tiler = Tiler(spec, (c.shape[0], c.shape[2], c.shape[3]), c.periodic)
-    reader = BlockReader(c, stats_from_dict(ckpt["stats"]))
-    items = [reader.window_item(tiler, w) for w in tiler.windows]
     bs = kw.get("batch_size", 8)
+    spec = window_spec(ckpt.tiles, model.attention_layout, model.multiple, EmbedOptions(batch_size=bs))
+    tiler = Tiler(spec, (c.shape[0], c.shape[2], c.shape[3]), c.periodic)
+    reader = BlockReader(c, ckpt.stats)
+    windows = tiler.windows
     batches = [
-        {k: torch.stack([it[k] for it in items[i : i + bs]]).to(device) for k in items[0]}
-        for i in range(0, len(items), bs)
+        reader.window_batch(tiler, windows[i : i + bs]).to(device)
+        for i in range(0, len(windows), bs)
     ]
     t0 = time.perf_counter()
     with torch.inference_mode():
         for b in batches:
-            model.encode(b["x"], b["mask"], b["phase"], b["time"] >= 0, need_weights=True)
+            model.encode(b.x, b.mask, b.phase, b.step_valid, need_weights=True)
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, len(items)
+    return time.perf_counter() - t0, len(windows)
 
 
 def child(cube: str, out: str, device: str) -> None:

@@ -52,7 +52,7 @@ def dataset_pass(path: Path, window: int, workers: int) -> tuple[float, int, int
     cube = src.open()
     stats = compute_stats(cube)
     ds = WindowDataset(src, stats, TileSpec(window=window, stride=window), batch_size=4, cube=cube)
-    loader = make_loader(ds, batch_size=4, num_workers=workers)
+    loader = make_loader(ds, num_workers=workers)
     # Steady state: the clock starts once the first batch is out (workers have started).
     n = nbytes = 0
     t0 = None
@@ -60,8 +60,8 @@ def dataset_pass(path: Path, window: int, workers: int) -> tuple[float, int, int
         if t0 is None:
             t0 = time.perf_counter()
             continue
-        n += batch["x"].shape[0]
-        nbytes += batch["x"].numel() * 4
+        n += len(batch)
+        nbytes += batch.x.numel() * 4
     return time.perf_counter() - t0, n, nbytes
 
 

@@ -132,7 +132,7 @@ def run(args) -> list[dict]:
             stores.append(str(root / f"{name}.zarr"))
             from faextract.checkpoint import load_checkpoint
 
-            state = load_checkpoint(ckpt)["model"]["state_dict"]
+            state = load_checkpoint(ckpt).state_dict
             meta[str(root / f"{name}.zarr")] = dict(
                 cell=cell, seed=seed, params=sum(v.numel() for v in state.values()),
                 train_s=seconds,

@@ -13,16 +13,20 @@ target: a kill at any moment leaves either the old checkpoint or the new one, ne
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
 from faextract import __version__
+from faextract.data.tiling import TileSpec
 from faextract.errors import FaextractError, first_line
 
 FORMAT_VERSION = 1
@@ -67,12 +71,12 @@ def _on_cpu(obj):
     return obj
 
 
-def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
-    """Write ``payload`` atomically to ``path``, its tensors on the CPU: a run trained on a GPU
-    loads with a plain ``torch.load`` on a machine without one."""
+def write_atomic(payload: dict, path: str | os.PathLike) -> None:
+    """Write ``payload`` (tensors and plain values) atomically to ``path``, its tensors on the
+    CPU: a run trained on a GPU loads with a plain ``torch.load`` on a machine without one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = _on_cpu(dict(payload, format_version=FORMAT_VERSION, faextract_version=__version__))
+    payload = _on_cpu(payload)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -91,8 +95,8 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a faextract checkpoint; anything else is a one-line error."""
+def _read_payload(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The payload of a faextract checkpoint file; anything else is a one-line error."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FaextractError(f"{path}: no such checkpoint")
@@ -136,20 +140,168 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def build_model(ckpt: dict):
-    """The network described by a checkpoint, with its weights loaded, in eval mode."""
-    from faextract.models.autoencoder import ClimateAutoencoder
+@dataclass
+class TrainingState:
+    """Where a training run stood when the checkpoint was written (what ``--resume`` needs).
 
-    model = ClimateAutoencoder(**ckpt["model"]["args"])
-    model.load_state_dict(ckpt["model"]["state_dict"])
-    if model.cluster is not None:
-        model.cluster.initialized = True
-    return model.eval()
+    ``running`` is the metrics row in progress (``{"sums": {name: sum}, "steps": n}``), so a
+    mid-epoch resume logs the same means as an uninterrupted run.
+    """
+
+    epoch: int
+    step: int
+    batch_in_epoch: int
+    best_val: float
+    bad_epochs: int = 0
+    cluster_initialized: bool = False
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    rng: dict | None = None
+    val_metrics: dict = field(default_factory=dict)
+    running: dict | None = None
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild and use a trained model, without its training config file.
+
+    model_args: the :class:`~faextract.models.autoencoder.ClimateAutoencoder` constructor's
+        keyword arguments; state_dict: its weights.
+    config: the resolved training config (:meth:`faextract.config.Config.to_dict`).
+    stats: the normalization statistics (channel means/stds, climatology).
+    channels / variables / levels: what the model reads, in order.
+    grid: the training grid (``nlat, nlon, dlat, dlon, lat_range, lon_range, periodic,
+        calendar``), which an input to embed must match.
+    tiles: how training cut windows (``warmup`` 0).
+    training: the training position and optimizer/scheduler/RNG states; ``None`` in an
+        inference-only copy (:meth:`for_inference`).
+
+    This class is the one place that knows the file's layout (:meth:`to_payload`,
+    :meth:`from_payload`); format 1 files from any earlier faextract load unchanged.
+    """
+
+    model_args: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    config: dict
+    stats: xr.Dataset
+    channels: tuple[str, ...]
+    variables: tuple[str, ...]
+    levels: tuple[float, ...] | None
+    grid: dict
+    tiles: TileSpec
+    time_units: str = ""
+    train_range: tuple[str, str] | None = None
+    training: TrainingState | None = None
+    format_version: int = FORMAT_VERSION
+    faextract_version: str = __version__
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.model_args["embedding_dim"])
+
+    @property
+    def filters(self) -> int:
+        """Channels of the recurrent state (the ``--latent`` fields)."""
+        return int(self.model_args["filters"])
+
+    @property
+    def trained_data(self) -> dict:
+        """The ``data`` section of the training config (how the files were opened)."""
+        return dict((self.config or {}).get("data") or {})
+
+    def build_model(self):
+        """The network, with its weights loaded, in eval mode."""
+        from faextract.models.autoencoder import ClimateAutoencoder
+
+        model = ClimateAutoencoder(**self.model_args)
+        model.load_state_dict(self.state_dict)
+        if model.cluster is not None:
+            model.cluster.initialized = True
+        return model.eval()
+
+    def for_inference(self) -> Checkpoint:
+        """A copy without the training state (smaller, for sharing)."""
+        return dataclasses.replace(self, training=None)
+
+    # -- the file layout (format 1) ---------------------------------------------------------
+    def to_payload(self) -> dict:
+        t = self.tiles
+        payload = {
+            "model": {"args": dict(self.model_args), "state_dict": self.state_dict},
+            "config": self.config,
+            "stats": stats_to_dict(self.stats),
+            "channels": list(self.channels),
+            "variables": list(self.variables),
+            "levels": [float(v) for v in self.levels] if self.levels is not None else None,
+            "grid": dict(self.grid),
+            "time_units": self.time_units,
+            "train_range": list(self.train_range) if self.train_range else None,
+            "tiles": {
+                "window": t.window,
+                "stride": t.stride,
+                "tile": list(t.tile) if t.tile else None,
+                "halo": t.halo,
+                "multiple": t.multiple,
+                "edge": t.edge,
+            },
+            "format_version": FORMAT_VERSION,
+            "faextract_version": __version__,
+        }
+        if self.training is not None:
+            payload.update(dataclasses.asdict(self.training))
+        return payload
+
+    @classmethod
+    def from_payload(cls, d: dict) -> Checkpoint:
+        tiles = d["tiles"]
+        training = None
+        if "epoch" in d and "step" in d:
+            names = {f.name for f in dataclasses.fields(TrainingState)}
+            training = TrainingState(**{k: v for k, v in d.items() if k in names})
+        return cls(
+            model_args=dict(d["model"]["args"]),
+            state_dict=d["model"]["state_dict"],
+            config=d.get("config") or {},
+            stats=stats_from_dict(d["stats"]),
+            channels=tuple(d["channels"]),
+            variables=tuple(d["variables"]),
+            levels=tuple(float(v) for v in d["levels"]) if d.get("levels") else None,
+            grid=dict(d["grid"]),
+            tiles=TileSpec(
+                window=tiles["window"],
+                stride=tiles.get("stride"),
+                tile=tuple(tiles["tile"]) if tiles.get("tile") else None,
+                halo=tiles.get("halo", 0),
+                multiple=tiles.get("multiple", 1),
+                edge=tiles.get("edge", "pad"),
+            ),
+            time_units=str(d.get("time_units") or ""),
+            train_range=tuple(d["train_range"]) if d.get("train_range") else None,
+            training=training,
+            format_version=int(d["format_version"]),
+            faextract_version=str(d.get("faextract_version", "")),
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (a kill leaves the old file or the new one, never a torn one)."""
+        write_atomic(self.to_payload(), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Checkpoint:
+        """Read a checkpoint file; anything that is not one is a one-line error."""
+        try:
+            return cls.from_payload(_read_payload(path))
+        except (KeyError, TypeError, ValueError) as err:
+            raise FaextractError(
+                f"{os.fspath(path)}: not a complete faextract checkpoint ({first_line(err)})"
+            ) from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """:meth:`Checkpoint.load`."""
+    return Checkpoint.load(path)
 
 
 def export_for_inference(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Copy a checkpoint without optimizer/scheduler/RNG state (smaller, for sharing)."""
-    ckpt = load_checkpoint(src)
-    for key in ("optimizer", "scheduler", "rng", "scaler"):
-        ckpt.pop(key, None)
-    save_checkpoint(ckpt, dst)
+    Checkpoint.load(src).for_inference().save(dst)

@@ -51,7 +51,7 @@ def user_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from faextract.signals import StopFlag
+        from faextract.runtime.signals import StopFlag
 
         try:
             # From the first line on, SIGTERM/SIGUSR1 (a scheduler's warning) request a stop
@@ -221,7 +221,7 @@ def stats(
     from faextract.data.cube import resolve_paths
     from faextract.data.stats import StatsOptions, compute_stats, save_stats
     from faextract.outputs import claim_output, is_stats_file
-    from faextract.progress import Progress
+    from faextract.runtime.progress import Progress
 
     claim_output(
         out,
@@ -293,7 +293,7 @@ def train(
         cfg.data.stats = resolve(cfg.data.stats, config_path)
     result = run_train(cfg, out, resume=resume, overwrite=overwrite)
     if result.status == "preempted":
-        from faextract.signals import EXIT_STOPPED
+        from faextract.runtime.signals import EXIT_STOPPED
 
         typer.echo(
             f"stopped by signal at step {result.step}: checkpoint saved, resume with --resume"
@@ -391,7 +391,7 @@ def embed(
     from faextract.embed import EmbedOptions, parse_query, parse_shard
     from faextract.embed import embed as run_embed
     from faextract.paths import SAMPLE_CHECKPOINT, SAMPLE_CUBE
-    from faextract.progress import Progress
+    from faextract.runtime.progress import Progress
 
     if zarr_format not in (2, 3):
         raise FaextractError(f"--zarr-format must be 2 or 3, got {zarr_format}")
@@ -444,7 +444,7 @@ def embed(
             "other shards still have blocks to write; the store is marked complete when all are done"
         )
     if result.status == "stopped":
-        from faextract.signals import EXIT_STOPPED
+        from faextract.runtime.signals import EXIT_STOPPED
 
         typer.echo("stopped by signal: rerun the same command to finish")
         raise typer.Exit(EXIT_STOPPED)
@@ -491,7 +491,7 @@ def evaluate(
     """Measure whether embeddings carry the physics: probes against EOF baselines, and more."""
     from faextract.evaluate import EvaluateOptions, IndexSpec
     from faextract.evaluate import evaluate as run_evaluate
-    from faextract.progress import Progress
+    from faextract.runtime.progress import Progress
 
     try:
         lead_list = tuple(int(v) for v in leads.split(",") if v.strip())

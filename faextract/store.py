@@ -266,7 +266,7 @@ def _remove_stale_templates(path: str) -> None:
     creating them (a kill during template creation used to leave them forever)."""
     import glob
 
-    from faextract.locks import _alive
+    from faextract.runtime.locks import _alive
 
     host = socket.gethostname()
     for tmp in glob.glob(glob.escape(f"{path}.tmp-{host}-") + "*"):

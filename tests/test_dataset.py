@@ -25,28 +25,28 @@ def stats(source):
 def test_items_are_normalized_windows_with_masks(source, stats):
     spec = TileSpec(window=8, tile=(8, 12), halo=2)
     ds = WindowDataset(source, stats, spec)
-    item = next(iter(ds))
-    assert item["x"].shape == (8, 3, 8, 12) and item["x"].dtype == torch.float32
-    assert item["mask"].dtype == torch.bool
-    assert not torch.isnan(item["x"]).any()
-    assert (item["x"][~item["mask"]] == 0).all()
-    assert not item["mask"][:, :, :2].any(), "the northern halo of the first tile is padding"
+    batch = next(iter(ds))
+    assert batch.x.shape == (1, 8, 3, 8, 12) and batch.x.dtype == torch.float32
+    assert batch.mask.dtype == torch.bool and batch.step_valid.all()
+    assert not torch.isnan(batch.x).any()
+    assert (batch.x[~batch.mask] == 0).all()
+    assert not batch.mask[0, :, :, :2].any(), "the northern halo of the first tile is padding"
     # values equal the normalized cube at the same indices
     cube = source.open()
     ref = normalize(cube.to_array().isel(time=slice(0, 8)), stats).values
     w = ds.tiler.windows[0]
     rows, cols = w.lat >= 0, w.lon >= 0
-    got = item["x"].numpy()[:, :, rows][:, :, :, cols]
+    got = batch.x[0].numpy()[:, :, rows][:, :, :, cols]
     want = np.nan_to_num(ref[:, :, w.lat[rows]][:, :, :, w.lon[cols]])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    assert 0.0 <= float(item["phase"].min()) and float(item["phase"].max()) < 1.0
+    assert 0.0 <= float(batch.phase.min()) and float(batch.phase.max()) < 1.0
 
 
 @pytest.mark.parametrize("climatology", ["none", "monthly"])
 def test_a_batch_equals_its_windows_one_by_one(tmp_path, climatology):
-    """embed's batches (window_batch, windows written straight into one array, the block
-    normalized in place) hold exactly what training's single items (window_item) hold, and
-    the normalized block equals the xarray normalize()."""
+    """A batch (windows written straight into one array, the block normalized in place) holds
+    exactly what each window read alone holds, and the normalized block equals the xarray
+    normalize()."""
     from faextract.data.dataset import BlockReader
     from faextract.data.stats import StatsOptions
     from faextract.testing import synthetic_cube, write_netcdf
@@ -60,10 +60,11 @@ def test_a_batch_equals_its_windows_one_by_one(tmp_path, climatology):
     windows = ds.tiler.windows[:6]
     batch = BlockReader(cube, stats).window_batch(ds.tiler, windows)
     for j, w in enumerate(windows):
-        single = BlockReader(cube, stats).window_item(ds.tiler, w)
-        for key, value in single.items():
+        single = BlockReader(cube, stats).window_batch(ds.tiler, [w])
+        for key in ("x", "mask", "phase", "time", "lat", "index"):
             torch.testing.assert_close(
-                batch[key][j], value, rtol=0, atol=0, equal_nan=True, msg=key
+                getattr(batch, key)[j : j + 1], getattr(single, key), rtol=0, atol=0,
+                equal_nan=True, msg=key,
             )
     block = BlockReader(cube, stats).read(3, 20)
     ref = normalize(cube.to_array().isel(time=slice(3, 20)), stats).values
@@ -105,12 +106,12 @@ def test_order_is_deterministic_per_seed_and_epoch(source, stats):
 @pytest.mark.slow
 def test_dataloader_workers_cover_each_window_once(source, stats):
     spec = TileSpec(window=6, tile=(6, 12))
-    ds = WindowDataset(source, stats, spec)
-    loader = make_loader(ds, batch_size=4, num_workers=2)
+    ds = WindowDataset(source, stats, spec, batch_size=4)
+    loader = make_loader(ds, num_workers=2)
     seen = []
     for batch in loader:
-        assert batch["x"].shape[1:] == (6, 3, 6, 12)  # (B, T, C, H, W)
-        seen.extend(batch["index"].tolist())
+        assert batch.x.shape[1:] == (6, 3, 6, 12)  # (B, T, C, H, W)
+        seen.extend(batch.index.tolist())
     assert sorted(seen) == list(range(len(ds.tiler.windows)))
 
 
@@ -149,7 +150,7 @@ def test_reader_processes_end_with_a_killed_parent(tmp_path):
         "            time.sleep(0.1)\n"
         "            yield 0\n"
         "if __name__ == '__main__':\n"
-        "    for _ in make_loader(Sleepy(), 1, num_workers=1):\n"
+        "    for _ in make_loader(Sleepy(), num_workers=1):\n"
         "        time.sleep(0.2)\n"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from faextract.checkpoint import load_checkpoint
-from faextract.distributed import first_host
 from faextract.errors import ConfigError
+from faextract.runtime.device import pick_device
+from faextract.runtime.distributed import first_host
 from faextract.testing import TINY_RUN
-from faextract.train import pick_device, read_metrics
+from faextract.train import read_metrics
 
 # The tiny run of the other tests, with overlapping windows (more batches) and two epochs.
 OVERRIDES = [
@@ -62,8 +63,8 @@ def test_two_processes_match_one(tmp_path, small_nc):
     assert len(one) == len(two) == 2
     for a, b in zip(one, two, strict=True):
         assert float(b["recon"]) == pytest.approx(float(a["recon"]), rel=2e-2)
-    wa = load_checkpoint(tmp_path / "one" / "last.pt")["model"]["state_dict"]
-    wb = load_checkpoint(tmp_path / "two" / "last.pt")["model"]["state_dict"]
+    wa = load_checkpoint(tmp_path / "one" / "last.pt").state_dict
+    wb = load_checkpoint(tmp_path / "two" / "last.pt").state_dict
     diffs = [float((wa[k] - wb[k]).abs().max()) for k in wa if wa[k].is_floating_point()]
     assert max(diffs) < 5e-2
     scale = max(float(wa[k].abs().max()) for k in wa if wa[k].is_floating_point())
@@ -77,7 +78,7 @@ def test_first_host_of_a_nodelist():
 
 
 def test_slurm_environment_becomes_torch_environment(monkeypatch):
-    from faextract import distributed
+    from faextract.runtime import distributed
 
     # _from_slurm writes os.environ: give it a copy so nothing leaks into other tests.
     monkeypatch.setattr(os, "environ", dict(os.environ))

@@ -390,7 +390,7 @@ def test_attention_maps_equal_the_explicit_effective_attention(block, keep):
 
 
 def test_latent_cell_centres_survive_padding_and_the_dateline():
-    from faextract.embed import _latent_geo
+    from faextract.embed.attention_maps import _latent_geo
 
     lat = np.array([10.0, 20.0, 30.0, 40.0])
     lon = np.array([350.0, 355.0, 0.0, 5.0])  # crosses the dateline
@@ -407,7 +407,7 @@ def test_latent_cell_centres_survive_padding_and_the_dateline():
     ("keep", "tiles", "batch"), [(12, 1, 8), (12, 6, 8), (16, 3, 8), (4, 1, 1), (30, 1, 16)]
 )
 def test_default_block_holds_whole_batches(keep, tiles, batch):
-    from faextract.embed import _default_block
+    from faextract.embed.plan import _default_block
 
     block = _default_block(keep, tiles, batch)
     assert block % keep == 0 and block >= keep
@@ -583,21 +583,21 @@ def test_a_signal_while_starting_stops_cleanly(tmp_path, trained, monkeypatch):
     import os
     import signal
 
-    import faextract.embed as emb
+    import faextract.embed.run as emb
 
     cube, ckpt, _ = trained
-    real = emb.build_model
+    real = emb.pick_device
 
     def slow_start(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*a, **k)
 
-    monkeypatch.setattr(emb, "build_model", slow_start)
+    monkeypatch.setattr(emb, "pick_device", slow_start)
     out = tmp_path / "e.zarr"
     args = ["embed", str(cube), "--checkpoint", str(ckpt), "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 75, result.output
-    monkeypatch.setattr(emb, "build_model", real)
+    monkeypatch.setattr(emb, "pick_device", real)
     assert runner.invoke(app, args).exit_code == 0
     assert open_embeddings(out).attrs["complete"]
 

@@ -56,7 +56,7 @@ def test_embed_on_cuda_matches_cpu(tmp_path):
 
 
 def test_train_on_cuda_bf16_and_the_checkpoint_loads_on_cpu(tmp_path, tiny_config):
-    from faextract.checkpoint import build_model, load_checkpoint
+    from faextract.checkpoint import load_checkpoint
     from faextract.train import read_metrics, train
 
     cfg = tiny_config("train.epochs=2", "train.device=cuda", "train.bf16=true")
@@ -68,4 +68,4 @@ def test_train_on_cuda_bf16_and_the_checkpoint_loads_on_cpu(tmp_path, tiny_confi
     raw = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     tensors = list(raw["model"]["state_dict"].values())
     assert tensors and all(t.device.type == "cpu" for t in tensors)
-    build_model(load_checkpoint(tmp_path / "run" / "last.pt"))
+    load_checkpoint(tmp_path / "run" / "last.pt").build_model()

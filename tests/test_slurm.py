@@ -99,12 +99,12 @@ def test_ddp_train_job_then_resume(slurm, sample_part, tmp_path):
     res = slurm.sbatch_wait(script, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr + _logs(tmp_path)
     first = load_checkpoint(run / "last.pt")
-    assert first["epoch"] == 1
+    assert first.training.epoch == 1
     # The same job again with one more epoch: the script sees last.pt and resumes.
     script = _render(tmp_path, [*common, "--set", "train.epochs=2"])
     res = slurm.sbatch_wait(script, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr + _logs(tmp_path)
     second = load_checkpoint(run / "last.pt")
-    assert second["epoch"] == 2 and second["step"] == 2 * first["step"]
+    assert second.training.epoch == 2 and second.training.step == 2 * first.training.step
     steps = [int(r["step"]) for r in read_metrics(run) if r["kind"] == "val"]
-    assert steps == [first["step"], second["step"]]
+    assert steps == [first.training.step, second.training.step]

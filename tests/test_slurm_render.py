@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from faextract.cli import app
 from faextract.errors import FaextractError
-from faextract.signals import EXIT_STOPPED, StopFlag
+from faextract.runtime.signals import EXIT_STOPPED, StopFlag
 from faextract.slurm import ClusterOptions, render_embed, render_train
 
 runner = CliRunner()

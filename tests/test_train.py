@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from faextract.checkpoint import build_model, load_checkpoint, save_checkpoint, stats_from_dict
+from faextract.checkpoint import Checkpoint, load_checkpoint, write_atomic
 from faextract.cli import app
 from faextract.errors import FaextractError
 from faextract.train import read_metrics, train
@@ -20,25 +20,15 @@ def test_train_writes_a_self_describing_checkpoint(tmp_path, tiny_config):
     result = train(tiny_config("train.epochs=2"), tmp_path / "run", plain_progress=True)
     assert result.status == "finished" and result.epoch == 2
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    for key in (
-        "model",
-        "config",
-        "stats",
-        "channels",
-        "variables",
-        "grid",
-        "tiles",
-        "optimizer",
-        "rng",
-    ):
-        assert key in ckpt
-    assert ckpt["channels"] == ["sst", "t2m", "sp"]
-    assert ckpt["grid"]["calendar"] == "noleap" and ckpt["grid"]["periodic"] is True
-    assert ckpt["faextract_version"]
-    model = build_model(ckpt)  # rebuilds without the config file
+    assert isinstance(ckpt, Checkpoint)
+    assert ckpt.channels == ("sst", "t2m", "sp") and ckpt.variables == ("sst", "t2m", "sp")
+    assert ckpt.grid["calendar"] == "noleap" and ckpt.grid["periodic"] is True
+    assert ckpt.faextract_version and ckpt.config["model"]["filters"] == 8
+    assert ckpt.tiles.window == 6 and ckpt.tiles.multiple == 2**ckpt.model_args["downsample"]
+    assert ckpt.training.epoch == 2 and ckpt.training.optimizer and ckpt.training.rng
+    model = ckpt.build_model()  # rebuilds without the config file
     assert isinstance(model, torch.nn.Module)
-    stats = stats_from_dict(ckpt["stats"])
-    assert list(stats["channel"].values) == ["sst", "t2m", "sp"]
+    assert list(ckpt.stats["channel"].values) == ["sst", "t2m", "sp"]
     rows = read_metrics(tmp_path / "run")
     assert {r["kind"] for r in rows} == {"train", "val"}
     val = [r for r in rows if r["kind"] == "val"]
@@ -76,8 +66,8 @@ def test_resume_continues_the_same_curve(tmp_path, tiny_config):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for ra, rb in zip(a, b, strict=True):
         assert math.isclose(float(ra["loss"]), float(rb["loss"]), rel_tol=1e-4), (ra, rb)
-    wa = load_checkpoint(full / "last.pt")["model"]["state_dict"]
-    wb = load_checkpoint(part / "last.pt")["model"]["state_dict"]
+    wa = load_checkpoint(full / "last.pt").state_dict
+    wb = load_checkpoint(part / "last.pt").state_dict
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
@@ -88,7 +78,7 @@ def _signal_at_step(monkeypatch, n: int):
     import os
     import signal
 
-    import faextract.train as tr
+    import faextract.train.loop as tr
 
     real, calls = tr.compute_losses, {"n": 0}
 
@@ -104,7 +94,7 @@ def _signal_at_step(monkeypatch, n: int):
 
 def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
     """A preempted job (SIGUSR1) checkpoints mid-epoch; the resumed job ends where an uninterrupted one does."""
-    import faextract.train as tr
+    import faextract.train.loop as tr
 
     full = tmp_path / "full"
     train(tiny_config("train.epochs=2"), full, plain_progress=True)
@@ -113,10 +103,10 @@ def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
     part = tmp_path / "part"
     r1 = train(tiny_config("train.epochs=2"), part, plain_progress=True)
     assert r1.status == "preempted" and (part / "PREEMPTED").exists()
-    assert load_checkpoint(part / "last.pt")["step"] == 3
+    assert load_checkpoint(part / "last.pt").training.step == 3
     monkeypatch.setattr(tr, "compute_losses", real)
     r2 = train(tiny_config("train.epochs=2"), part, resume=True, plain_progress=True)
-    assert r2.status == "finished" and r2.step == load_checkpoint(full / "last.pt")["step"]
+    assert r2.status == "finished" and r2.step == load_checkpoint(full / "last.pt").training.step
     assert not (part / "PREEMPTED").exists()
 
 
@@ -166,7 +156,7 @@ def test_run_dir_not_overwritten_without_flag(tmp_path, tiny_config):
 
 def test_atomic_checkpoint_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "ck.pt"
-    save_checkpoint({"model": {"args": {}, "state_dict": {}}, "x": 1}, path)
+    write_atomic({"model": {"args": {}, "state_dict": {}}, "x": 1}, path)
     before = path.read_bytes()
 
     def boom(*a, **k):
@@ -174,7 +164,7 @@ def test_atomic_checkpoint_write_leaves_old_file_on_failure(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(RuntimeError):
-        save_checkpoint({"model": {}, "x": 2}, path)
+        write_atomic({"model": {}, "x": 2}, path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path], "no temporary file is left behind"
 
@@ -212,7 +202,7 @@ def test_train_says_what_it_does_and_clips_a_warmup_longer_than_the_run(
     assert "opened " in err and "climatology" in err
     assert "epoch 1/1: validation recon" in err
     assert result.status == "finished"
-    args = load_checkpoint(tmp_path / "run" / "last.pt")["model"]["args"]
+    args = load_checkpoint(tmp_path / "run" / "last.pt").model_args
     assert args["embedding_horizon"] == 2 and tuple(args["embedding_grid"]) == (3, 6)
     assert args["embedding_norm"] is False
 
@@ -222,7 +212,7 @@ def test_metrics_rows_are_true_means_across_a_resume_and_a_kill(tmp_path, tiny_c
     mid-epoch resume continues the row it interrupted; rows written after the checkpoint by a
     killed process are not duplicated."""
 
-    import faextract.train as tr
+    import faextract.train.loop as tr
 
     cfg = ("train.epochs=2", "train.log_every=2", "train.deterministic=true")
     full = tmp_path / "full"
@@ -254,7 +244,7 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, tiny_config):
         )  # fmt: skip
     last = tmp_path / "run" / "last.pt"
     if last.exists():  # whatever checkpoint remains holds finite weights
-        state = load_checkpoint(last)["model"]["state_dict"]
+        state = load_checkpoint(last).state_dict
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 

@@ -7,14 +7,8 @@ every spatial tile out of the block it holds. Windows are sharded without overla
 distributed ranks and then across workers; the order is a deterministic function of
 ``(seed, epoch)``.
 
-One item is a dict:
-
-- ``x``      ``(T, C, H, W)`` float32, normalized, invalid cells set to 0;
-- ``mask``   ``(T, C, H, W)`` bool, True where the input was valid;
-- ``phase``  ``(T,)`` float32, fraction of the calendar year at each step (0 where padded);
-- ``time``   ``(T,)`` int64, step index into the cube (-1 where padded);
-- ``lat``    ``(H,)`` float32 latitudes of the tile rows (NaN where padded);
-- ``index``  window index in the :class:`~faextract.data.tiling.Tiler`.
+It yields whole batches (:class:`~faextract.data.batch.WindowBatch`, ``(B, T, C, H, W)``);
+the DataLoader passes them on as they are (``batch_size=None``).
 """
 
 from __future__ import annotations
@@ -29,6 +23,7 @@ import torch
 import xarray as xr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from faextract.data.batch import WindowBatch
 from faextract.data.cube import Cube, open_cube
 from faextract.data.normalize import ArrayNormalizer
 from faextract.data.perturb import Perturbation
@@ -103,15 +98,9 @@ class BlockReader:
         if times.size:
             self.read(int(times.min()), int(times.max()) + 1)
 
-    def window_item(self, tiler: Tiler, window: Window) -> dict[str, torch.Tensor]:
-        """One window: ``x (T, C, h, w)`` (0 where invalid), ``mask``, ``phase``, ``time``,
-        ``lat`` and ``index``."""
-        return {key: value[0] for key, value in self.window_batch(tiler, [window]).items()}
-
-    def window_batch(self, tiler: Tiler, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
-        """Windows of one shape stacked: ``x (B, T, C, h, w)`` and the rest as in
-        :meth:`window_item`, each window written once into the batch (no per-window arrays
-        to stack afterwards)."""
+    def window_batch(self, tiler: Tiler, windows: Sequence[Window]) -> WindowBatch:
+        """Windows of one shape stacked into a :class:`WindowBatch`, each written once into
+        the batch (no per-window arrays to stack afterwards)."""
         first = windows[0]
         shape = (len(windows), first.time.size, self.cube.shape[1], first.lat.size, first.lon.size)
         x = np.empty(shape, dtype=np.float32)
@@ -125,14 +114,14 @@ class BlockReader:
         lat_i = np.stack([w.lat for w in windows])
         lat = np.where(lat_i >= 0, self.cube.lat[np.maximum(lat_i, 0)], np.nan)
         phase = np.where(time >= 0, self.phase[np.maximum(time, 0)], 0.0)
-        return {
-            "x": torch.from_numpy(x),
-            "mask": torch.from_numpy(mask),
-            "phase": torch.from_numpy(phase.astype(np.float32)),
-            "time": torch.from_numpy(time),
-            "lat": torch.from_numpy(lat.astype(np.float32)),
-            "index": torch.tensor([w.index for w in windows], dtype=torch.int64),
-        }
+        return WindowBatch(
+            x=torch.from_numpy(x),
+            mask=torch.from_numpy(mask),
+            phase=torch.from_numpy(phase.astype(np.float32)),
+            time=torch.from_numpy(time),
+            lat=torch.from_numpy(lat.astype(np.float32)),
+            index=torch.tensor([w.index for w in windows], dtype=torch.int64),
+        )
 
 
 class WindowDataset(IterableDataset):
@@ -208,8 +197,7 @@ class WindowDataset(IterableDataset):
         bs = self.batch_size
         batches = [order[i : i + bs] for i in range(0, len(order), bs)][self.skip_batches :]
         for batch in batches[wid::nworkers]:
-            for i in batch:
-                yield reader.window_item(self.tiler, self.tiler.windows[i])
+            yield reader.window_batch(self.tiler, [self.tiler.windows[i] for i in batch])
 
 
 def _watch_parent(parent_pid: int, worker_id: int) -> None:
@@ -238,30 +226,28 @@ def worker_init(parent_pid: int | None = None):
     return functools.partial(_watch_parent, parent_pid or os.getpid())
 
 
+def worker_processes() -> dict:
+    """DataLoader arguments for reader processes: forkserver (HDF5 and zarr start threads,
+    which a plain fork would copy mid-lock), each watching this process so that none outlives
+    a killed job."""
+    import multiprocessing as mp
+
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return dict(multiprocessing_context=method, worker_init_fn=worker_init())
+
+
 def make_loader(
     dataset: WindowDataset,
-    batch_size: int,
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int = 2,
 ) -> DataLoader:
-    """A DataLoader over ``dataset``; workers use forkserver (safe with zarr/HDF5 threads)."""
+    """A DataLoader over ``dataset``'s :class:`WindowBatch` es, read by ``num_workers``
+    processes (0: in this process)."""
     kwargs = {}
     if num_workers > 0:
-        import multiprocessing as mp
-
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        kwargs.update(
-            multiprocessing_context=method,
-            prefetch_factor=prefetch_factor,
-            persistent_workers=False,
-            worker_init_fn=worker_init(),
-        )
+        kwargs.update(worker_processes(), prefetch_factor=prefetch_factor, persistent_workers=False)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        **kwargs,
+        dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs
     )

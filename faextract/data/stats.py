@@ -85,7 +85,7 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
 
     Returns a Dataset with ``mean(channel)``, ``std(channel)``, ``valid_fraction(channel)`` and,
     for a climatology, ``climatology(season, channel, lat, lon)``. ``progress`` is a
-    :class:`faextract.progress.Progress`-like object fed by a dask callback.
+    :class:`faextract.runtime.progress.Progress`-like object fed by a dask callback.
     """
     options = options or StatsOptions()
     kind, _why = resolve_climatology(options.climatology, cube)

@@ -218,15 +218,24 @@ def season_phase(values: np.ndarray, calendar: str = "standard") -> np.ndarray:
     return out.reshape(np.shape(values))
 
 
+def median_step_seconds(values: np.ndarray, count: int = 50) -> float | None:
+    """The median spacing of the first ``count`` steps of a time axis, in seconds (None for
+    fewer than two steps or values that cannot be subtracted)."""
+    if len(values) < 2:
+        return None
+    try:
+        deltas = [values[i + 1] - values[i] for i in range(min(len(values) - 1, count))]
+        return float(np.median([pd.Timedelta(d).total_seconds() for d in deltas]))
+    except Exception:  # noqa: BLE001 - mixed or undecoded types
+        return None
+
+
 def time_step(time: xr.DataArray) -> str:
     """A human description of the median spacing of a time axis (e.g. ``'1 day'``)."""
     if time.size < 2:
         return "single step"
-    vals = time.values
-    try:
-        deltas = np.array([(vals[i + 1] - vals[i]) for i in range(min(len(vals) - 1, 1000))])
-        sec = np.median([pd.Timedelta(d).total_seconds() for d in deltas])
-    except Exception:  # noqa: BLE001
+    sec = median_step_seconds(time.values, count=1000)
+    if sec is None:
         return "irregular"
     days = sec / 86400  # calendar months and years vary: a median of 30.5 days is monthly
     if 28 <= days <= 31:

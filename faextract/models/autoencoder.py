@@ -210,6 +210,12 @@ class ClimateAutoencoder(nn.Module):
         """Spatial sizes must be multiples of this (the downsampling factor)."""
         return 2**self.downsample
 
+    @property
+    def attention_layout(self) -> tuple[int, int] | None:
+        """``(k, heads)``: :meth:`encode` with ``need_weights`` returns spatial attention on
+        every k-th step (t % k == 0) with ``heads`` heads; None when the model has none."""
+        return self.cells[-1].attention_layout
+
     def encode(
         self,
         x: torch.Tensor,

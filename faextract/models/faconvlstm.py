@@ -312,6 +312,10 @@ class FAConvLSTM2D(RecurrentConv2D):
         hseq, last, _ = self._run(x, state)
         return self._outputs(hseq, last)
 
+    @property
+    def attention_layout(self) -> tuple[int, int] | None:
+        return (self.attention_every, self.attention_heads) if self.attention else None
+
     def forward_features(
         self,
         x: torch.Tensor,

@@ -29,6 +29,10 @@ from faextract.models.layers import conv_output_size, pair
 class RecurrentConv2D(nn.Module, abc.ABC):
     """Base class with the ConvLSTM2D constructor and call contract."""
 
+    #: ``(k, heads)`` when the cell returns spatial attention maps every k-th step (see
+    #: :class:`~faextract.models.faconvlstm.FAConvLSTM2D`); None for cells without attention.
+    attention_layout: tuple[int, int] | None = None
+
     #: Number of tensors in the Keras-visible state (h, c).
     state_size = 2
 

@@ -1,4 +1,5 @@
-"""Training losses: masked, area-weighted MSE per variable, and the DEC clustering term.
+"""Training losses: masked, area-weighted MSE per variable, the embedding's decorrelation and
+the DEC clustering terms, and :func:`compute_losses`, the objective of one batch.
 
 Every squared error is weighted by ``cos(latitude)`` (a grid cell's area on a regular grid)
 and by the validity mask (land in an ocean field, padding), then averaged per channel and
@@ -8,6 +9,8 @@ the channels averaged, so a variable with many invalid cells counts as much as a
 from __future__ import annotations
 
 import torch
+
+from faextract.models.autoencoder import coarse_target
 
 
 def area_weights(lat: torch.Tensor) -> torch.Tensor:
@@ -64,3 +67,39 @@ def decorrelation(z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.T
     std = torch.sqrt(cov.diagonal() + 1e-4)
     off = cov - torch.diag(cov.diagonal())
     return torch.relu(1.0 - std).mean() + off.pow(2).sum() / x.shape[1]
+
+
+def compute_losses(model, batch, config, cluster_on: bool):
+    """Forward one :class:`~faextract.data.batch.WindowBatch`; returns (total loss, dict of
+    parts) on the batch's device. ``config`` is the run's :class:`~faextract.config.Config`."""
+    x, mask, lat = batch.x, batch.mask, batch.lat
+    step_valid = batch.step_valid
+    out = model(x, mask, batch.phase, step_valid)
+    parts = {}
+    total = x.new_zeros(())
+    if out.recon is not None:
+        parts["recon"] = masked_mse(out.recon, x, mask, lat)
+        total = total + parts["recon"]
+    if out.forecast is not None and x.shape[1] > 1:
+        parts["forecast"] = masked_mse(out.forecast[:, :-1], x[:, 1:], mask[:, 1:], lat)
+        total = total + parts["forecast"]
+    # The embedding decoder: pooled fields at t .. t+K from z_t. The present state and the
+    # future count half each: with the horizons averaged alike, z kept what is predictable and
+    # dropped the rest of the present (leading EOFs of the fields' noise), which users compare.
+    target, valid = coarse_target(x, mask, tuple(out.coarse.shape[-2:]))
+    no_area = torch.zeros(lat.shape[0], target.shape[-2], device=lat.device)  # pooled already
+    T = x.shape[1]
+    horizons = [
+        masked_mse(out.coarse[:, : T - k, k], target[:, k:], valid[:, k:], no_area)
+        for k in range(min(out.coarse.shape[2], T))
+    ]
+    now, ahead = horizons[0], horizons[1:]
+    parts["embedding"] = 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
+    total = total + config.model.embedding_loss_weight * parts["embedding"]
+    if config.model.decorrelation_weight > 0:
+        parts["decorrelation"] = decorrelation(out.embeddings, step_valid)
+        total = total + config.model.decorrelation_weight * parts["decorrelation"]
+    if cluster_on and out.q is not None:
+        parts["cluster"] = dec_kl(out.q, step_valid)
+        total = total + config.model.cluster_weight * parts["cluster"]
+    return total, parts

@@ -1,8 +1,9 @@
-"""The input side of ``faextract embed``: the batches of each time block, prepared ahead.
+"""Embedding's input: the batches of each time block, prepared ahead of the model.
 
 A *plan* lists the blocks to compute, each with the indices of its windows in the
 :class:`~faextract.data.tiling.Tiler`. :class:`BlockBatches` turns a plan into one item per
-block: ``(block, [(window indices, batch), ...])``, with batch tensors ``(B, T, C, H, W)``.
+block: ``(block, [(window indices, WindowBatch), ...])`` (:class:`~faextract.data.batch.WindowBatch`,
+``(B, T, C, H, W)``).
 Each block's time span is read once.
 
 Two ways to run it ahead of the model (:func:`prefetched`):
@@ -30,7 +31,7 @@ import xarray as xr
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from faextract.data.cube import Cube
-from faextract.data.dataset import BlockReader, CubeSource, worker_init
+from faextract.data.dataset import BlockReader, CubeSource, worker_processes
 from faextract.data.perturb import Perturbation
 from faextract.data.tiling import Tiler
 from faextract.errors import FaextractError
@@ -87,9 +88,7 @@ class BlockBatches(IterableDataset):
         reader.preload(wins)
         for i in range(0, len(wins), self.batch_size):
             group = wins[i : i + self.batch_size]
-            full = reader.window_batch(self.tiler, group)
-            batch = {key: full[key] for key in ("x", "mask", "phase", "time")}
-            yield [w.index for w in group], batch
+            yield [w.index for w in group], reader.window_batch(self.tiler, group)
 
 
 def prefetched(dataset: BlockBatches, *, workers: int = 0, pin: bool = False):
@@ -137,7 +136,7 @@ class ThreadPrefetcher(threading.Thread):
             for item in self.source:
                 if self.pin and not isinstance(item, _Failed):
                     b, batches = item
-                    item = b, [(idx, _pinned(batch)) for idx, batch in batches]
+                    item = b, [(idx, batch.pin_memory()) for idx, batch in batches]
                 if not self._offer(item):
                     return
             self._offer(self._DONE)
@@ -163,25 +162,17 @@ class ThreadPrefetcher(threading.Thread):
         self.join()
 
 
-def _pinned(batch: dict) -> dict:
-    return {key: v.pin_memory() for key, v in batch.items()}
-
-
 class _LoaderPrefetcher:
     """DataLoader worker processes (forkserver: safe with HDF5 and zarr threads)."""
 
     def __init__(self, dataset: BlockBatches, workers: int, pin: bool):
-        import multiprocessing as mp
-
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         self.loader = DataLoader(
             dataset,
             batch_size=None,
             num_workers=workers,
-            multiprocessing_context=method,
             pin_memory=pin,
             prefetch_factor=2,
-            worker_init_fn=worker_init(),
+            **worker_processes(),
         )
         self._it = None
 

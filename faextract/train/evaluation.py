@@ -1,0 +1,67 @@
+"""Validation during training, and the clustering head's k-means start."""
+
+from __future__ import annotations
+
+import torch
+
+from faextract.runtime import distributed
+from faextract.train.losses import weighted_sse
+
+
+@torch.no_grad()
+def validate(model, loader, device, info, amp) -> dict:
+    """Validation MSEs of the model and of the climatology and persistence baselines.
+
+    All are computed on steps t >= 1 where both x_t and x_{t-1} are valid, so every number
+    compares the same cells. Climatology predicts 0 in normalized units (the climatological
+    mean, when the statistics include a climatology; otherwise the channel mean).
+    """
+    model.eval()
+    sums = {k: None for k in ("recon", "forecast", "climatology", "persistence", "weight")}
+
+    def add(key, value):
+        sums[key] = value if sums[key] is None else sums[key] + value
+
+    for batch in loader:
+        batch = batch.to(device)
+        x, mask, lat = batch.x, batch.mask, batch.lat
+        with amp:
+            out = model(x, mask, batch.phase, batch.step_valid)
+        m = mask[:, 1:] & mask[:, :-1]
+        tgt = x[:, 1:]
+        if out.recon is not None:
+            add("recon", weighted_sse(out.recon[:, 1:].float(), tgt, m, lat)[0])
+        if out.forecast is not None:
+            add("forecast", weighted_sse(out.forecast[:, :-1].float(), tgt, m, lat)[0])
+        add("climatology", weighted_sse(torch.zeros_like(tgt), tgt, m, lat)[0])
+        sse, w = weighted_sse(x[:, :-1], tgt, m, lat)
+        add("persistence", sse)
+        add("weight", w)
+    model.train()
+    if sums["weight"] is None:
+        return {}
+    keys = [k for k, v in sums.items() if v is not None]
+    packed = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys]), info)
+    res = dict(zip(keys, packed, strict=True))
+    w = res.pop("weight").clamp(min=1e-12)
+    return {k: float((v / w).mean()) for k, v in res.items()}
+
+
+@torch.no_grad()
+def init_clusters(model, loader, device, amp, seed, info, max_batches: int = 50) -> None:
+    """k-means on embeddings of up to ``max_batches`` batches, computed on rank 0 and shared."""
+    zs = []
+    model.eval()
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        batch = batch.to(device)
+        with amp:
+            _, z, _ = model.encode(batch.x, batch.mask, batch.phase, batch.step_valid)
+        zs.append(z[batch.step_valid].float())
+    model.train()
+    if zs:
+        model.cluster.init_kmeans(torch.cat(zs), seed=seed)
+    if info.enabled:
+        torch.distributed.broadcast(model.cluster.centers.data, src=0)
+    model.cluster.initialized = True
