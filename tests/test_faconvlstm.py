@@ -104,6 +104,31 @@ def test_effective_attention_is_a_distribution_over_the_grid():
     torch.testing.assert_close(eff.sum(dim=(-1, -2)), torch.ones(2, 2, 5, 7))
 
 
+def test_a_position_code_lets_attention_express_a_fixed_relation_between_places():
+    """With ``attention_position``, where a cell looks can depend on where it is: starting from
+    zero it equals content-only attention; once its map is trained, two identical inputs at
+    different places attend differently (content-only attention cannot tell them apart)."""
+    from faextract.models.attention import AxialAttention
+
+    torch.manual_seed(0)
+    plain = AxialAttention(6, 8, 2, periodic_lon=True)
+    placed = AxialAttention(6, 8, 2, periodic_lon=True, position=3)
+    placed.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(1, 6, 4, 8).expand(1, 6, 4, 8).contiguous()
+    torch.testing.assert_close(placed(x)[0], plain(x)[0])
+    x = torch.randn(1, 6, 1, 1).expand(1, 6, 4, 8).contiguous()  # the same content everywhere
+    with torch.no_grad():
+        placed.pos_qk.weight.normal_()
+    row_plain = plain(x, need_weights=True)[1].row[0, 0]  # (H, W, W): per row, query x -> key x'
+    row_placed = placed(x, need_weights=True)[1].row[0, 0]
+    # content-only: every query in a row sees the same logits up to the distance penalty,
+    # which is symmetric on a periodic axis; with positions the rows' patterns differ
+    assert torch.allclose(row_plain[0], row_plain[1])
+    assert not torch.allclose(row_placed[0], row_placed[1], atol=1e-3)
+    with pytest.raises(ValueError, match="position frequencies"):
+        AxialAttention(6, 8, 2, position=-1)
+
+
 def test_seasonal_code_is_periodic_across_years_and_calendars():
     from faextract.data.time import season_phase
 

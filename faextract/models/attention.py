@@ -5,7 +5,11 @@ along rows (longitude) and then along columns (latitude). The column pass attend
 row pass's output, so the effective 2-D attention from query ``(y, x)`` to key ``(y', x')`` is
 ``A_col[x](y, y') * A_row[y'](x, x')``: a proper distribution over the whole grid, reached in
 O(HW(H + W)) instead of O((HW)^2). A learned per-head distance penalty (circular in longitude
-for periodic global grids) gives the heads a sense of locality they can unlearn.
+for periodic global grids) gives the heads a sense of locality they can unlearn. With
+``position=K``, a sinusoidal code of each cell's place on the grid (K frequencies per axis,
+periodic in longitude) enters the queries and keys through a learned map that starts at zero:
+without it the logits see only content and relative distance, so a fixed relation between two
+places (a teleconnection: the North Atlantic follows the east Pacific) cannot be expressed.
 
 :class:`TemporalSelfAttention` — pre-norm multi-head self-attention over per-timestep
 embeddings with a fixed seasonal positional code (:mod:`faextract.models.seasonal`).
@@ -13,6 +17,7 @@ embeddings with a fixed seasonal positional code (:mod:`faextract.models.seasona
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,12 +62,26 @@ class AxialAttention(nn.Module):
     learned ``gamma`` (starts small so the cell begins close to a plain ConvLSTM).
     """
 
-    def __init__(self, channels: int, dim: int = 16, heads: int = 2, periodic_lon: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        dim: int = 16,
+        heads: int = 2,
+        periodic_lon: bool = False,
+        position: int = 0,
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} must be divisible by heads {heads}")
+        if position < 0:
+            raise ValueError(f"attention position frequencies must be >= 0, got {position}")
         self.dim, self.heads, self.periodic_lon = dim, heads, periodic_lon
+        self.position = int(position)
         self.qkv = nn.Conv2d(channels, 5 * dim, 1)
+        # (q_row, k_row, q_col, k_col) from the position code; zero: content-only at the start
+        self.pos_qk = nn.Conv2d(4 * self.position, 4 * dim, 1, bias=False) if position else None
+        if self.pos_qk is not None:
+            nn.init.zeros_(self.pos_qk.weight)
         self.out = nn.Conv2d(dim, channels, 1)
         self.gamma = nn.Parameter(torch.tensor(0.1))
         # Per-head locality: logits -= softplus(distance_scale) * normalized distance.
@@ -78,12 +97,27 @@ class AxialAttention(nn.Module):
         w = logits.softmax(dim=-1)
         return w @ v, (w if need_weights else None)
 
+    def _position_code(self, H: int, W: int, device, dtype) -> torch.Tensor:
+        """``(1, 4K, H, W)``: sin/cos of K frequencies of the row's place (half-periods over the
+        height: latitude is not periodic) and of the column's (whole periods over the width
+        when periodic in longitude)."""
+        k = torch.arange(1, self.position + 1, device=device, dtype=torch.float32)
+        y = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) / H
+        x = (torch.arange(W, device=device, dtype=torch.float32) + 0.5) / W
+        ay = math.pi * k[:, None] * y[None]  # (K, H)
+        ax = (2 if self.periodic_lon else 1) * math.pi * k[:, None] * x[None]  # (K, W)
+        rows = torch.cat([ay.sin(), ay.cos()])[:, :, None].expand(-1, H, W)
+        cols = torch.cat([ax.sin(), ax.cos()])[:, None, :].expand(-1, H, W)
+        return torch.cat([rows, cols])[None].to(dtype)
+
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         B, C, H, W = x.shape
         n, d = self.heads, self.dim // self.heads
-        qr, kr, qc, kc, v = pointwise_conv(x, self.qkv.weight, self.qkv.bias).chunk(
-            5, dim=1
-        )  # each (B, dim, H, W)
+        proj = pointwise_conv(x, self.qkv.weight, self.qkv.bias)  # (B, 5*dim, H, W)
+        if self.pos_qk is not None:
+            code = self.pos_qk(self._position_code(H, W, x.device, x.dtype))  # (1, 4*dim, H, W)
+            proj = torch.cat([proj[:, : 4 * self.dim] + code, proj[:, 4 * self.dim :]], dim=1)
+        qr, kr, qc, kc, v = proj.chunk(5, dim=1)  # each (B, dim, H, W)
 
         def rows(t):  # (B, dim, H, W) -> (B*H, heads, W, dh)
             return t.reshape(B, n, d, H, W).permute(0, 3, 1, 4, 2).reshape(B * H, n, W, d)

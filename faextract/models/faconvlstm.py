@@ -32,6 +32,8 @@ Defaults (the paper does not fix them; reference.md §1 gives ranges):
 - ``se_reduction = 4``: the bottleneck is already narrow;
 - ``attention_every = 4``: a refresh every 4 steps keeps attention at ~1/4 of its per-step cost,
   which is small against the gates; ``attention_heads = 2`` on ``attention_dim = 16`` channels;
+  ``attention_position = K`` adds a grid-position code to the attention's queries and keys
+  (see :class:`~faextract.models.attention.AxialAttention`; 0 = content and distance only);
 - ``embedding_dim = 32``, ``temporal_heads = 4``, ``seasonal_period = 365`` (daily data);
   ``embedding_dim = 0`` drops the head (e.g. for inner layers of a stack); ``embedding_norm``
   ends the head with LayerNorm; ``head_grid`` pools onto a coarse grid that keeps positions
@@ -117,6 +119,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         attention_every: int = 4,
         attention_heads: int = 2,
         attention_dim: int = 16,
+        attention_position: int = 0,
         periodic: bool = False,
         embedding_dim: int = 32,
         temporal_attention: bool = True,
@@ -138,6 +141,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.attention_every = int(attention_every)
         self.attention_heads = attention_heads
         self.attention_dim = attention_dim
+        self.attention_position = int(attention_position)
         self.periodic = periodic
         self.embedding_dim = embedding_dim
         self.temporal_attention = temporal_attention
@@ -206,7 +210,9 @@ class FAConvLSTM2D(RecurrentConv2D):
         if self.peephole:
             self.peep = nn.Parameter(torch.zeros(3, F_, 1, 1))  # i, f, o
         if self.attention:
-            self.axial = AxialAttention(F_, self.attention_dim, self.attention_heads, self.periodic)
+            self.axial = AxialAttention(
+                F_, self.attention_dim, self.attention_heads, self.periodic, self.attention_position
+            )
         if self.embedding_dim:
             self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid)
             self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
