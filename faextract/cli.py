@@ -218,7 +218,7 @@ def stats(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
     """Compute normalization statistics (mean, std, optional climatology) out-of-core."""
-    from faextract.data.cube import resolve_paths
+    from faextract.data.sources import resolve_paths
     from faextract.data.stats import StatsOptions, compute_stats, save_stats
     from faextract.outputs import claim_output, is_stats_file
     from faextract.runtime.progress import Progress

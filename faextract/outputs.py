@@ -33,7 +33,7 @@ def _real(path: str | os.PathLike) -> Path:
 
 
 def _local_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    from faextract.data.cube import is_url
+    from faextract.data.sources import is_url
 
     out = []
     for item in inputs:

@@ -343,7 +343,7 @@ def test_netcdf_chunk_cache_is_bounded(small_nc, monkeypatch):
     pass over many files and variables grew by GBs. faextract opens files with a small one."""
     import netCDF4
 
-    from faextract.data import cube as cube_mod
+    from faextract.data import sources as cube_mod
 
     open_cube(small_nc)
     assert netCDF4.get_chunk_cache()[0] == cube_mod.NETCDF_CHUNK_CACHE_MB * 2**20

@@ -174,7 +174,7 @@ def test_train_out_must_be_a_run_directory(tmp_path, user_dir, tiny_config, smal
 
 
 def test_a_path_that_exists_is_not_a_glob(tmp_path):
-    from faextract.data.cube import resolve_paths
+    from faextract.data.sources import resolve_paths
     from faextract.testing import write_netcdf
 
     ds = synthetic_cube(nt=4, nlat=6, nlon=12, variables=("t2m",))

@@ -10,8 +10,9 @@ import os
 
 import numpy as np
 
-from faextract.data.cube import Cube, is_url
+from faextract.data.cube import Cube
 from faextract.data.selection import fold_expver
+from faextract.data.sources import is_url
 from faextract.data.time import time_gaps, time_step
 
 

@@ -19,10 +19,11 @@ import torch
 from faextract.checkpoint import Checkpoint
 from faextract.data.axes import parse_dims
 from faextract.data.boxes import box_mask
-from faextract.data.cube import Cube, is_url, open_cube
+from faextract.data.cube import Cube, open_cube
 from faextract.data.dataset import CubeSource
 from faextract.data.perturb import Perturbation
 from faextract.data.selection import parse_select
+from faextract.data.sources import is_url
 from faextract.data.tiling import Tiler, TileSpec
 from faextract.errors import FaextractError, MissingVariableError
 from faextract.store import EmbeddingStore

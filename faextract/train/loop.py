@@ -26,9 +26,10 @@ import xarray as xr
 
 from faextract.checkpoint import Checkpoint, TrainingState
 from faextract.config import Config, save_config
-from faextract.data.cube import Cube, resolve_paths
+from faextract.data.cube import Cube
 from faextract.data.dataset import CubeSource, WindowDataset, make_loader
 from faextract.data.selection import parse_select
+from faextract.data.sources import resolve_paths
 from faextract.data.stats import StatsOptions, compute_stats, load_stats, resolve_climatology
 from faextract.errors import ConfigError, DataError, FaextractError
 from faextract.models.autoencoder import ClimateAutoencoder
