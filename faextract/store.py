@@ -27,6 +27,7 @@ import shutil
 import socket
 import uuid
 import warnings
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -78,163 +79,172 @@ def _time_variable(time: xr.DataArray, values: np.ndarray, attrs: dict):
     return values, attrs, encoding
 
 
-def create_template(
-    path: str,
-    *,
-    time: xr.DataArray,
-    lat: np.ndarray,
-    lon: np.ndarray,
-    block: int,
-    embedding_dim: int,
-    tile_grid: tuple[int, int],
-    heads: int,
-    attention_every: int | None,
-    queries: dict[str, tuple[float, float, float, float]],
-    latent_channels: int | None,
-    attrs: dict,
-    zarr_format: int = 3,
-) -> bool:
+_LAT = {"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"}
+_LON = {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"}
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """The arrays of a store and their chunks.
+
+    time: the cube's time coordinate (values, attributes, encoding and calendar are kept);
+    lat, lon: the grid; block: time steps per chunk (a block of the restart ledger);
+    tile_grid: spatial tiles (embeddings per tile when more than one);
+    attention: ``(k, heads)`` for maps on every k-th step, or None; queries: the named regions
+    whose maps are stored; latent_channels: channels of ``latent``, or None.
+    """
+
+    time: xr.DataArray
+    lat: np.ndarray
+    lon: np.ndarray
+    block: int
+    embedding_dim: int
+    tile_grid: tuple[int, int] = (1, 1)
+    attention: tuple[int, int] | None = None
+    queries: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    latent_channels: int | None = None
+
+    @property
+    def nblocks(self) -> int:
+        return -(-self.time.size // self.block)
+
+
+def create_template(path: str, layout: StoreLayout, attrs: dict, zarr_format: int = 3) -> bool:
     """Create the store's metadata if it does not exist. Returns True if this call created it."""
     if os.path.exists(path):
         return False
-    nt = time.size
-    nblocks = -(-nt // block)
+    coords, t_encoding = _coordinates(layout)
+    data_vars, encoding = {}, {"time": t_encoding}
+    for part in (_embedding_variable, _attention_variables, _latent_variable, _ledger):
+        part(layout, coords, data_vars, encoding)
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs, complete=0))
+    for name in ("lat", "lon", "component", "block", "tile_y", "tile_x", "head", "channel"):
+        if name in ds.coords:
+            encoding[name] = {"_FillValue": None}
+    return _write_template(path, ds, encoding, zarr_format)
+
+
+def _index(n: int, long_name: str) -> tuple:
+    return np.arange(n, dtype=np.int32), {"long_name": long_name, "units": "1"}
+
+
+def _coordinates(layout: StoreLayout) -> tuple[dict, dict]:
+    time = layout.time
     t_values, t_attrs, t_encoding = _time_variable(
         time, time.values, {"standard_name": "time", "long_name": "time", "axis": "T"}
     )
     coords = {
         "time": ("time", t_values, t_attrs),
-        "lat": (
-            "lat",
-            np.asarray(lat, dtype=np.float64),
-            {
-                "standard_name": "latitude",
-                "long_name": "latitude",
-                "units": "degrees_north",
-                "axis": "Y",
-            },
-        ),
-        "lon": (
-            "lon",
-            np.asarray(lon, dtype=np.float64),
-            {
-                "standard_name": "longitude",
-                "long_name": "longitude",
-                "units": "degrees_east",
-                "axis": "X",
-            },
-        ),
-        "component": (
-            "component",
-            np.arange(embedding_dim, dtype=np.int32),
-            {"long_name": "embedding component index", "units": "1"},
-        ),
-        "block": (
-            "block",
-            np.arange(nblocks, dtype=np.int32),
-            {"long_name": "time block index of the restart ledger", "units": "1"},
-        ),
+        "lat": ("lat", np.asarray(layout.lat, dtype=np.float64), _LAT),
+        "lon": ("lon", np.asarray(layout.lon, dtype=np.float64), _LON),
+        "component": ("component", *_index(layout.embedding_dim, "embedding component index")),
+        "block": ("block", *_index(layout.nblocks, "time block index of the restart ledger")),
     }
+    return coords, t_encoding
+
+
+def _embedding_variable(layout: StoreLayout, coords, data_vars, encoding) -> None:
     import dask.array as da
 
-    data_vars = {}
-    encoding = {}
-    tiled = tile_grid != (1, 1)
-    emb_dims = ("time", "tile_y", "tile_x", "component") if tiled else ("time", "component")
-    emb_shape = (nt, *tile_grid, embedding_dim) if tiled else (nt, embedding_dim)
-    emb_chunks = (block, *tile_grid, embedding_dim) if tiled else (block, embedding_dim)
-    if tiled:
-        coords["tile_y"] = (
-            "tile_y",
-            np.arange(tile_grid[0], dtype=np.int32),
-            {"long_name": "spatial tile row", "units": "1"},
-        )
-        coords["tile_x"] = (
-            "tile_x",
-            np.arange(tile_grid[1], dtype=np.int32),
-            {"long_name": "spatial tile column", "units": "1"},
-        )
+    nt, d, tiles = layout.time.size, layout.embedding_dim, layout.tile_grid
+    if tiles != (1, 1):
+        coords["tile_y"] = ("tile_y", *_index(tiles[0], "spatial tile row"))
+        coords["tile_x"] = ("tile_x", *_index(tiles[1], "spatial tile column"))
+        dims, shape, chunks = ("time", "tile_y", "tile_x", "component"), (nt, *tiles, d), (layout.block, *tiles, d)
+    else:
+        dims, shape, chunks = ("time", "component"), (nt, d), (layout.block, d)
     data_vars["embedding"] = (
-        emb_dims,
-        da.full(emb_shape, np.nan, dtype=np.float32, chunks=emb_chunks),
+        dims,
+        da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
         {
             "long_name": "per-timestep subspace embedding",
             "units": "1",
             "comment": "FAConvLSTM subspace head refined by seasonal temporal self-attention; dimensionless",
         },
     )
-    encoding["embedding"] = {"chunks": emb_chunks}
-    H, W = len(lat), len(lon)
-    if attention_every:
-        att_idx = np.arange(0, nt, attention_every)
-        a_values, a_attrs, a_encoding = _time_variable(
-            time,
-            time.values[att_idx],
-            {"standard_name": "time", "long_name": "time steps where axial attention ran"},
+    encoding["embedding"] = {"chunks": chunks}
+
+
+def _attention_variables(layout: StoreLayout, coords, data_vars, encoding) -> None:
+    import dask.array as da
+
+    if not layout.attention:
+        return
+    k, heads = layout.attention
+    time = layout.time
+    att_idx = np.arange(0, time.size, k)
+    a_values, a_attrs, a_encoding = _time_variable(
+        time,
+        time.values[att_idx],
+        {"standard_name": "time", "long_name": "time steps where axial attention ran"},
+    )
+    coords["attention_time"] = ("attention_time", a_values, a_attrs)
+    coords["head"] = ("head", *_index(heads, "attention head index"))
+    encoding["attention_time"] = a_encoding
+    H, W = len(layout.lat), len(layout.lon)
+    chunks = (layout.block // k, heads, H, W)
+    maps = {
+        "attention_received": ("attention received by each grid point, summed over query points", "1",
+                               "1 = the average grid point; per attention head"),
+        "attention_distance": ("mean great-circle distance from a query point to where it attends", "km",
+                               "expectation of distance under the effective 2-D axial attention"),
+    }  # fmt: skip
+    for q, box in layout.queries.items():
+        where = f"lat {box[0]}..{box[1]}, lon {box[2]}..{box[3]}"
+        maps[f"attention_query_{q}"] = (
+            f"where the region {q} attends",
+            "1",
+            f"mean attention from query points in {where}; 1 = uniform",
         )
-        coords["attention_time"] = ("attention_time", a_values, a_attrs)
-        na = att_idx.size
-        ab = block // attention_every
-        chunks = (ab, heads, H, W)
-        maps = {
-            "attention_received": ("attention received by each grid point, summed over query points", "1",
-                                   "1 = the average grid point; per attention head"),
-            "attention_distance": ("mean great-circle distance from a query point to where it attends", "km",
-                                   "expectation of distance under the effective 2-D axial attention"),
-        }  # fmt: skip
-        for q, box in queries.items():
-            where = f"lat {box[0]}..{box[1]}, lon {box[2]}..{box[3]}"
-            maps[f"attention_query_{q}"] = (
-                f"where the region {q} attends",
-                "1",
-                f"mean attention from query points in {where}; 1 = uniform",
-            )
-            maps[f"attention_from_{q}"] = (
-                f"how strongly each grid point attends to the region {q}",
-                "1",
-                f"attention each query point puts on {where}, over the region's share; 1 = uniform",
-            )
-        for name, (long_name, units, comment) in maps.items():
-            data_vars[name] = (
-                ("attention_time", "head", "lat", "lon"),
-                da.full((na, heads, H, W), np.nan, dtype=np.float32, chunks=chunks),
-                {"long_name": long_name, "units": units, "comment": comment},
-            )
-            encoding[name] = {"chunks": chunks}
-        coords["head"] = (
-            "head",
-            np.arange(heads, dtype=np.int32),
-            {"long_name": "attention head index", "units": "1"},
+        maps[f"attention_from_{q}"] = (
+            f"how strongly each grid point attends to the region {q}",
+            "1",
+            f"attention each query point puts on {where}, over the region's share; 1 = uniform",
         )
-        encoding["attention_time"] = a_encoding
-    if latent_channels:
-        coords["channel"] = (
-            "channel",
-            np.arange(latent_channels, dtype=np.int32),
-            {"long_name": "latent channel index", "units": "1"},
+    for name, (long_name, units, comment) in maps.items():
+        data_vars[name] = (
+            ("attention_time", "head", "lat", "lon"),
+            da.full((att_idx.size, heads, H, W), np.nan, dtype=np.float32, chunks=chunks),
+            {"long_name": long_name, "units": units, "comment": comment},
         )
-        chunks = (block, latent_channels, H, W)
-        data_vars["latent"] = (
-            ("time", "channel", "lat", "lon"),
-            da.full((nt, latent_channels, H, W), np.nan, dtype=np.float32, chunks=chunks),
-            {
-                "long_name": "encoder latent feature maps",
-                "units": "1",
-                "comment": "last recurrent layer's hidden state, upsampled to the input grid",
-            },
-        )
-        encoding["latent"] = {"chunks": chunks}
+        encoding[name] = {"chunks": chunks}
+
+
+def _latent_variable(layout: StoreLayout, coords, data_vars, encoding) -> None:
+    import dask.array as da
+
+    F = layout.latent_channels
+    if not F:
+        return
+    coords["channel"] = ("channel", *_index(F, "latent channel index"))
+    H, W = len(layout.lat), len(layout.lon)
+    chunks = (layout.block, F, H, W)
+    data_vars["latent"] = (
+        ("time", "channel", "lat", "lon"),
+        da.full((layout.time.size, F, H, W), np.nan, dtype=np.float32, chunks=chunks),
+        {
+            "long_name": "encoder latent feature maps",
+            "units": "1",
+            "comment": "last recurrent layer's hidden state, upsampled to the input grid",
+        },
+    )
+    encoding["latent"] = {"chunks": chunks}
+
+
+def _ledger(layout: StoreLayout, coords, data_vars, encoding) -> None:
+    import dask.array as da
+
     data_vars["block_done"] = (
         ("block",),
-        da.zeros((nblocks,), dtype=np.int8, chunks=1),
+        da.zeros((layout.nblocks,), dtype=np.int8, chunks=1),
         {"long_name": "1 when this time block has been written", "units": "1"},
     )
     encoding["block_done"] = {"chunks": (1,), "_FillValue": None}
-    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs, complete=0))
-    encoding["time"] = t_encoding
-    for name in ("lat", "lon", "component", "block", "tile_y", "tile_x", "head", "channel"):
-        if name in ds.coords:
-            encoding[name] = {"_FillValue": None}
+
+
+def _write_template(path: str, ds: xr.Dataset, encoding: dict, zarr_format: int) -> bool:
+    """Metadata into a temporary directory renamed into place: of several processes racing to
+    create the store exactly one wins (True); the others use theirs (False)."""
     _remove_stale_templates(path)
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
@@ -246,8 +256,7 @@ def create_template(
             zarr_format=zarr_format,
             consolidated=False,
         )
-        for name in ("block_done",):
-            zarr.open_array(f"{tmp}/{name}", mode="r+")[:] = 0
+        zarr.open_array(f"{tmp}/block_done", mode="r+")[:] = 0
         try:
             os.rename(tmp, path)
         except OSError:

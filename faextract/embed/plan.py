@@ -26,7 +26,7 @@ from faextract.data.selection import parse_select
 from faextract.data.sources import is_url
 from faextract.data.tiling import Tiler, TileSpec
 from faextract.errors import FaextractError, MissingVariableError
-from faextract.store import EmbeddingStore
+from faextract.store import EmbeddingStore, StoreLayout
 
 
 @dataclass
@@ -248,6 +248,20 @@ class EmbedPlan:
     def windows(self, blocks) -> list[tuple[int, list[int]]]:
         """``(block, indices of its windows)`` for each of ``blocks``."""
         return [(b, [w.index for w in self.tiler.windows_in(*self.span(b))]) for b in blocks]
+
+    def store_layout(self, cube: Cube, opts: EmbedOptions) -> StoreLayout:
+        """The store's arrays and chunks for this plan."""
+        return StoreLayout(
+            time=cube.time,
+            lat=cube.lat,
+            lon=cube.lon,
+            block=self.block,
+            embedding_dim=self.embedding_dim,
+            tile_grid=self.tiler.tile_grid,
+            attention=self.attention,
+            queries=dict(opts.queries),
+            latent_channels=self.latent_channels,
+        )
 
     def layout(self, opts: EmbedOptions) -> dict:
         """The options that decide a store's content; a resume must use the same ones."""

@@ -55,20 +55,10 @@ def prepare_store(
             )
         if existing.attrs.get("complete"):
             raise FaextractError(f"{out}: already complete (use --overwrite to recompute it)")
-    k, heads = plan.attention or (None, 0)
     created = create_template(
         out,
-        time=cube.time,
-        lat=cube.lat,
-        lon=cube.lon,
-        block=plan.block,
-        embedding_dim=plan.embedding_dim,
-        tile_grid=plan.tiler.tile_grid,
-        heads=heads,
-        attention_every=k,
-        queries=opts.queries,
-        latent_channels=plan.latent_channels,
-        attrs=_attributes(plan, opts, cube, cell, ckpt_sha, command),
+        plan.store_layout(cube, opts),
+        _attributes(plan, opts, cube, cell, ckpt_sha, command),
         zarr_format=opts.zarr_format,
     )
     store = EmbeddingStore(out)
