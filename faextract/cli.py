@@ -278,7 +278,6 @@ def train(
     # long run (+23% for 10x the data, against +13%). THP_MEM_ALLOC_ENABLE=0 opts out.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from faextract.config import load_config
-    from faextract.paths import resolve, resolve_config
     from faextract.train import train as run_train
 
     overrides = list(set_ or [])
@@ -286,11 +285,7 @@ def train(
         overrides.append(f"train.device={device}")
     if deterministic:
         overrides.append("train.deterministic=true")
-    config_path = resolve_config(config) if config else None
-    cfg = load_config(config_path, overrides)
-    cfg.data.paths = [resolve(p, config_path) for p in cfg.data.paths]
-    if cfg.data.stats:
-        cfg.data.stats = resolve(cfg.data.stats, config_path)
+    cfg = load_config(config, overrides)
     result = run_train(cfg, out, resume=resume, overwrite=overwrite)
     if result.status == "preempted":
         from faextract.runtime.signals import EXIT_STOPPED
@@ -602,6 +597,15 @@ def _emit(script: str, write: Path | None, submit: bool, log_dir: str) -> None:
         typer.echo(out.stdout.strip())
 
 
+def _cluster(partition, account, time, cpus, gpus, log_dir, sbatch):
+    from faextract.slurm import ClusterOptions
+
+    return ClusterOptions(
+        partition=partition, account=account, time=time, cpus=cpus, gpus=gpus,
+        log_dir=log_dir, extra=sbatch or [],
+    )  # fmt: skip
+
+
 @slurm_app.command("embed")
 @user_errors
 def slurm_embed(
@@ -626,17 +630,9 @@ def slurm_embed(
     submit: SubmitOpt = False,
 ):
     """An embed job array: task I of N runs `faextract embed --shard I/N` into one store."""
-    from faextract.slurm import ClusterOptions, render_embed
+    from faextract.slurm import render_embed
 
-    cluster = ClusterOptions(
-        partition=partition,
-        account=account,
-        time=time,
-        cpus=cpus,
-        gpus=gpus,
-        log_dir=log_dir,
-        extra=sbatch or [],
-    )
+    cluster = _cluster(partition, account, time, cpus, gpus, log_dir, sbatch)
     _emit(render_embed(inputs, checkpoint, out, tasks, cluster, embed_arg), write, submit, log_dir)
 
 
@@ -663,17 +659,9 @@ def slurm_train(
     submit: SubmitOpt = False,
 ):
     """A DDP training job: nodes x procs-per-node processes via srun + torchrun; requeues on time limit."""
-    from faextract.slurm import ClusterOptions, render_train
+    from faextract.slurm import render_train
 
-    cluster = ClusterOptions(
-        partition=partition,
-        account=account,
-        time=time,
-        cpus=cpus,
-        gpus=gpus,
-        log_dir=log_dir,
-        extra=sbatch or [],
-    )
+    cluster = _cluster(partition, account, time, cpus, gpus, log_dir, sbatch)
     extra = [a for s in set_ or [] for a in ("--set", s)]
     _emit(render_train(out, config, nodes, procs_per_node, cluster, extra), write, submit, log_dir)
 

@@ -202,13 +202,22 @@ def parse_overrides(items: list[str] | None) -> dict:
 def load_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> Config:
-    """Defaults, then the YAML file (which may ``extends: other.yaml``), then ``--set``
-    overrides; every value is then checked (:func:`validate`) before anything runs."""
+    """Defaults, then the YAML file (which may ``extends: other.yaml``; a bundled config may be
+    named: ``"sample"``), then ``--set`` overrides; every value is then checked
+    (:func:`validate`) before anything runs. Relative data paths resolve against the working
+    directory, then the config file's folder, then the bundled data (as the command line does)."""
+    from faextract.paths import resolve, resolve_config
+
     data: dict = {}
     if path is not None:
-        data = _read_yaml(os.fspath(path), seen=())
+        path = resolve_config(os.fspath(path))
+        data = _read_yaml(path, seen=())
     data = _deep_merge(data, parse_overrides(overrides))
-    return validate(_build(Config, data, ""))
+    config = validate(_build(Config, data, ""))
+    config.data.paths = [resolve(p, path) for p in config.data.paths]
+    if config.data.stats:
+        config.data.stats = resolve(config.data.stats, path)
+    return config
 
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from faextract.config import load_config, parse_overrides
@@ -77,3 +79,20 @@ def test_default_yaml_is_the_config_defaults():
     with open(CONFIG_DIR / "default.yaml") as fh:
         documented = yaml.safe_load(fh)
     assert documented == Config().to_dict()
+
+
+def test_relative_data_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    """The library resolves paths as the command line does: ``train(load_config(f))`` and
+    ``faextract train --config f`` read the same files, from any working directory."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "cube.nc").write_bytes(b"")
+    (folder / "stats.nc").write_bytes(b"")
+    cfg_file = folder / "run.yaml"
+    cfg_file.write_text("data:\n  paths: [cube.nc]\n  stats: stats.nc\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(cfg_file)
+    assert cfg.data.paths == [str(folder.resolve() / "cube.nc")]
+    assert cfg.data.stats == str(folder.resolve() / "stats.nc")
+    # a bundled config by name, its sample path found wherever faextract is installed
+    assert os.path.exists(load_config("sample").data.paths[0])

@@ -186,18 +186,28 @@ def to_cftime(values: np.ndarray, calendar: str) -> list[cftime.datetime]:
     return out
 
 
+#: CF calendar names that mean the same calendar, and the name faextract uses for each.
+CALENDAR_ALIASES = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
+
+
+def canonical_calendar(name: str) -> str:
+    """The one name of a CF calendar (``gregorian`` -> ``standard``, ``365_day`` -> ``noleap``)."""
+    name = str(name).lower()
+    return CALENDAR_ALIASES.get(name, name)
+
+
 def days_in_year(year: int, calendar: str) -> int:
-    calendar = calendar.lower()
+    calendar = canonical_calendar(calendar)
     if calendar == "360_day":
         return 360
-    if calendar in ("noleap", "365_day"):
+    if calendar == "noleap":
         return 365
-    if calendar in ("all_leap", "366_day"):
+    if calendar == "all_leap":
         return 366
     if calendar == "julian":
         return 366 if year % 4 == 0 else 365
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    if calendar in ("standard", "gregorian") and year < 1583:
+    if calendar == "standard" and year < 1583:
         leap = year % 4 == 0
     return 366 if leap else 365
 

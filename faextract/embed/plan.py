@@ -25,6 +25,7 @@ from faextract.data.perturb import Perturbation
 from faextract.data.selection import parse_select
 from faextract.data.sources import is_url
 from faextract.data.tiling import Tiler, TileSpec
+from faextract.data.time import canonical_calendar
 from faextract.errors import FaextractError, MissingVariableError
 from faextract.store import EmbeddingStore, StoreLayout
 
@@ -145,8 +146,7 @@ def check_compatible(ckpt: Checkpoint, cube: Cube, source: str) -> None:
             raise FaextractError(
                 f"{source}: {label} resolution {mine[key]:g} deg differs from the checkpoint's {g[key]:g} deg"
             )
-    cal = {"gregorian": "standard", "365_day": "noleap", "366_day": "all_leap"}
-    if cal.get(g["calendar"], g["calendar"]) != cal.get(cube.calendar, cube.calendar):
+    if canonical_calendar(g["calendar"]) != canonical_calendar(cube.calendar):
         raise FaextractError(
             f"{source}: calendar {cube.calendar!r} differs from the checkpoint's {g['calendar']!r}"
         )
