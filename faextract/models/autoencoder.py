@@ -34,9 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from faextract.models.attention import AxialWeights
-from faextract.models.faconvlstm import FAConvLSTM2D
 from faextract.models.layers import pad_spatial
-from faextract.models.registry import create_cell
+from faextract.models.registry import cell_class, create_cell
 from faextract.models.subspace import SubspaceHead
 
 #: Grid of the pooled fields decoded from the embedding alone (lat x lon cells) in models
@@ -173,8 +172,7 @@ class ClimateAutoencoder(nn.Module):
                 return_sequences=True,
                 in_channels=width if i == 0 else filters,
             )
-            if cell == "faconvlstm":
-                last = i == layers - 1
+            if cell_class(cell).makes_embeddings:
                 kw.update(
                     periodic=periodic,
                     seasonal_period=seasonal_period,
@@ -182,13 +180,14 @@ class ClimateAutoencoder(nn.Module):
                     head_grid=head_grid,
                 )
                 kw.update(options)
-                kw["embedding_dim"] = embedding_dim if last else 0
+                kw["embedding_dim"] = embedding_dim if i == layers - 1 else 0
             else:
                 kw.update(options)
             self.cells.append(create_cell(cell, **kw))
+        # Cells that make no embedding get the same head outside them.
         self.head = (
             None
-            if cell == "faconvlstm"
+            if self.cells[-1].makes_embeddings
             else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid)
         )
         self.film = nn.Linear(embedding_dim, 2 * filters)
@@ -242,16 +241,16 @@ class ClimateAutoencoder(nn.Module):
             valid = F.max_pool2d(valid, self.multiple)
         valid = valid.reshape(B, T, *valid.shape[2:]) > 0
         attention: list = []
+        z = None
         for i, cell in enumerate(self.cells):
             last = i == len(self.cells) - 1
-            if isinstance(cell, FAConvLSTM2D) and last:
-                feats = cell.forward_features(
-                    u, phase, valid=valid, step_valid=step_valid, need_weights=need_weights
-                )
-                u, z, attention = u + feats.hidden, feats.embeddings, feats.attention
-            else:
-                u = u + cell(u)
-        if self.head is not None:
+            feats = cell.forward_features(
+                u, phase, valid=valid, step_valid=step_valid, need_weights=need_weights and last
+            )
+            u = u + feats.hidden
+            if last:
+                z, attention = feats.embeddings, feats.attention
+        if z is None:
             z = self.head(u, valid)
         return u, z, attention
 

@@ -82,36 +82,18 @@ class ConvLSTM2D(RecurrentConv2D):
         return out
 
     # -- computation ----------------------------------------------------------------------
-    def _input_conv(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-        """``(N, C, H, W) -> (N, G, H', W')`` with the layer's padding, strides and dilation."""
-        if self.padding == "same":
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-            t, b = same_padding(x.shape[-2], kh, sh, dh)
-            le, r = same_padding(x.shape[-1], kw, sw, dw)
-            x = F.pad(x, (le, r, t, b))
-        return F.conv2d(x, weight, bias, stride=self.strides, dilation=self.dilation_rate)
-
     def _recurrent_conv(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         t, b = same_padding(h.shape[-2], kh, 1, 1)
         le, r = same_padding(h.shape[-1], kw, 1, 1)
         return F.conv2d(F.pad(h, (le, r, t, b)), weight)
 
-    def _masks(self, rate: float, shape, like: torch.Tensor):
-        if not (self.training and rate > 0):
-            return None
-        keep = 1.0 - rate
-        return [
-            torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
-            for _ in range(4)
-        ]
-
-    def _run(self, x: torch.Tensor, state):
+    def _run(self, x: torch.Tensor, state, need_weights: bool = False):
         B, T, C, H, W = x.shape
         F_ = self.filters
         Ho, Wo = self.output_size(H, W)
         flat = x.reshape(B * T, C, H, W)
-        in_masks = self._masks(self.dropout, (B, 1, C, H, W), x)
+        in_masks = self._dropout_masks(self.dropout, (B, 1, C, H, W), x, n=4)
         if in_masks is None:
             xz = self._input_conv(flat, self.kernel, self.bias)  # (B*T, 4F, Ho, Wo)
         else:
@@ -127,7 +109,7 @@ class ConvLSTM2D(RecurrentConv2D):
             c = x.new_zeros(B, F_, Ho, Wo)
         else:
             h, c = state[0], state[1]
-        rec_masks = self._masks(self.recurrent_dropout, (B, F_, Ho, Wo), x)
+        rec_masks = self._dropout_masks(self.recurrent_dropout, (B, F_, Ho, Wo), x, n=4)
         outs = []
         for xz_t in xz.unbind(1):  # unbind: see scan.sequential_scan on indexing in loops
             if rec_masks is None:
@@ -150,4 +132,4 @@ class ConvLSTM2D(RecurrentConv2D):
             o = self.rec_act(zo)
             h = o * self.act(c)
             outs.append(h)
-        return torch.stack(outs, dim=1), [h, c]
+        return torch.stack(outs, dim=1), [h, c], []

@@ -42,13 +42,11 @@ Defaults (the paper does not fix them; reference.md §1 gives ranges):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faextract.models.attention import AxialAttention, AxialWeights, TemporalSelfAttention
+from faextract.models.attention import AxialAttention, TemporalSelfAttention
 from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
 from faextract.models.layers import (
     DepthwiseConv,
@@ -59,34 +57,18 @@ from faextract.models.layers import (
     pointwise_conv,
     same_padding,
 )
-from faextract.models.recurrent import RecurrentConv2D
+from faextract.models.recurrent import CellFeatures, RecurrentConv2D
 from faextract.models.seasonal import SeasonalEncoding, phase_from_times
 from faextract.models.subspace import SubspaceHead
 
-
-@dataclass
-class FAFeatures:
-    """What :meth:`FAConvLSTM2D.forward_features` returns.
-
-    output: what ``forward`` returns (Keras contract).
-    hidden: ``(B, T, F, H', W')`` hidden states, channels first, in processing order.
-    embeddings: ``(B, T, d)`` after temporal self-attention; ``raw_embeddings`` before it.
-    attention: ``(step, AxialWeights)`` for each step where axial attention ran.
-    temporal_weights: ``(B, T, T)`` temporal attention (averaged over heads) or None.
-    state: the final ``[h, c, ctx, step]``.
-    """
-
-    output: object
-    hidden: torch.Tensor
-    embeddings: torch.Tensor
-    raw_embeddings: torch.Tensor
-    attention: list[tuple[int, AxialWeights]] = field(default_factory=list)
-    temporal_weights: torch.Tensor | None = None
-    state: list = field(default_factory=list)
+#: FAConvLSTM2D's features are the common :class:`CellFeatures` with embeddings and maps.
+FAFeatures = CellFeatures
 
 
 class FAConvLSTM2D(RecurrentConv2D):
     """Factorized-Attention ConvLSTM2D. Input ``(B, T, H, W, C)`` (channels_last) or ``(B, T, C, H, W)``."""
+
+    makes_embeddings = True
 
     def __init__(
         self,
@@ -234,17 +216,6 @@ class FAConvLSTM2D(RecurrentConv2D):
                     self.bias[F_ : 2 * F_] = 1.0
 
     # -- computation ----------------------------------------------------------------------
-    def _geometry_conv(self, x: torch.Tensor, conv) -> torch.Tensor:
-        """Apply ``conv`` (a module or a weight) with the layer's padding/strides/dilation."""
-        if self.padding == "same":
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-            t, b = same_padding(x.shape[-2], kh, sh, dh)
-            le, r = same_padding(x.shape[-1], kw, sw, dw)
-            x = F.pad(x, (le, r, t, b))
-        if isinstance(conv, nn.Module):
-            return conv(x)
-        return F.conv2d(x, conv, stride=self.strides, dilation=self.dilation_rate)
-
     def _mix(self, u: torch.Tensor) -> torch.Tensor:
         """Spatial mixing of the gate features ``(N, ch, H, W)``."""
         m = self.shared_dw(u) if self.factorized else u
@@ -254,12 +225,6 @@ class FAConvLSTM2D(RecurrentConv2D):
         if self.se:
             m = self.se_block(m)
         return m
-
-    def _dropout_mask(self, rate: float, shape, like: torch.Tensor):
-        if not (self.training and rate > 0):
-            return None
-        keep = 1.0 - rate
-        return torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
 
     def _step(self, xin_t: torch.Tensor, hr: torch.Tensor, c: torch.Tensor):
         """One update ``(h, c)`` from the input's share of the gates ``xin_t`` and ``h_{t-1}``."""
@@ -280,17 +245,17 @@ class FAConvLSTM2D(RecurrentConv2D):
         B, T, C, H, W = x.shape
         F_ = self.filters
         Ho, Wo = self.output_size(H, W)
-        in_mask = self._dropout_mask(self.dropout, (B, 1, C, H, W), x)
+        (in_mask,) = self._dropout_masks(self.dropout, (B, 1, C, H, W), x) or (None,)
         if in_mask is not None:
             x = x * in_mask
         flat = x.reshape(B * T, C, H, W)
         # Input half of the gates for all timesteps at once (one batched conv, not T small ones).
         if self.factorized:
             xin = pointwise_conv(
-                self._geometry_conv(flat, self.in_dw), self.x_to_b.weight, self.x_to_b.bias
+                self._input_conv(flat, self.in_dw), self.x_to_b.weight, self.x_to_b.bias
             ).reshape(B, T, self.bottleneck, Ho, Wo)
         else:
-            xin = self._geometry_conv(flat, self.kernel).reshape(B, T, 4 * F_, Ho, Wo)
+            xin = self._input_conv(flat, self.kernel).reshape(B, T, 4 * F_, Ho, Wo)
         if state is None or len(state) < 2:
             h = x.new_zeros(B, F_, Ho, Wo)
             c = x.new_zeros(B, F_, Ho, Wo)
@@ -299,7 +264,7 @@ class FAConvLSTM2D(RecurrentConv2D):
             h, c = state[0], state[1]
             ctx = state[2] if len(state) > 2 else None
             step = int(state[3]) if len(state) > 3 else 0
-        rec_mask = self._dropout_mask(self.recurrent_dropout, (B, F_, Ho, Wo), x)
+        (rec_mask,) = self._dropout_masks(self.recurrent_dropout, (B, F_, Ho, Wo), x) or (None,)
         outs, maps = [], []
         for t, xin_t in enumerate(xin.unbind(1)):  # unbind: no per-step full-size grads
             hr = h * rec_mask if rec_mask is not None else h
@@ -312,11 +277,6 @@ class FAConvLSTM2D(RecurrentConv2D):
                 h = h + ctx
             outs.append(h)
         return torch.stack(outs, dim=1), [h, c, ctx, step + T], maps
-
-    def forward(self, x: torch.Tensor, initial_state=None):
-        x, state = self._prepare(x, initial_state)
-        hseq, last, _ = self._run(x, state)
-        return self._outputs(hseq, last)
 
     @property
     def attention_layout(self) -> tuple[int, int] | None:
@@ -332,7 +292,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         step_valid: torch.Tensor | None = None,
         calendar: str = "standard",
         need_weights: bool = True,
-    ) -> FAFeatures:
+    ) -> CellFeatures:
         """Outputs plus embeddings and attention maps.
 
         times: per-step phases ``(T,)``/``(B, T)`` in [0, 1), or datetime64/cftime timestamps
@@ -346,7 +306,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         hseq, last, maps = self._run(x, state, need_weights=need_weights)
         output = self._outputs(hseq, last)
         if not self.embedding_dim:
-            return FAFeatures(output, hseq, None, None, maps, None, last)
+            return CellFeatures(output, hseq, None, None, maps, None, last)
         raw = self.head(hseq, valid)
         phase = None if times is None else phase_from_times(times, calendar).to(x.device)
         if phase is not None and self.go_backwards:
@@ -356,4 +316,4 @@ class FAConvLSTM2D(RecurrentConv2D):
             pos = self.seasonal(phase, B, T, x.device, offset)
             pad = None if step_valid is None else ~step_valid.bool()
             z, tw = self.temporal(raw, pos.to(raw.dtype), pad)
-        return FAFeatures(output, hseq, z, raw, maps, tw, last)
+        return CellFeatures(output, hseq, z, raw, maps, tw, last)

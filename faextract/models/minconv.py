@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faextract.models import kernels
-from faextract.models.layers import glorot_uniform_, same_padding
+from faextract.models.layers import glorot_uniform_
 from faextract.models.recurrent import RecurrentConv2D
 from faextract.models.scan import chunked_scan, log_space_scan, sequential_scan
 
@@ -159,24 +159,10 @@ class _MinConvRNN(RecurrentConv2D):
         backward on CPU.
         """
         B, T, C, H, W = x.shape
-        flat = x.reshape(B * T, C, H, W)
-        padding = (0, 0)
-        if self.padding == "same":
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
-            t, b = same_padding(H, kh, sh, dh)
-            le, r = same_padding(W, kw, sw, dw)
-            if (t, le) == (b, r):
-                padding = (t, le)  # symmetric: the convolution pads, no padded copy
-            else:
-                flat = F.pad(flat, (le, r, t, b))
-        weight = self.kernel
-        if channels_last:
-            flat = flat.contiguous(memory_format=torch.channels_last)
-            weight = weight.contiguous(memory_format=torch.channels_last)
-        k = F.conv2d(
-            flat, weight, self.bias, stride=self.strides, padding=padding,
-            dilation=self.dilation_rate,
-        )  # fmt: skip
+        k = self._input_conv(
+            x.reshape(B * T, C, H, W), self.kernel, self.bias, conv_pads=True,
+            channels_last=channels_last,
+        )
         return k.reshape(B, T, *k.shape[1:])
 
     @abc.abstractmethod
@@ -191,15 +177,10 @@ class _MinConvRNN(RecurrentConv2D):
             return self.scan
         return "sequential" if device.type == "cpu" else "chunked"
 
-    def _run(self, x: torch.Tensor, state):
-        if self.training and self.dropout > 0:
-            keep = 1.0 - self.dropout
-            x = x * (
-                torch.bernoulli(
-                    torch.full((x.shape[0], 1, *x.shape[2:]), keep, device=x.device, dtype=x.dtype)
-                )
-                / keep
-            )
+    def _run(self, x: torch.Tensor, state, need_weights: bool = False):
+        masks = self._dropout_masks(self.dropout, (x.shape[0], 1, *x.shape[2:]), x)
+        if masks is not None:
+            x = x * masks[0]
         h0 = state[0] if state else None
         mode = self._mode(x.device)
         fused = mode == "sequential" and kernels.covers(x, self.kernel, h0)
@@ -215,7 +196,7 @@ class _MinConvRNN(RecurrentConv2D):
                 h = log_space_scan(log_a, log_b, h0)
             else:
                 h = chunked_scan(log_a, log_b, h0, self.chunk_size)
-        return h, [h[:, -1]]
+        return h, [h[:, -1]], []
 
     def step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         """One streaming step: ``x_t (B, C, H, W)`` (channels first) -> ``h_t (B, F, H', W')``."""

@@ -3,8 +3,13 @@
 :class:`RecurrentConv2D` owns what is the same for ConvLSTM2D, FAConvLSTM2D and the
 parallel-scan cells: Keras argument names and defaults, both data formats, ``go_backwards``,
 ``return_sequences`` / ``return_state``, ``initial_state`` and ``stateful``, lazy inference of
-the input channel count, and output sizes for 'valid'/'same' padding with strides and dilation.
-Subclasses implement ``_build(in_channels)`` and ``_run(x, state)`` on ``(B, T, C, H, W)``.
+the input channel count, output sizes for 'valid'/'same' padding with strides and dilation,
+the input convolution with that padding, and dropout masks. Subclasses implement
+``_build(in_channels)`` and ``_run(x, state, need_weights)`` on ``(B, T, C, H, W)``.
+
+Besides the Keras call, every cell answers :meth:`RecurrentConv2D.forward_features` with a
+:class:`CellFeatures` (the hidden sequence; FAConvLSTM2D adds its embeddings and attention
+maps), so that the encoder asks a cell what it produced and never checks its type.
 
 Outputs (as Keras):
 
@@ -19,15 +24,43 @@ as Keras does.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from faextract.models.layers import conv_output_size, pair
+from faextract.models.layers import conv_output_size, pair, same_padding
+
+
+@dataclass
+class CellFeatures:
+    """What :meth:`RecurrentConv2D.forward_features` returns.
+
+    output: what ``forward`` returns (Keras contract).
+    hidden: ``(B, T, F, H', W')`` hidden states, channels first, in processing order.
+    embeddings: ``(B, T, d)`` per-step embeddings for cells that make them (else None);
+        ``raw_embeddings`` before temporal attention.
+    attention: ``(step, AxialWeights)`` for each step where spatial attention ran.
+    temporal_weights: ``(B, T, T)`` temporal attention (averaged over heads) or None.
+    state: the final state list.
+    """
+
+    output: object
+    hidden: torch.Tensor
+    embeddings: torch.Tensor | None = None
+    raw_embeddings: torch.Tensor | None = None
+    attention: list = field(default_factory=list)
+    temporal_weights: torch.Tensor | None = None
+    state: list = field(default_factory=list)
 
 
 class RecurrentConv2D(nn.Module, abc.ABC):
     """Base class with the ConvLSTM2D constructor and call contract."""
+
+    #: True for cells that make the per-step embedding themselves (they take
+    #: ``embedding_dim``, ``seasonal_period``, ``embedding_norm``, ``head_grid``, ``periodic``).
+    makes_embeddings = False
 
     #: ``(k, heads)`` when the cell returns spatial attention maps every k-th step (see
     #: :class:`~faextract.models.faconvlstm.FAConvLSTM2D`); None for cells without attention.
@@ -100,8 +133,9 @@ class RecurrentConv2D(nn.Module, abc.ABC):
         """Create the parameters once the input channel count is known."""
 
     @abc.abstractmethod
-    def _run(self, x: torch.Tensor, state: list[torch.Tensor] | None, **kwargs):
-        """``x (B, T, C, H, W)`` -> ``(hseq (B, T, F, H', W'), last_state list)``."""
+    def _run(self, x: torch.Tensor, state: list[torch.Tensor] | None, need_weights: bool = False):
+        """``x (B, T, C, H, W)`` -> ``(hseq (B, T, F, H', W'), last_state list, maps)``;
+        ``maps``: ``(step, weights)`` of spatial attention (empty for cells without it)."""
 
     # -- the contract ---------------------------------------------------------------------
     def output_size(self, h: int, w: int) -> tuple[int, int]:
@@ -112,6 +146,58 @@ class RecurrentConv2D(nn.Module, abc.ABC):
             conv_output_size(h, kh, sh, dh, self.padding),
             conv_output_size(w, kw, sw, dw, self.padding),
         )
+
+    # -- shared by the cells ----------------------------------------------------------------
+    def _same_padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """``(left, right, top, bottom)`` of Keras' 'same' for the layer's kernel, strides and
+        dilation on an ``h x w`` input; zeros for 'valid'."""
+        if self.padding != "same":
+            return (0, 0, 0, 0)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        t, b = same_padding(h, kh, sh, dh)
+        le, r = same_padding(w, kw, sw, dw)
+        return (le, r, t, b)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` padded for the input convolution ('same': Keras' split, the extra
+        cell at the end)."""
+        pad = self._same_padding(x.shape[-2], x.shape[-1])
+        return F.pad(x, pad) if any(pad) else x
+
+    def _input_conv(
+        self, x: torch.Tensor, weight, bias=None, *, conv_pads: bool = False,
+        channels_last: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        """The input convolution ``(N, C, H, W) -> (N, G, H', W')`` with the layer's padding,
+        strides and dilation. ``weight`` may be a module (applied to the padded input).
+        ``conv_pads`` lets the convolution pad a symmetric 'same' itself (no padded copy);
+        ``channels_last`` runs it in oneDNN's native layout (faster on CPU for one large
+        convolution and its backward)."""
+        if isinstance(weight, nn.Module):
+            return weight(self._pad(x))
+        padding = (0, 0)
+        le, r, t, b = self._same_padding(x.shape[-2], x.shape[-1])
+        if conv_pads and (t, le) == (b, r):
+            padding = (t, le)
+        else:
+            x = self._pad(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.conv2d(
+            x, weight, bias, stride=self.strides, padding=padding, dilation=self.dilation_rate
+        )
+
+    def _dropout_masks(self, rate: float, shape, like: torch.Tensor, n: int = 1):
+        """``n`` inverted-dropout masks of ``shape`` (one per gate in Keras' ConvLSTM2D), or
+        None outside training or at rate 0: the same mask for every time step."""
+        if not (self.training and rate > 0):
+            return None
+        keep = 1.0 - rate
+        return [
+            torch.bernoulli(torch.full(shape, keep, device=like.device, dtype=like.dtype)) / keep
+            for _ in range(n)
+        ]
 
     def reset_states(self) -> None:
         self._states = None
@@ -174,8 +260,26 @@ class RecurrentConv2D(nn.Module, abc.ABC):
     def forward(self, x: torch.Tensor, initial_state=None):
         """Keras-compatible call; see the module docstring for shapes."""
         x, state = self._prepare(x, initial_state)
-        hseq, last = self._run(x, state)
+        hseq, last, _ = self._run(x, state)
         return self._outputs(hseq, last)
+
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        times=None,
+        initial_state=None,
+        *,
+        valid: torch.Tensor | None = None,
+        step_valid: torch.Tensor | None = None,
+        calendar: str = "standard",
+        need_weights: bool = False,
+    ) -> CellFeatures:
+        """The call's output plus the hidden sequence (and, in cells that make them, embeddings
+        and attention maps). ``times``, ``valid``, ``step_valid`` and ``calendar`` are for
+        such cells (see :meth:`FAConvLSTM2D.forward_features`); here they are unused."""
+        x, state = self._prepare(x, initial_state)
+        hseq, last, maps = self._run(x, state, need_weights=need_weights)
+        return CellFeatures(self._outputs(hseq, last), hseq, attention=maps, state=last)
 
     def extra_repr(self) -> str:
         return (

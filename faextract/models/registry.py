@@ -19,10 +19,14 @@ CELLS: dict[str, type[RecurrentConv2D]] = {
 }
 
 
-def create_cell(name: str, **kwargs) -> RecurrentConv2D:
-    """Instantiate a registered cell; an unknown name lists the valid ones."""
+def cell_class(name: str) -> type[RecurrentConv2D]:
+    """The registered cell class; an unknown name lists the valid ones."""
     try:
-        cls = CELLS[name.lower()]
+        return CELLS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown cell {name!r}; choose from {', '.join(CELLS)}") from None
-    return cls(**kwargs)
+
+
+def create_cell(name: str, **kwargs) -> RecurrentConv2D:
+    """Instantiate a registered cell."""
+    return cell_class(name)(**kwargs)
