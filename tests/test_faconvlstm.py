@@ -129,6 +129,27 @@ def test_a_position_code_lets_attention_express_a_fixed_relation_between_places(
         AxialAttention(6, 8, 2, position=-1)
 
 
+def test_causal_temporal_attention_keeps_the_future_out_of_each_steps_embedding():
+    """With ``temporal_causal``, z_t is the same whatever follows t in the window (padded
+    leading steps included); without it, later steps change earlier embeddings."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 8, 8)
+    later = x.clone()
+    later[:, 4:] = torch.randn(2, 2, 3, 8, 8)
+    step_valid = torch.ones(2, 6, dtype=torch.bool)
+    step_valid[1, :2] = False
+    for causal in (True, False):
+        torch.manual_seed(1)
+        layer = FAConvLSTM2D(
+            4, 3, padding="same", data_format="channels_first", in_channels=3, embedding_dim=8,
+            temporal_heads=2, temporal_causal=causal, attention=False,
+        ).eval()  # fmt: skip
+        a = layer.forward_features(x, step_valid=step_valid).embeddings
+        b = layer.forward_features(later, step_valid=step_valid).embeddings
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a[:, :4], b[:, :4]) == causal
+
+
 def test_seasonal_code_is_periodic_across_years_and_calendars():
     from faextract.data.time import season_phase
 

@@ -146,13 +146,20 @@ class AxialAttention(nn.Module):
 class TemporalSelfAttention(nn.Module):
     """Pre-norm transformer block over ``z (B, T, d)`` with an additive positional code.
 
-    ``key_padding_mask (B, T)`` is True for padded steps, which are not attended to.
+    ``key_padding_mask (B, T)`` is True for padded steps, which are not attended to. With
+    ``causal``, step t attends to steps <= t only: z_t then depends on the past and present of
+    the input, never on later steps of its window (which would leak the future into a
+    "per-timestep" embedding and make it depend on where t falls in the window).
     """
 
-    def __init__(self, dim: int, heads: int = 4, ff_mult: int = 2, dropout: float = 0.0):
+    def __init__(
+        self, dim: int, heads: int = 4, ff_mult: int = 2, dropout: float = 0.0,
+        causal: bool = False,
+    ):  # fmt: skip
         super().__init__()
         if dim % heads:
             raise ValueError(f"embedding size {dim} must be divisible by temporal heads {heads}")
+        self.heads, self.causal = heads, causal
         self.norm1 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(dim)
@@ -164,10 +171,24 @@ class TemporalSelfAttention(nn.Module):
         self, z: torch.Tensor, pos: torch.Tensor, key_padding_mask: torch.Tensor | None = None
     ):
         h = self.norm1(z + pos)
-        if key_padding_mask is not None:
-            # A fully padded row would make softmax NaN; let such rows attend to themselves.
-            key_padding_mask = key_padding_mask & ~key_padding_mask.all(dim=1, keepdim=True)
-        a, w = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True)
+        if self.causal:
+            a, w = self.attn(h, h, h, attn_mask=self._causal_mask(z, key_padding_mask), need_weights=True)
+        else:
+            if key_padding_mask is not None:
+                # A fully padded row would make softmax NaN; let such rows attend to themselves.
+                key_padding_mask = key_padding_mask & ~key_padding_mask.all(dim=1, keepdim=True)
+            a, w = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True)
         z = z + a
         z = z + self.ff(self.norm2(z))
         return z, w
+
+    def _causal_mask(self, z: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B * heads, T, T)`` True where step t may not attend to s: s > t, or s padded;
+        every step may attend to itself (a padded step's output is not used, and a row with
+        nothing to attend to would make softmax NaN)."""
+        B, T = z.shape[:2]
+        blocked = torch.ones(T, T, dtype=torch.bool, device=z.device).triu(1).expand(B, T, T)
+        if key_padding_mask is not None:
+            blocked = blocked | key_padding_mask.bool()[:, None, :]
+        blocked = blocked & ~torch.eye(T, dtype=torch.bool, device=z.device)
+        return blocked.repeat_interleave(self.heads, dim=0)

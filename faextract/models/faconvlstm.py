@@ -106,6 +106,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         embedding_dim: int = 32,
         temporal_attention: bool = True,
         temporal_heads: int = 4,
+        temporal_causal: bool = False,
         seasonal_period: float = 365.0,
         embedding_norm: bool = True,
         head_grid: tuple[int, int] | None = None,
@@ -128,6 +129,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.embedding_dim = embedding_dim
         self.temporal_attention = temporal_attention
         self.temporal_heads = temporal_heads
+        self.temporal_causal = temporal_causal
         self.seasonal_period = seasonal_period
         self.embedding_norm = embedding_norm
         self.head_grid = tuple(head_grid) if head_grid else None
@@ -199,7 +201,9 @@ class FAConvLSTM2D(RecurrentConv2D):
             self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid)
             self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
             if self.temporal_attention:
-                self.temporal = TemporalSelfAttention(self.embedding_dim, self.temporal_heads)
+                self.temporal = TemporalSelfAttention(
+                    self.embedding_dim, self.temporal_heads, causal=self.temporal_causal
+                )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
