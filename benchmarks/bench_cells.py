@@ -2,7 +2,7 @@
 
     python benchmarks/bench_cells.py [--quick] [--device all|cpu|cuda] [--rounds N]
 
-Setting (issue #3): filters=64, kernel 3, input B=4, T=12, 64x64, C=8; on CPU, and on CUDA
+Setting: filters=64, kernel 3, input B=4, T=12, 64x64, C=8; on CPU, and on CUDA
 with bf16 autocast when a GPU is present. Targets: FAConvLSTM2D has >= 10x fewer parameters
 and FLOPs and >= 3x the forward+backward throughput of ConvLSTM2D. Parameters are those the
 recurrent path uses (``forward``); the embedding head used only by ``forward_features`` is

@@ -5,7 +5,7 @@
 One run prints: windows/s and MB/s of :class:`faextract.data.WindowDataset` over a Zarr store
 vs a plain ``zarr`` read of the same bytes (the same time ranges, no normalization or tiling),
 with 0, 1 and 2 DataLoader workers; and the peak RSS of a full pass over a store 1x and 10x as
-long (each in a fresh process). Targets (issue #2): >= 70% of the plain read throughput; peak
+long (each in a fresh process). Targets: >= 70% of the plain read throughput; peak
 RSS grows < 20% for 10x the data.
 """
 

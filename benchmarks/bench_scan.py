@@ -5,7 +5,7 @@
 Training-step (forward + backward) throughput and peak memory for T in {12, 48, 192}, on CPU
 and on CUDA when present. Widths are chosen so that every cell has about the parameters of a
 ConvLSTM2D of width 32 with input width 32 (72 h^2: MinConvGRU is 18 h^2, MinConvLSTM 27 h^2).
-Targets at T=48 (issue #7): MinConvGRU >= 3x ConvLSTM2D on CUDA and >= 1.5x on 2 CPU cores.
+Targets at T=48: MinConvGRU >= 3x ConvLSTM2D on CUDA and >= 1.5x on 2 CPU cores.
 The minimal cells run their default solver for the device (sequential on CPU, chunked log-space
 scan on CUDA); the "log-space" rows force the parallel scan to show why CPU does not use it.
 On the CPU each cell runs in a fresh process once per round (every cell of a length in turn),

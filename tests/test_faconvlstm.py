@@ -111,8 +111,8 @@ def test_a_position_code_lets_attention_express_a_fixed_relation_between_places(
     from faextract.models.attention import AxialAttention
 
     torch.manual_seed(0)
-    plain = AxialAttention(6, 8, 2, periodic_lon=True)
-    placed = AxialAttention(6, 8, 2, periodic_lon=True, position=3)
+    plain = AxialAttention(6, 8, 2, periodic=True)
+    placed = AxialAttention(6, 8, 2, periodic=True, position=3)
     placed.load_state_dict(plain.state_dict(), strict=False)
     x = torch.randn(1, 6, 4, 8).expand(1, 6, 4, 8).contiguous()
     torch.testing.assert_close(placed(x)[0], plain(x)[0])

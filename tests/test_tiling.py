@@ -31,7 +31,7 @@ def test_untile_of_tile_is_identity_bitwise(shape, tile, halo, time, edge, perio
     T, H, W = shape
     x = rng.standard_normal((T, 2, H, W)).astype(np.float32)
     x[:, 0, :3, :4] = np.nan  # a "land" patch
-    tiler = Tiler(spec, shape, periodic_lon=periodic)
+    tiler = Tiler(spec, shape, periodic=periodic)
     tiles = tiler.tile(x)
     assert tiles.shape[1:] == (window, 2, *tiler.tile_shape)
     y = tiler.untile(tiles)
@@ -53,7 +53,7 @@ def test_every_cell_is_covered_and_padding_is_masked(rng):
 
 def test_periodic_longitude_wraps_but_latitude_does_not():
     spec = TileSpec(window=1, tile=(6, 6), halo=2)
-    tiler = Tiler(spec, (1, 8, 8), periodic_lon=True)
+    tiler = Tiler(spec, (1, 8, 8), periodic=True)
     first = tiler.windows[0]
     assert list(first.lon[:2]) == [6, 7], "lon halo wraps to the other side of the globe"
     assert list(first.lat[:2]) == [-1, -1], "lat halo is padding"

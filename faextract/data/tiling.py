@@ -72,6 +72,8 @@ class TileSpec:
 
     @property
     def step(self) -> int:
+        """Steps between window starts: ``stride``, or by default ``window - warmup``, i.e. the
+        kept steps of each window (what ``faextract embed --keep`` sets)."""
         return self.stride if self.stride is not None else self.window - self.warmup
 
 
@@ -122,7 +124,7 @@ def _as_index(idx: np.ndarray):
 class Tiler:
     """All windows of a cube of ``shape = (T, H, W)`` under ``spec``."""
 
-    def __init__(self, spec: TileSpec, shape: tuple[int, int, int], periodic_lon: bool = False):
+    def __init__(self, spec: TileSpec, shape: tuple[int, int, int], periodic: bool = False):
         self.spec = spec
         self.shape = tuple(int(s) for s in shape)
         T, H, W = self.shape
@@ -131,7 +133,7 @@ class Tiler:
             H, h, spec.halo, spec.multiple, spec.edge, False
         )
         self.lon_tiles, self.lon_weight = _axis_tiles(
-            W, w, spec.halo, spec.multiple, spec.edge, periodic_lon
+            W, w, spec.halo, spec.multiple, spec.edge, periodic
         )
         self.time_starts = self._time_starts(T)
         self.windows = [

@@ -3,7 +3,7 @@
 Evaluation compares features with *anomalies*: what is left of a field after its mean seasonal
 cycle. How that cycle is estimated matters. Daily data minus a monthly climatology removed
 step-wise jumps on every first of the month, and a feature extractor learns the jump as if it
-were weather (reference.md §8). So:
+were weather. So:
 
 - data of a month or coarser: the mean of each calendar month (exact for monthly data);
 - finer data: a least-squares fit of the mean and ``HARMONICS`` annual harmonics of the phase

@@ -4,7 +4,7 @@ A ridge regression from the features at step t to each target at step t + lead, 
 held-out R^2 of predictions pooled over all test blocks (1 - SSE / SS around the mean of the
 tested targets; 0 is the skill of a constant, below 0 worse than one).
 
-Time series leak through overlapping windows, so (reference.md §8):
+Time series leak through overlapping windows and autocorrelation, so:
 
 - test rows are contiguous blocks (``folds`` of them, covering the record);
 - training rows keep ``gap = window + lead`` steps away from a test block on both sides: an

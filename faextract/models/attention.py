@@ -67,7 +67,7 @@ class AxialAttention(nn.Module):
         channels: int,
         dim: int = 16,
         heads: int = 2,
-        periodic_lon: bool = False,
+        periodic: bool = False,
         position: int = 0,
     ):
         super().__init__()
@@ -75,7 +75,7 @@ class AxialAttention(nn.Module):
             raise ValueError(f"attention width {dim} must be divisible by heads {heads}")
         if position < 0:
             raise ValueError(f"attention position frequencies must be >= 0, got {position}")
-        self.dim, self.heads, self.periodic_lon = dim, heads, periodic_lon
+        self.dim, self.heads, self.periodic = dim, heads, periodic
         self.position = int(position)
         self.qkv = nn.Conv2d(channels, 5 * dim, 1)
         # (q_row, k_row, q_col, k_col) from the position code; zero: content-only at the start
@@ -105,7 +105,7 @@ class AxialAttention(nn.Module):
         y = (torch.arange(H, device=device, dtype=torch.float32) + 0.5) / H
         x = (torch.arange(W, device=device, dtype=torch.float32) + 0.5) / W
         ay = math.pi * k[:, None] * y[None]  # (K, H)
-        ax = (2 if self.periodic_lon else 1) * math.pi * k[:, None] * x[None]  # (K, W)
+        ax = (2 if self.periodic else 1) * math.pi * k[:, None] * x[None]  # (K, W)
         rows = torch.cat([ay.sin(), ay.cos()])[:, :, None].expand(-1, H, W)
         cols = torch.cat([ax.sin(), ax.cos()])[:, None, :].expand(-1, H, W)
         return torch.cat([rows, cols])[None].to(dtype)
@@ -126,7 +126,7 @@ class AxialAttention(nn.Module):
             return t.reshape(B, n, d, H, W).permute(0, 4, 1, 3, 2).reshape(B * W, n, H, d)
 
         scale = F.softplus(self.distance_scale)
-        bias_r = -scale[0][:, None, None] * _distance_bias(W, self.periodic_lon, x.device)
+        bias_r = -scale[0][:, None, None] * _distance_bias(W, self.periodic, x.device)
         bias_c = -scale[1][:, None, None] * _distance_bias(H, False, x.device)
         o_r, w_r = self._attend(rows(qr), rows(kr), rows(v), bias_r.to(x.dtype), need_weights)
         # back to (B, dim, H, W), then attend along columns over the row output

@@ -24,7 +24,7 @@ paper's components, each of which can be switched off on its own for ablations:
 ``forward`` returns the ConvLSTM2D outputs; ``forward_features(x, times)`` returns
 :class:`FAFeatures` with the embeddings ``(B, T, d)``, the hidden sequence and attention maps.
 
-Defaults (the paper does not fix them; reference.md §1 gives ranges):
+Defaults (the paper does not fix them):
 
 - ``bottleneck = max(4, filters // 4)``: at filters=64 this makes the gate path ~25x cheaper
   than ConvLSTM2D's dense convolutions while keeping 16 channels of mixing;

@@ -2,7 +2,7 @@
 
 Autograd would record ~15 elementwise ops per step forward and replay ~25 backward, each
 streaming a full ``(B, F, H, W)`` tensor through memory, which is what bounds the factorized
-cell on the CPU (issue #3's measurements). Two implementations of the same function:
+cell on the CPU (``benchmarks/bench_cells.py``). Two implementations of the same function:
 
 - float32 on the CPU: the C kernels of :mod:`faextract.models.kernels`, one pass forward and one
   backward (the backward recomputes the activations from ``z`` and ``c``);

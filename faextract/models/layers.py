@@ -77,11 +77,11 @@ def conv_output_size(size: int, kernel: int, stride: int, dilation: int, padding
 
 
 def pad_spatial(
-    x: torch.Tensor, pads: tuple[int, int, int, int], periodic_lon: bool = False
+    x: torch.Tensor, pads: tuple[int, int, int, int], periodic: bool = False
 ) -> torch.Tensor:
     """Pad ``(N, C, H, W)`` by ``(left, right, top, bottom)``: zeros in lat, circular in lon if asked."""
     left, right, top, bottom = pads
-    if periodic_lon and (left or right):
+    if periodic and (left or right):
         parts = [x[..., x.shape[-1] - left :]] if left else []
         parts += [x, x[..., :right]] if right else [x]
         x = torch.cat(parts, dim=-1)
@@ -214,24 +214,24 @@ class DepthwiseConv(nn.Module):
     """Depthwise 'same' convolution ``(N, C, H, W) -> (N, C, H, W)``, circular in lon if periodic."""
 
     def __init__(
-        self, channels: int, kernel_size: int = 3, dilation: int = 1, periodic_lon: bool = False
+        self, channels: int, kernel_size: int = 3, dilation: int = 1, periodic: bool = False
     ):
         super().__init__()
         self.conv = nn.Conv2d(
             channels, channels, kernel_size, dilation=dilation, groups=channels, bias=False
         )
         self.pad = (kernel_size - 1) * dilation
-        self.periodic_lon = periodic_lon
+        self.periodic = periodic
         if self.pad % 2 == 0:  # symmetric: let the convolution zero-pad (no padded copy)
-            self.conv.padding = (self.pad // 2, 0 if periodic_lon else self.pad // 2)
+            self.conv.padding = (self.pad // 2, 0 if periodic else self.pad // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1 = self.pad // 2, self.pad - self.pad // 2
         if self.pad % 2 == 0:
-            if self.periodic_lon and p0:
+            if self.periodic and p0:
                 x = pad_spatial(x, (p0, p1, 0, 0), True)
         else:
-            x = pad_spatial(x, (p0, p1, p0, p1), self.periodic_lon)
+            x = pad_spatial(x, (p0, p1, p0, p1), self.periodic)
         return depthwise_conv2d(x, self.conv.weight, self.conv.padding, self.conv.dilation[0])
 
 

@@ -1,7 +1,7 @@
 """Fused CPU kernels in C, compiled on first use and called through ctypes.
 
-Why: on the CPU the factorized cells are bound by memory passes, not FLOPs (issue #3's
-measurements): PyTorch runs each elementwise op as its own pass over a full ``(B, F, H, W)``
+Why: on the CPU the factorized cells are bound by memory passes, not FLOPs (measured with
+``benchmarks/bench_cells.py``): PyTorch runs each elementwise op as its own pass over a full ``(B, F, H, W)``
 tensor, and an LSTM step with peepholes makes ~30 of them forward and backward. The C kernels
 here do a step in one pass each way. They are an accelerator, never a requirement: without a C
 compiler, with ``FAEXTRACT_CPU_KERNELS=0``, or for tensors they do not cover (CUDA, float64,
