@@ -92,60 +92,59 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
     options = StatsOptions(area_weighted=options.area_weighted, climatology=kind)
     arr = cube.to_array().data.astype(np.float64)  # (T, C, H, W) dask
     T, C, H, W = arr.shape
-    w2d = _area_weights(cube.lat, W) if options.area_weighted else np.ones((H, W))
-    w = da.from_array(w2d, chunks=-1)[None, None]
     finite = da.isfinite(arr)
-    infs = da.isinf(arr).sum(axis=(0, 2, 3))
-    count = finite.sum(axis=(0, 2, 3))
+    checks = (da.isinf(arr).sum(axis=(0, 2, 3)), finite.sum(axis=(0, 2, 3)))  # infs, counts
+    clim, count_v = None, None
+    if options.climatology != "none":
+        # The climatology's pass also checks the values; the moments then need no second check.
+        clim, anomalies, count_v = _climatology(cube, arr, finite, checks, options.climatology, progress)
+        arr, finite = anomalies, da.isfinite(anomalies)
+    w2d = _area_weights(cube.lat, W) if options.area_weighted else np.ones((H, W))
+    wf = da.where(finite, da.from_array(w2d, chunks=-1)[None, None], 0.0)
+    xz = da.where(finite, arr, 0.0)
+    moments = ((wf).sum(axis=(0, 2, 3)), (wf * xz).sum(axis=(0, 2, 3)), (wf * xz * xz).sum(axis=(0, 2, 3)))
+    with _progress(progress, "statistics"):
+        if clim is None:
+            sw, s1, s2, infs_v, count_v = dask.compute(*moments, *checks)
+            _validate(cube, infs_v, count_v)
+        else:
+            sw, s1, s2 = dask.compute(*moments)
+    mean = s1 / np.maximum(sw, 1e-300)
+    std = np.sqrt(np.maximum(s2 / np.maximum(sw, 1e-300) - mean**2, 0.0))
+    std = np.where(std > 0, std, 1.0)  # a constant channel normalizes to 0, not inf
+    return _statistics_dataset(cube, options, mean, std, count_v / float(T * H * W), clim)
 
-    clim = None
-    if options.climatology == "harmonic":
+
+def _climatology(cube: Cube, arr, finite, checks, kind: str, progress):
+    """``(climatology (S, C, H, W), anomalies (dask, like arr), valid counts per channel)``:
+    the harmonic fit, or the mean of each month or day of the year, per grid point."""
+    xz = da.where(finite, arr, 0.0)
+    if kind == "harmonic":
         phase = season_phase(cube.time.values, cube.calendar)
         b = da.from_array(harmonics.basis(phase), chunks=(arr.chunks[0], -1))
         b2 = da.from_array(harmonics.basis(phase, 2 * harmonics.HARMONICS), chunks=(arr.chunks[0], -1))
-        xz = da.where(finite, arr, 0.0)
         rhs = da.einsum("tk,tchw->kchw", b, xz)
         moments = da.einsum("tj,tchw->jchw", b2, finite.astype(np.float64))
         with _progress(progress, "climatology"):
-            rhs, moments, infs_v, count_v = dask.compute(rhs, moments, infs, count)
+            rhs, moments, infs_v, count_v = dask.compute(rhs, moments, *checks)
         _validate(cube, infs_v, count_v)
         clim = harmonics.solve(moments, rhs)  # (K, C, H, W), NaN where too few valid steps
-        arr = arr - da.einsum("tk,kchw->tchw", b, da.from_array(clim, chunks=-1))
-        finite = da.isfinite(arr)
-    elif options.climatology != "none":
-        keys = season_index(cube.time, options.climatology)
-        nseason = 12 if options.climatology == "monthly" else 366
-        onehot = np.zeros((T, nseason), dtype=np.float64)
-        onehot[np.arange(T), keys - 1] = 1.0
-        oh = da.from_array(onehot, chunks=(arr.chunks[0], -1))
-        xz = da.where(finite, arr, 0.0)
-        sums = da.einsum("ts,tchw->schw", oh, xz)
-        cnts = da.einsum("ts,tchw->schw", oh, finite.astype(np.float64))
-        with _progress(progress, "climatology"):
-            sums, cnts, infs_v, count_v = dask.compute(sums, cnts, infs, count)
-        _validate(cube, infs_v, count_v)
-        clim = _finish_climatology(sums, cnts, keys, options.climatology, cube)
-        clim_da = da.from_array(clim, chunks=(-1, -1, -1, -1))
-        sub = clim_da[keys - 1]
-        arr = arr - sub.rechunk(arr.chunks)
-        finite = da.isfinite(arr)
+        return clim, arr - da.einsum("tk,kchw->tchw", b, da.from_array(clim, chunks=-1)), count_v
+    keys = season_index(cube.time, kind)
+    onehot = np.zeros((arr.shape[0], 12 if kind == "monthly" else 366), dtype=np.float64)
+    onehot[np.arange(arr.shape[0]), keys - 1] = 1.0
+    oh = da.from_array(onehot, chunks=(arr.chunks[0], -1))
+    sums = da.einsum("ts,tchw->schw", oh, xz)
+    cnts = da.einsum("ts,tchw->schw", oh, finite.astype(np.float64))
+    with _progress(progress, "climatology"):
+        sums, cnts, infs_v, count_v = dask.compute(sums, cnts, *checks)
+    _validate(cube, infs_v, count_v)
+    clim = _finish_climatology(sums, cnts, keys, kind, cube)
+    sub = da.from_array(clim, chunks=(-1, -1, -1, -1))[keys - 1]
+    return clim, arr - sub.rechunk(arr.chunks), count_v
 
-    wf = da.where(finite, w, 0.0)
-    xz = da.where(finite, arr, 0.0)
-    sw = wf.sum(axis=(0, 2, 3))
-    s1 = (wf * xz).sum(axis=(0, 2, 3))
-    s2 = (wf * xz * xz).sum(axis=(0, 2, 3))
-    with _progress(progress, "statistics"):
-        if clim is None:
-            sw, s1, s2, infs_v, count_v = dask.compute(sw, s1, s2, infs, count)
-            _validate(cube, infs_v, count_v)
-        else:
-            sw, s1, s2 = dask.compute(sw, s1, s2)
-    mean = s1 / np.maximum(sw, 1e-300)
-    var = np.maximum(s2 / np.maximum(sw, 1e-300) - mean**2, 0.0)
-    std = np.sqrt(var)
-    std = np.where(std > 0, std, 1.0)  # a constant channel normalizes to 0, not inf
 
+def _statistics_dataset(cube: Cube, options: StatsOptions, mean, std, valid, clim) -> xr.Dataset:
     out = xr.Dataset(
         {
             "mean": ("channel", mean.astype(np.float64), {"long_name": "mean of each channel"}),
@@ -156,7 +155,7 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
             ),
             "valid_fraction": (
                 "channel",
-                (count_v / float(T * H * W)).astype(np.float64),
+                valid.astype(np.float64),
                 {"long_name": "fraction of finite values", "units": "1"},
             ),
         },
