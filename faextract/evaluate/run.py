@@ -124,14 +124,7 @@ def evaluate(
 ) -> Report:
     """Evaluate embedding ``stores`` of ``inputs`` into the folder ``out``; see the module."""
     opts = options or EvaluateOptions()
-    if not stores:
-        raise DataError("evaluate needs at least one embeddings store")
-    if any(lead < 0 for lead in opts.leads) or not opts.leads:
-        raise DataError(f"--leads must be whole numbers >= 0, got {list(opts.leads)}")
-    if not opts.indices and not opts.eof_targets:
-        raise DataError("nothing to probe: give an --index or keep --eof-targets above 0")
-    if opts.folds < 2:
-        raise DataError(f"--folds must be at least 2, got {opts.folds}")
+    _check_options(stores, opts)
     out = Path(out)
     present = existing_output(
         out, inputs=[*inputs, *stores, *perturbed], ours=is_evaluation_dir, what="evaluation folder"
@@ -160,17 +153,7 @@ def evaluate(
     task = progress.start("evaluating", total=len(loaded) + 2) if progress else None
     reports = []
     for s in loaded:
-        r = _measure(s.path, np.asarray(s.z), s.z, targets, data, opts, s.window)
-        rep = StoreReport(**vars(r), path=s.path, cell=s.cell, embedding_dim=s.embedding_dim,
-                          tiles=s.tiles, window=s.window)  # fmt: skip
-        rep.component_std = [float(v) for v in metrics.component_std(s.z)]
-        rep.regimes = regimes(s.z, data.cal.month, opts.regimes)
-        for p in shaken:
-            if p.checkpoint == s.checkpoint and p.path != s.path:
-                rep.robustness[p.path] = {"perturb": p.perturb, **metrics.relative_change(s.z, p.z)}
-        if s.dataset is not None:
-            rep.attention = attention.summarize(s.dataset, s.queries)
-        reports.append(rep)
+        reports.append(_store_report(s, shaken, targets, data, opts))
         if task is not None:
             progress.advance(task, 1)
 
@@ -200,6 +183,33 @@ def evaluate(
         remove_output(out)
     write(report, out)
     return report
+
+
+def _check_options(stores: Sequence[str], opts: EvaluateOptions) -> None:
+    if not stores:
+        raise DataError("evaluate needs at least one embeddings store")
+    if any(lead < 0 for lead in opts.leads) or not opts.leads:
+        raise DataError(f"--leads must be whole numbers >= 0, got {list(opts.leads)}")
+    if not opts.indices and not opts.eof_targets:
+        raise DataError("nothing to probe: give an --index or keep --eof-targets above 0")
+    if opts.folds < 2:
+        raise DataError(f"--folds must be at least 2, got {opts.folds}")
+
+
+def _store_report(s, shaken, targets, data, opts: EvaluateOptions) -> StoreReport:
+    """Everything measured on one store: probes, use of the embedding, regimes, robustness
+    against the perturbed stores made with the same checkpoint, attention."""
+    r = _measure(s.path, np.asarray(s.z), s.z, targets, data, opts, s.window)
+    rep = StoreReport(**vars(r), path=s.path, cell=s.cell, embedding_dim=s.embedding_dim,
+                      tiles=s.tiles, window=s.window)  # fmt: skip
+    rep.component_std = [float(v) for v in metrics.component_std(s.z)]
+    rep.regimes = regimes(s.z, data.cal.month, opts.regimes)
+    for p in shaken:
+        if p.checkpoint == s.checkpoint and p.path != s.path:
+            rep.robustness[p.path] = {"perturb": p.perturb, **metrics.relative_change(s.z, p.z)}
+    if s.dataset is not None:
+        rep.attention = attention.summarize(s.dataset, s.queries)
+    return rep
 
 
 __all__ = ["Calendar", "EvaluateOptions", "IndexSpec", "evaluate"]
