@@ -258,8 +258,11 @@ class Checkpoint:
         if "epoch" in d and "step" in d:
             names = {f.name for f in dataclasses.fields(TrainingState)}
             training = TrainingState(**{k: v for k, v in d.items() if k in names})
+        args = dict(d["model"]["args"])
+        # Models trained before z_t was made causal attended to later steps of the window.
+        args.setdefault("causal_embedding", False)
         return cls(
-            model_args=dict(d["model"]["args"]),
+            model_args=args,
             state_dict=d["model"]["state_dict"],
             config=d.get("config") or {},
             stats=stats_from_dict(d["stats"]),

@@ -288,7 +288,7 @@ def validate(config: Config) -> Config:
         for name in inspect.signature(klass.__init__).parameters
     } - {"self", "args", "kwargs", "filters", "kernel_size", "padding", "data_format",
          "return_sequences", "in_channels", "embedding_dim", "periodic", "seasonal_period",
-         "embedding_norm", "head_grid"}  # fmt: skip
+         "embedding_norm", "head_grid", "temporal_causal"}  # fmt: skip
     for key in m.cell_options:
         if key not in accepted:
             raise ConfigError(

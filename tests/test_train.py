@@ -26,6 +26,11 @@ def test_train_writes_a_self_describing_checkpoint(tmp_path, tiny_config):
     assert ckpt.faextract_version and ckpt.config["model"]["filters"] == 8
     assert ckpt.tiles.window == 6 and ckpt.tiles.multiple == 2**ckpt.model_args["downsample"]
     assert ckpt.training.epoch == 2 and ckpt.training.optimizer and ckpt.training.rng
+    assert ckpt.model_args["causal_embedding"] is True  # z_t from steps <= t
+    # a checkpoint written before that was recorded keeps the model it was trained as
+    payload = ckpt.to_payload()
+    del payload["model"]["args"]["causal_embedding"]
+    assert Checkpoint.from_payload(payload).model_args["causal_embedding"] is False
     model = ckpt.build_model()  # rebuilds without the config file
     assert isinstance(model, torch.nn.Module)
     assert list(ckpt.stats["channel"].values) == ["sst", "t2m", "sp"]

@@ -18,8 +18,10 @@ makes z a linearly decodable summary of the large-scale state and of where it is
 (with 0 horizons it is a nonlinear cousin of the leading EOFs; the horizons make it keep
 what the recurrent memory knows of the future, which a snapshot's EOFs cannot).
 
-FAConvLSTM produces z itself (subspace head + seasonal temporal attention); the other cells
-get a plain :class:`~faextract.models.subspace.SubspaceHead`. Spatial convolutions wrap around
+FAConvLSTM produces z itself (subspace head + seasonal temporal attention, causal with
+``causal_embedding``: z_t then depends on steps <= t only, never on later steps of its window,
+which would leak the future into a per-step feature); the other cells get a plain
+:class:`~faextract.models.subspace.SubspaceHead` on their (causal) hidden state. Spatial convolutions wrap around
 in longitude for periodic global grids and pad with zeros in latitude. The cells are
 residual (as in the minimal conv RNNs' official layout): the recurrent state only has to carry
 what the current frame does not show, which trains several times faster than a plain stack.
@@ -140,6 +142,7 @@ class ClimateAutoencoder(nn.Module):
         embedding_horizon: int = 0,
         embedding_norm: bool = True,
         head_grid: tuple[int, int] | None = None,
+        causal_embedding: bool = False,
     ):
         super().__init__()
         if embedding_horizon < 0:
@@ -178,6 +181,7 @@ class ClimateAutoencoder(nn.Module):
                     seasonal_period=seasonal_period,
                     embedding_norm=embedding_norm,
                     head_grid=head_grid,
+                    temporal_causal=causal_embedding,
                 )
                 kw.update(options)
                 kw["embedding_dim"] = embedding_dim if i == layers - 1 else 0

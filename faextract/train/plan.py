@@ -66,6 +66,8 @@ def model_args(config: Config, cube) -> dict:
         ),
         embedding_horizon=m.embedding_horizon,
         embedding_norm=m.embedding_norm,
+        # z_t from steps <= t only (checkpoints from before this was recorded: False)
+        causal_embedding=True,
         head_grid=_head_grid(m.head_grid, cube.shape[2:], 2**m.downsample),
     )
 
