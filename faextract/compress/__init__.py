@@ -1,0 +1,13 @@
+"""Error-bounded compression of climate cubes (the foundation-model codec of Li, Lee,
+Rangarajan & Ranka, arXiv 2412.17184), built in slices:
+
+- :mod:`~faextract.compress.entropy`: integer symbols <-> bytes with constriction's ANS coder,
+  the model carried as integer counts, so a stream decodes bit-identically on any machine;
+- :mod:`~faextract.compress.guarantee`: the pointwise error bound enforced on the float32
+  result whatever the predictor reconstructs (quantized residual, exact exceptions);
+- :mod:`~faextract.compress.mask`: missing values (NaN masks that change in time), lossless.
+
+Not yet here: the VAE + hyperprior + super-resolution model and its training, the patch-wise
+NRMSE guarantee, the block container and ``faextract compress``/``decompress``, and the
+benchmark against SZ3, ZFP and SPERR.
+"""

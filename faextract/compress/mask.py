@@ -1,0 +1,53 @@
+"""Missing-value masks, stored losslessly: where a field is NaN (land, sea ice, a mask that
+changes in time) is data too, and a decompressed field must have NaN exactly there.
+
+A mask is bit-packed and deflated: land masks are long runs, and a mask that does not change
+from one step to the next costs almost nothing once deflated. ``inf`` is not a missing value:
+:func:`encode_mask` refuses it (a codec cannot bound an error against infinity).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from faextract.compress.entropy import seal, unseal
+from faextract.errors import DataError
+
+_HEADER = struct.Struct("<4sB")
+MAGIC = b"FXM1"
+
+
+def encode_mask(values: np.ndarray, what: str = "the input") -> tuple[bytes, np.ndarray]:
+    """``(bytes, valid)``: the mask of finite values of ``values`` (any shape) and the bytes
+    that :func:`decode_mask` turns back into it."""
+    if np.isinf(values).any():
+        raise DataError(f"{what} holds infinite values; replace them (e.g. by NaN) first")
+    valid = ~np.isnan(values)
+    if valid.all():
+        payload = _HEADER.pack(MAGIC, 1)
+    elif not valid.any():
+        payload = _HEADER.pack(MAGIC, 2)
+    else:
+        payload = _HEADER.pack(MAGIC, 0) + zlib.compress(np.packbits(valid, axis=None).tobytes(), 9)
+    return seal(payload), valid
+
+
+def decode_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The boolean mask (True = valid) of ``shape`` that :func:`encode_mask` wrote."""
+    data = unseal(data, "a compressed mask")
+    try:
+        magic, kind = _HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise ValueError("not a mask stream")
+        if kind in (1, 2):
+            return np.full(shape, kind == 1, dtype=bool)
+        bits = np.frombuffer(zlib.decompress(data[_HEADER.size :]), dtype=np.uint8)
+        n = int(np.prod(shape))
+        if bits.size != -(-n // 8):
+            raise ValueError("wrong size")
+        return np.unpackbits(bits, count=n).astype(bool).reshape(shape)
+    except (ValueError, struct.error, zlib.error) as err:
+        raise DataError(f"a compressed mask does not decode ({err})") from None
