@@ -124,3 +124,46 @@ def test_masks_roundtrip_losslessly_and_inf_is_refused(kind):
     x[0, 0, 0] = np.inf
     with pytest.raises(DataError, match="infinite"):
         encode_mask(x, "sst")
+
+
+def _patch_rmse(out, x, valid):
+    from faextract.compress.patches import _to_patches
+
+    err = np.where(valid, out.astype(np.float64) - x.astype(np.float64), 0.0)
+    ep, _ = _to_patches(err)
+    vp, _ = _to_patches(valid.astype(np.float64))
+    return np.sqrt((ep**2).sum(axis=1) / np.maximum(vp.sum(axis=1), 1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 17), (7, 73, 144), (8, 181, 36)])
+@pytest.mark.parametrize("rough", [False, True])
+@pytest.mark.parametrize("rel", [1e-2, 1e-4, 1e-7])
+def test_the_patch_bound_holds_for_every_patch(shape, rough, rel):
+    """``--nrmse``: the RMSE over the valid points of every 8x8 patch of every frame is <= E
+    on the float32 result, for any predictor, bound and changing mask; NaN stays NaN."""
+    from faextract.compress.patches import patch_decode, patch_encode
+
+    rng = np.random.default_rng(hash((shape, rough, rel, "patch")) % 2**32)
+    x = _field(rng, shape, rough)
+    x[rng.random(shape) < 0.2] = np.nan
+    valid = np.isfinite(x)
+    E = rel * float(np.nanmax(x) - np.nanmin(x) or 1.0)
+    for x_hat in (np.nan_to_num(x + rng.normal(0, 5, shape).astype(np.float32)), np.zeros(shape, np.float32)):
+        codes, encoder_view = patch_encode(x, x_hat, valid, E)
+        out = patch_decode(x_hat, valid, codes, E)
+        np.testing.assert_array_equal(out, encoder_view)
+        assert np.isnan(out[~valid]).all() and np.isfinite(out[valid]).all()
+        assert (_patch_rmse(out, x, valid) <= E).all()
+
+
+def test_the_patch_bound_keeps_few_coefficients_for_a_good_predictor():
+    """Smooth residuals need few basis vectors: the patch mode stores far fewer numbers than
+    there are points (what makes it cheaper than the pointwise bound)."""
+    from faextract.compress.patches import patch_encode
+
+    rng = np.random.default_rng(5)
+    x = _field(rng, (8, 64, 64), rough=False)
+    y, xx = np.meshgrid(np.linspace(0, 1, 64), np.linspace(0, 1, 64), indexing="ij")
+    x_hat = x + (0.5 * np.sin(6 * y + 3 * xx)).astype(np.float32)[None]  # a smooth error
+    codes, _ = patch_encode(x, x_hat, np.isfinite(x), 0.05)
+    assert codes.coefficients.size < 0.1 * x.size

@@ -5,9 +5,12 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
   the model carried as integer counts, so a stream decodes bit-identically on any machine;
 - :mod:`~faextract.compress.guarantee`: the pointwise error bound enforced on the float32
   result whatever the predictor reconstructs (quantized residual, exact exceptions);
+- :mod:`~faextract.compress.patches`: the patch-wise guarantee (RMSE of every 8x8 patch <= E,
+  hence NRMSE), a PCA basis over the residual patches with the shortest prefix of quantized
+  coefficients, checked on the float32 result;
 - :mod:`~faextract.compress.mask`: missing values (NaN masks that change in time), lossless.
 
-Not yet here: the VAE + hyperprior + super-resolution model and its training, the patch-wise
-NRMSE guarantee, the block container and ``faextract compress``/``decompress``, and the
+Not yet here: the VAE + hyperprior + super-resolution model and its training, the block
+container and ``faextract compress``/``decompress``, and the
 benchmark against SZ3, ZFP and SPERR.
 """
