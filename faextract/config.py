@@ -103,6 +103,9 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     bf16: bool = True  # autocast on CUDA only
     compile: bool = False
+    # torch.compile mode for the cells: default, reduce-overhead, max-autotune,
+    # max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     num_workers: int = 0
     log_every: int = 10  # steps between metric rows
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of epoch only
@@ -306,6 +309,8 @@ def validate(config: Config) -> Config:
     for key in ("warmup_steps", "early_stopping", "num_workers", "checkpoint_every"):
         _need(getattr(tr, key) >= 0, f"train.{key}", "an integer >= 0", getattr(tr, key))
     _need(tr.log_every >= 1, "train.log_every", "an integer >= 1", tr.log_every)
+    modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    _need(tr.compile_mode in modes, "train.compile_mode", " or ".join(modes), tr.compile_mode)
     check_device(tr.device, "train.device")
     return config
 

@@ -213,6 +213,12 @@ class ClimateAutoencoder(nn.Module):
         """Spatial sizes must be multiples of this (the downsampling factor)."""
         return 2**self.downsample
 
+    def compile_cells(self, mode: str = "default") -> None:
+        """``torch.compile`` what the encoder calls in each cell (its ``forward_features``);
+        each cell traces as one graph (tests/test_compile.py)."""
+        for cell in self.cells:
+            cell.forward_features = torch.compile(cell.forward_features, mode=mode)
+
     @property
     def attention_layout(self) -> tuple[int, int] | None:
         """``(k, heads)``: :meth:`encode` with ``need_weights`` returns spatial attention on

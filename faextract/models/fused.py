@@ -67,22 +67,21 @@ class _LSTMPointwise(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dc_new):
         i, f, g, o, tc, c, c_new, peep = ctx.saved_tensors
-        F_ = i.shape[1]
-        dz = torch.empty((i.shape[0], 4 * F_, *i.shape[2:]), dtype=i.dtype, device=i.device)
-        dzi, dzf, dzc, dzo = dz.split(F_, dim=1)
         if dh is None:
             dh = torch.zeros_like(o)
         # o gate: h = o * tanh(c_new)
-        torch.mul(dh * tc, o * (1 - o), out=dzo)
+        dzo = dh * tc * (o * (1 - o))
         # total gradient reaching c_new: from dc_new, from h through tanh, from the o peephole
         dct = dh * o * (1 - tc * tc)
         if dc_new is not None:
             dct = dct + dc_new
         if ctx.has_peep:
             dct = torch.addcmul(dct, dzo, peep[2])
-        torch.mul(dct * g, i * (1 - i), out=dzi)
-        torch.mul(dct * c, f * (1 - f), out=dzf)
-        torch.mul(dct * i, 1 - g * g, out=dzc)
+        dzi = dct * g * (i * (1 - i))
+        dzf = dct * c * (f * (1 - f))
+        dzc = dct * i * (1 - g * g)
+        # one concatenation, not out= writes into views of dz: those break torch.compile's graph
+        dz = torch.cat([dzi, dzf, dzc, dzo], dim=1)
         dc = dct * f
         dpeep = None
         if ctx.has_peep:

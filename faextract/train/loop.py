@@ -183,8 +183,7 @@ class _Run:
         if ckpt is not None:
             self._restore(ckpt)
         if tc.compile:
-            for cell in self.model.cells:
-                cell.compile()
+            self.model.compile_cells(tc.compile_mode)
         self.net = self.model
         if info.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(

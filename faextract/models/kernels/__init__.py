@@ -206,8 +206,10 @@ def disabled():
 
 
 def covers(*tensors: torch.Tensor | None) -> bool:
-    """Whether the kernels can take these tensors (contiguous float32 on the CPU) and are built."""
-    if _held_off:
+    """Whether the kernels can take these tensors (contiguous float32 on the CPU) and are built.
+    Never while ``torch.compile`` traces: a ctypes call is opaque to it (a graph break per call),
+    and the PyTorch path it traces instead computes the same function."""
+    if _held_off or torch.compiler.is_compiling():
         return False
     for t in tensors:
         if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
