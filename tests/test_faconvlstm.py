@@ -241,3 +241,18 @@ def test_non_default_activations_take_the_unfused_path():
     assert not layer._fused
     out = layer(torch.randn(1, 3, 5, 5, 2))
     assert torch.isfinite(out).all()
+
+
+def test_forward_and_backward_under_cpu_bf16_autocast():
+    """The hand-written depthwise backward runs outside autocast: it used to get a bf16
+    gradient and an fp32 kernel and fail. Gradients reach the fp32 weights, finite."""
+    torch.manual_seed(0)
+    layer = FAConvLSTM2D(
+        8, 3, padding="same", data_format="channels_first", return_sequences=True, in_channels=4
+    )
+    x = torch.randn(2, 4, 4, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+    grads = [p.grad for n, p in layer.named_parameters() if not n.startswith(("head.", "temporal."))]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

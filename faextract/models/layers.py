@@ -145,6 +145,13 @@ def depthwise_conv2d(x: torch.Tensor, w: torch.Tensor, padding, dilation: int) -
     """Stride-1 depthwise convolution ``(N, C, H, W) -> (N, C, H', W')``, ``w (C, 1, kh, kw)``,
     zero ``padding (ph, pw)`` on both sides: ``F.conv2d(..., groups=C)``, faster on the CPU."""
     if x.device.type == "cpu":
+        # The Function's backward runs outside autocast: give it one dtype, the one autocast
+        # would have computed the convolution in.
+        if torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            x, w = x.to(dtype), w.to(dtype)
+        elif w.dtype != x.dtype:
+            w = w.to(x.dtype)
         return _DepthwiseConv.apply(x, w, tuple(padding), int(dilation))
     return F.conv2d(x, w, padding=padding, dilation=dilation, groups=x.shape[1])
 
