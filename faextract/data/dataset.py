@@ -13,6 +13,7 @@ the DataLoader passes them on as they are (``batch_size=None``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -91,7 +92,7 @@ class BlockReader:
         return block
 
     def preload(self, windows: Sequence[Window]) -> None:
-        """Read the time span of ``windows`` in one go; their :meth:`window_item` calls then
+        """Read the time span of ``windows`` in one go; their :meth:`window_batch` calls then
         cut from memory (one read per embedding block instead of one per window)."""
         times = np.concatenate([w.time for w in windows])
         times = times[times >= 0]
@@ -124,16 +125,62 @@ class BlockReader:
         )
 
 
-class WindowDataset(IterableDataset):
-    """Windows of a cube, normalized, sharded across ranks and workers.
+class PlannedBatches(IterableDataset):
+    """Batches of one cube's windows in a planned order: what training's and embedding's
+    datasets share. The cube is reopened in each worker process from its picklable
+    :class:`CubeSource` (never a file handle shared across processes), read through one
+    :class:`BlockReader`, and planned items go to workers round-robin (worker w takes items
+    w, w + N, ...: the order in which a DataLoader collects them, so the sequence is the same
+    for any number of workers). ``channels`` reorders the reopened cube's channels (embed reads
+    in the checkpoint's order)."""
 
-    ``windows`` restricts the dataset to those window indices (e.g. an embed shard).
-    ``drop_uneven`` gives every rank the same number of windows (needed by DDP, which
-    deadlocks when ranks take different numbers of steps); embedding never drops.
+    def __init__(
+        self,
+        source: CubeSource,
+        stats: xr.Dataset,
+        tiler: Tiler,
+        *,
+        cube: Cube | None = None,
+        channels: Sequence[str] | None = None,
+        perturb: Perturbation | None = None,
+    ):
+        super().__init__()
+        self.source, self.stats, self.tiler = source, stats, tiler
+        self.channels = tuple(channels) if channels is not None else None
+        self.perturb = perturb
+        self._cube = cube
 
-    Workers take whole batches round-robin (worker w yields batches w, w + N, ...), which is the
-    order in which the DataLoader collects them: the batch sequence is the same for any number
-    of workers, and ``skip_batches`` resumes it exactly where a checkpoint left off.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cube"] = None  # each worker reopens its own
+        return state
+
+    def _reader(self) -> BlockReader:
+        if self._cube is None:
+            cube = self.source.open()
+            if self.channels is not None:
+                cube = dataclasses.replace(cube, channels=self.channels)
+            self._cube = cube
+        return BlockReader(self._cube, self.stats, self.perturb)
+
+    @staticmethod
+    def _mine(items: list) -> list:
+        """This worker's share of ``items`` (all of them outside a DataLoader worker)."""
+        info = get_worker_info()
+        return items if info is None else items[info.id :: info.num_workers]
+
+    def batch(self, reader: BlockReader, indices: Sequence[int]) -> WindowBatch:
+        return reader.window_batch(self.tiler, [self.tiler.windows[i] for i in indices])
+
+
+class WindowDataset(PlannedBatches):
+    """Training's windows of a cube, normalized, shuffled per epoch, sharded across ranks and
+    workers, as :class:`WindowBatch` es of ``batch_size``.
+
+    ``windows`` restricts the dataset to those window indices. ``drop_uneven`` gives every rank
+    the same number of windows (needed by DDP, which deadlocks when ranks take different
+    numbers of steps). The batch sequence is a function of ``(seed, epoch)``; ``skip_batches``
+    resumes it exactly where a checkpoint left off.
     """
 
     def __init__(
@@ -151,22 +198,16 @@ class WindowDataset(IterableDataset):
         batch_size: int = 1,
         cube: Cube | None = None,
     ):
-        super().__init__()
-        self.source, self.stats, self.spec = source, stats, spec
         cube = cube if cube is not None else source.open()
-        self.tiler = Tiler(spec, (cube.shape[0], cube.shape[2], cube.shape[3]), cube.periodic)
-        self.windows = list(range(len(self.tiler.windows))) if windows is None else list(windows)
+        tiler = Tiler(spec, (cube.shape[0], cube.shape[2], cube.shape[3]), cube.periodic)
+        super().__init__(source, stats, tiler, cube=cube)
+        self.spec = spec
+        self.windows = list(range(len(tiler.windows))) if windows is None else list(windows)
         self.shuffle, self.seed = shuffle, seed
         self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
         self.batch_size = max(1, int(batch_size))
         self.epoch = 0
         self.skip_batches = 0
-        self._cube = cube
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_cube"] = None  # each worker reopens its own
-        return state
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -188,16 +229,11 @@ class WindowDataset(IterableDataset):
         return -(-len(self.rank_windows()) // self.batch_size)
 
     def __iter__(self):
-        info = get_worker_info()
-        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
-        if self._cube is None:
-            self._cube = self.source.open()
-        reader = BlockReader(self._cube, self.stats)
-        order = self.rank_windows()
-        bs = self.batch_size
+        reader = self._reader()
+        order, bs = self.rank_windows(), self.batch_size
         batches = [order[i : i + bs] for i in range(0, len(order), bs)][self.skip_batches :]
-        for batch in batches[wid::nworkers]:
-            yield reader.window_batch(self.tiler, [self.tiler.windows[i] for i in batch])
+        for indices in self._mine(batches):
+            yield self.batch(reader, indices)
 
 
 def _watch_parent(parent_pid: int, worker_id: int) -> None:

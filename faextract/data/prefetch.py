@@ -22,16 +22,15 @@ one-line :class:`~faextract.errors.FaextractError`, not as a worker traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 import threading
 from collections.abc import Iterator
 
 import xarray as xr
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from faextract.data.cube import Cube
-from faextract.data.dataset import BlockReader, CubeSource, worker_processes
+from faextract.data.dataset import CubeSource, PlannedBatches, worker_processes
 from faextract.data.perturb import Perturbation
 from faextract.data.tiling import Tiler
 from faextract.errors import FaextractError
@@ -46,7 +45,7 @@ class _Failed:
         self.error = error
 
 
-class BlockBatches(IterableDataset):
+class BlockBatches(PlannedBatches):
     """One item per planned block: its batches, in a fixed layout (see the module docstring)."""
 
     def __init__(
@@ -60,35 +59,18 @@ class BlockBatches(IterableDataset):
         cube: Cube | None = None,
         perturb: Perturbation | None = None,
     ):
-        super().__init__()
-        self.source, self.channels, self.stats = source, tuple(channels), stats
-        self.perturb = perturb
-        self.tiler, self.plan, self.batch_size = tiler, list(plan), int(batch_size)
-        self._cube = cube
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_cube"] = None  # each worker reopens its own
-        return state
+        super().__init__(source, stats, tiler, cube=cube, channels=channels, perturb=perturb)
+        self.plan, self.batch_size = list(plan), int(batch_size)
 
     def __iter__(self) -> Iterator[tuple | _Failed]:
-        info = get_worker_info()
-        wid, nworkers = (info.id, info.num_workers) if info is not None else (0, 1)
         try:
-            if self._cube is None:
-                cube = self.source.open()
-                self._cube = dataclasses.replace(cube, channels=self.channels)
-            reader = BlockReader(self._cube, self.stats, self.perturb)
-            for b, idx in self.plan[wid::nworkers]:
-                yield b, list(self._batches([self.tiler.windows[i] for i in idx], reader))
+            reader = self._reader()
+            for b, idx in self._mine(self.plan):
+                reader.preload([self.tiler.windows[i] for i in idx])
+                batches = [idx[i : i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+                yield b, [(group, self.batch(reader, group)) for group in batches]
         except FaextractError as err:
             yield _Failed(err)
-
-    def _batches(self, wins, reader: BlockReader):
-        reader.preload(wins)
-        for i in range(0, len(wins), self.batch_size):
-            group = wins[i : i + self.batch_size]
-            yield [w.index for w in group], reader.window_batch(self.tiler, group)
 
 
 def prefetched(dataset: BlockBatches, *, workers: int = 0, pin: bool = False):
