@@ -62,3 +62,31 @@ def test_training_with_compiled_cells_matches_eager(tmp_path, tiny_config, mode)
     assert counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
     for key, value in eager.val_metrics.items():
         assert compiled.val_metrics[key] == pytest.approx(value, rel=1e-3), key
+
+
+@pytest.mark.slow
+def test_embed_with_compiled_cells_matches_eager(tmp_path, tiny_checkpoint):
+    """``embed --compile``: the same embeddings as eager (to rounding), recorded as another
+    compute path, so a resume cannot mix the two."""
+    import json
+
+    import numpy as np
+
+    from faextract.embed import EmbedOptions, embed
+    from faextract.errors import FaextractError
+    from faextract.store import open_embeddings
+
+    cube, ckpt, _ = tiny_checkpoint
+    embed([str(cube)], str(ckpt), str(tmp_path / "e.zarr"), EmbedOptions(device="cpu", block=4))
+    torch._dynamo.reset()
+    out = tmp_path / "c.zarr"
+    half = dict(device="cpu", block=4, compile=True)
+    embed([str(cube)], str(ckpt), str(out), EmbedOptions(shard=(0, 2), **half))
+    with pytest.raises(FaextractError, match="compute='cpu\\+compiled'"):  # eager may not finish it
+        embed([str(cube)], str(ckpt), str(out), EmbedOptions(device="cpu", block=4, shard=(1, 2)))
+    embed([str(cube)], str(ckpt), str(out), EmbedOptions(shard=(1, 2), **half))
+    a = open_embeddings(tmp_path / "e.zarr")["embedding"].values
+    b = open_embeddings(out)
+    assert b.attrs["complete"] == 1
+    np.testing.assert_allclose(b["embedding"].values, a, rtol=1e-3, atol=1e-4)
+    assert json.loads(b.attrs["faextract_layout"])["compute"] == "cpu+compiled"

@@ -98,6 +98,9 @@ def embed(
     batch_size: Annotated[int, typer.Option(help="Windows per batch.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast (CUDA).")] = False,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the encoder's cells (GPU runs).")
+    ] = False,
     workers: Annotated[
         int,
         typer.Option(
@@ -166,6 +169,7 @@ def embed(
         batch_size=batch_size,
         device=device,
         bf16=bf16,
+        compile=compile_,
         workers=workers,
         latent=latent,
         queries=dict(parse_query(q) for q in attention_query or []),

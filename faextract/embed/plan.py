@@ -37,6 +37,7 @@ class EmbedOptions:
     batch_size: int = 8
     device: str = "auto"
     bf16: bool = False
+    compile: bool = False  # torch.compile the encoder's cells
     latent: bool = False
     queries: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     zarr_format: int = 3
@@ -385,9 +386,11 @@ def _round_up(v: int, m: int) -> int:
 
 def _compute_path(device: torch.device, opts: EmbedOptions) -> str:
     """Which arithmetic computes the embeddings: the C kernels and PyTorch differ by ~1e-6,
-    CUDA and bf16 by more, so every shard and resumed run of a store must use the same."""
+    CUDA, compiled code and bf16 by more, so every shard and resumed run of a store must use the same."""
     from faextract.models import kernels
 
+    if opts.compile:  # compiled code fuses operations: other rounding than eager
+        return f"{device.type}+compiled{'+bf16' if opts.bf16 else ''}"
     if device.type == "cpu":
         return "cpu+kernels" if kernels.library() is not None else "cpu"
     return f"{device.type}{'+bf16' if opts.bf16 else ''}"

@@ -55,6 +55,8 @@ def embed(
     model = ckpt.build_model()
     device = pick_device(opts.device, option="--device")
     model.to(device)
+    if opts.compile:
+        model.compile_cells()
     plan = make_plan(ckpt, ckpt_sha, cube, model, opts, out, device)
     store, created = prepare_store(
         out, plan, opts, cube=cube, cell=model.cell_name, ckpt_sha=ckpt_sha,
