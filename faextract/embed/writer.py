@@ -53,7 +53,9 @@ def prepare_store(
             raise FaextractError(
                 f"{out}: exists and was made from another checkpoint or input (use --overwrite to replace it)"
             )
-        if existing.attrs.get("complete"):
+        # One task of a job array may start after the others finished the store: its work is
+        # done (it writes nothing). A single run asking again is told, as for any output.
+        if existing.attrs.get("complete") and opts.shard[1] == 1:
             raise FaextractError(f"{out}: already complete (use --overwrite to recompute it)")
     created = create_template(
         out,
