@@ -75,6 +75,7 @@ def enso_index(nt: int, steps_per_year: float, rng: np.random.Generator) -> np.n
     return np.sin(2 * np.pi * t / 3.7 + 0.6) + ar
 
 
+# One generator for every test cube and the sample: the variables' recipes read best in one place.
 def synthetic_cube(
     nt: int = 365,
     nlat: int = 24,

@@ -77,6 +77,7 @@ def train(
     typer.echo(f"checkpoints in {out}")
 
 
+# Long only by its typer option declarations; the body parses, calls embed() and reports.
 @app.command()
 @user_errors
 def embed(

@@ -113,6 +113,28 @@ def read_inputs(
     """Read ``cube`` (its time ``steps``, default all) into :class:`InputData`."""
     T_all, C, H, W = cube.shape
     steps = np.arange(T_all) if steps is None else np.asarray(steps)
+    masks = _index_masks(cube, indices)
+    f = max(1, int(np.ceil(np.sqrt(H * W / max_cells))))
+    coarse, raw_idx = _read(cube, steps, masks, f, progress)
+    cal = Calendar.of(cube.time.values[steps], cube.calendar)
+    field, slices = _weighted_anomalies(cube, coarse, cal, f)
+    data = InputData(
+        time=cube.time.values[steps],
+        cal=cal,
+        channels=tuple(cube.channels),
+        field=field,
+        slices=slices,
+        coarse_shape=coarse.shape[-2:],
+    )
+    for name, series in raw_idx.items():
+        if not np.isfinite(series).any():
+            raise DataError(f"--index {name}: the box has no valid value at any time")
+        data.indices[name] = anomalies(series[:, None], cal)[:, 0]
+    return data
+
+
+def _index_masks(cube: Cube, indices) -> dict[str, tuple[int, np.ndarray]]:
+    """``{name: (channel, box mask (H, W))}``; a missing variable or an empty box is an error."""
     lat, lon = cube.lat, cube.lon
     masks = {}
     for spec in indices:
@@ -128,13 +150,17 @@ def read_inputs(
                 f"lat {lat.min():g}..{lat.max():g}, lon {lon.min():g}..{lon.max():g})"
             )
         masks[spec.name] = (cube.channels.index(spec.variable), m)
-    coslat = np.cos(np.deg2rad(lat)).clip(min=0.0)[:, None] * np.ones((1, W))
-    f = max(1, int(np.ceil(np.sqrt(H * W / max_cells))))
-    h, w = -(-H // f), -(-W // f)
-    coarse = np.empty((steps.size, C, h, w), dtype=np.float32)
+    return masks
+
+
+def _read(cube: Cube, steps: np.ndarray, masks: dict, f: int, progress):
+    """The fields coarsened by ``f`` ``(S, C, h, w)`` and each index's raw box mean ``(S,)``,
+    read in contiguous runs of the wanted steps, block by block."""
+    _, C, H, W = cube.shape
+    coslat = np.cos(np.deg2rad(cube.lat)).clip(min=0.0)[:, None] * np.ones((1, W))
+    coarse = np.empty((steps.size, C, -(-H // f), -(-W // f)), dtype=np.float32)
     raw_idx = {name: np.empty(steps.size) for name in masks}
     task = progress.start("reading input", total=steps.size) if progress else None
-    # Contiguous runs of the wanted steps are read block by block.
     pos = 0
     while pos < steps.size:
         t0 = int(steps[pos])
@@ -156,35 +182,29 @@ def read_inputs(
             progress.advance(task, run)
     if task is not None:
         progress.finish(task)
+    return coarse, raw_idx
 
-    cal = Calendar.of(cube.time.values[steps], cube.calendar)
-    lat_c = _coarsen(lat[None, None, :, None] * np.ones((1, 1, H, 1), np.float32), f)[0, 0, :, 0]
+
+def _weighted_anomalies(cube: Cube, coarse: np.ndarray, cal, f: int):
+    """Each variable's anomalies on the coarse grid, sqrt(cos lat) weighted and scaled to unit
+    mean variance, side by side ``(S, cells)``, and each variable's slice of the columns."""
+    S, _, H_c, w = coarse.shape
+    H = cube.shape[2]
+    lat_c = _coarsen(cube.lat[None, None, :, None] * np.ones((1, 1, H, 1), np.float32), f)[0, 0, :, 0]
     wlat = np.sqrt(np.cos(np.deg2rad(lat_c)).clip(min=0.0))[:, None] * np.ones((1, w))
     parts, slices, start = [], {}, 0
     for c, name in enumerate(cube.channels):
-        an = anomalies(coarse[:, c].reshape(steps.size, -1), cal)
+        an = anomalies(coarse[:, c].reshape(S, -1), cal)
         keep = np.isfinite(an).mean(axis=0) > 0.5  # cells valid most of the time
         an = np.nan_to_num(an[:, keep])
         wt = wlat.reshape(-1)[keep]
-        scale = np.sqrt((an**2 * wt**2).sum() / max((wt**2).sum() * steps.size, 1e-300))
+        scale = np.sqrt((an**2 * wt**2).sum() / max((wt**2).sum() * S, 1e-300))
         if not keep.any() or scale <= 0:
             raise DataError(f"{cube.source_label}: variable {name!r} has no variability to evaluate")
         parts.append(an * wt / scale)
         slices[name] = slice(start, start + int(keep.sum()))
         start += int(keep.sum())
-    data = InputData(
-        time=cube.time.values[steps],
-        cal=cal,
-        channels=tuple(cube.channels),
-        field=np.concatenate(parts, axis=1),
-        slices=slices,
-        coarse_shape=(h, w),
-    )
-    for name, series in raw_idx.items():
-        if not np.isfinite(series).any():
-            raise DataError(f"--index {name}: the box has no valid value at any time")
-        data.indices[name] = anomalies(series[:, None], cal)[:, 0]
-    return data
+    return np.concatenate(parts, axis=1), slices
 
 
 def eof_targets(data: InputData, n: int = 5) -> dict[str, np.ndarray]:

@@ -122,6 +122,7 @@ class NetworkOutput:
 class ClimateAutoencoder(nn.Module):
     """Encoder (stem, downsampling, recurrent cells, embedding head) and decoders."""
 
+    # Long by its argument list (every model hyperparameter a checkpoint records).
     def __init__(
         self,
         in_channels: int,

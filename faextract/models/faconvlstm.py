@@ -70,6 +70,7 @@ class FAConvLSTM2D(RecurrentConv2D):
 
     makes_embeddings = True
 
+    # Long by its argument list: Keras ConvLSTM2D's, then FAConvLSTM's own options.
     def __init__(
         self,
         filters: int,

@@ -22,15 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import xarray as xr
 
 from faextract.checkpoint import Checkpoint, TrainingState
 from faextract.config import Config, save_config
-from faextract.data.cube import Cube
-from faextract.data.dataset import CubeSource, WindowDataset, make_loader
-from faextract.data.selection import parse_select
+from faextract.data.dataset import WindowDataset, make_loader
 from faextract.data.sources import resolve_paths
-from faextract.data.stats import StatsOptions, compute_stats, load_stats, resolve_climatology
 from faextract.errors import ConfigError, DataError, FaextractError
 from faextract.models.autoencoder import ClimateAutoencoder
 from faextract.outputs import check_not_input
@@ -40,6 +36,7 @@ from faextract.runtime.locks import Lock
 from faextract.runtime.progress import Progress
 from faextract.runtime.seeding import rng_state, seed_everything, set_rng_state
 from faextract.runtime.signals import StopFlag
+from faextract.train.data import open_data, statistics
 from faextract.train.evaluation import init_clusters, validate
 from faextract.train.losses import compute_losses
 from faextract.train.metrics import MetricsWriter, tensorboard
@@ -49,7 +46,6 @@ from faextract.train.plan import (
     lr_lambda,
     model_args,
     prepare_run_dir,
-    split_time,
     tile_spec,
 )  # fmt: skip
 
@@ -103,60 +99,6 @@ def _claim_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool,
     prepare_run_dir(run_dir, resume, overwrite)
 
 
-@dataclass
-class _Data:
-    """The cube a run trains on and how its time axis is split."""
-
-    source: CubeSource  # the whole cube, reopened by reader processes
-    cube: Cube
-    train_range: tuple[int, int]
-    val_range: tuple[int, int] | None
-
-    def part(self, steps: tuple[int, int]) -> tuple[CubeSource, Cube]:
-        return (
-            CubeSource(**{**self.source.__dict__, "time_range": steps}),
-            self.cube.isel_time(slice(*steps)),
-        )
-
-
-def _open_data(config: Config, say) -> _Data:
-    d = config.data
-    source = CubeSource(
-        paths=tuple(d.paths),
-        variables=tuple(d.variables) if d.variables else None,
-        levels=tuple(d.levels) if d.levels else None,
-        dims=dict(d.dims or {}),
-        sort_time=d.sort_time,
-        select=parse_select(d.select),
-    )
-    cube = source.open()
-    say(f"opened {cube.source_label}: {cube.shape[0]} steps, {len(cube.channels)} channels, "
-        f"{cube.shape[2]}x{cube.shape[3]} grid")  # fmt: skip
-    try:
-        train_range, val_range = split_time(cube.shape[0], d.val_fraction, config.tiles.window)
-    except DataError as err:
-        raise DataError(f"{cube.source_label}: {err}") from None
-    return _Data(source, cube, train_range, val_range)
-
-
-def _statistics(config: Config, data: _Data, ckpt: Checkpoint | None, info, say) -> xr.Dataset:
-    """The resumed run's statistics, the configured file's, or computed on the training range
-    by rank 0 and shared."""
-    if ckpt is not None:
-        return ckpt.stats
-    d = config.data
-    if d.stats:
-        return load_stats(d.stats)
-    stats = None
-    if info.is_main:
-        _, train_cube = data.part(data.train_range)
-        kind, why = resolve_climatology(d.climatology, train_cube)
-        say(f"statistics over the training steps {data.train_range[0]}..{data.train_range[1] - 1}; "
-            f"climatology {kind}" + (f" ({why})" if why else ""))  # fmt: skip
-        stats = compute_stats(train_cube, StatsOptions(area_weighted=d.area_weighted, climatology=kind))
-    return distributed.broadcast_object(stats, info)
-
-
 class _Run:
     """One training run's moving parts: data, model (and its DDP wrapper), optimizer and
     schedule, the metrics log, and the position (epoch, step, batch in epoch, best loss)."""
@@ -166,12 +108,12 @@ class _Run:
         self.progress = progress
         tc = config.train
         self.per_rank_batch = tc.batch_size // info.world_size
-        self.data = _open_data(config, self.say)
+        self.data = open_data(config, self.say)
         self.args = model_args(config, self.data.cube)
         ckpt = Checkpoint.load(run_dir / "last.pt") if resume else None
         if ckpt is not None:
             check_resume_compatible(ckpt, self.args, self.data.cube.channels, self.data.source.select)
-        self.stats = _statistics(config, self.data, ckpt, info, self.say)
+        self.stats = statistics(config, self.data, ckpt, info, self.say)
         self.model = ClimateAutoencoder(**self.args).to(device)
         self.spec = tile_spec(config, self.model.multiple)
         self.train_ds, self.val_loader = self._datasets()
