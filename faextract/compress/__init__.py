@@ -8,9 +8,12 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
 - :mod:`~faextract.compress.patches`: the patch-wise guarantee (RMSE of every 8x8 patch <= E,
   hence NRMSE), a PCA basis over the residual patches with the shortest prefix of quantized
   coefficients, checked on the float32 result;
-- :mod:`~faextract.compress.mask`: missing values (NaN masks that change in time), lossless.
+- :mod:`~faextract.compress.mask`: missing values (NaN masks that change in time), lossless;
+- :mod:`~faextract.compress.model`: the network (2-D/3-D VAE encoder, mean-scale hyperprior
+  with a factorized prior, 3-D/2-D decoder with a ConvNeXt + pixel-shuffle super-resolution
+  module) and its rate-distortion loss.
 
-Not yet here: the VAE + hyperprior + super-resolution model and its training, the block
-container and ``faextract compress``/``decompress``, and the
+Not yet here: training it through ``faextract train`` and a bundled pretrained compressor,
+coding its latents with machine-independent scales, the block container and ``faextract compress``/``decompress``, and the
 benchmark against SZ3, ZFP and SPERR.
 """
