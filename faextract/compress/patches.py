@@ -98,12 +98,10 @@ def patch_encode(
 
 
 def _correct(res: np.ndarray, limit: np.ndarray, sel: np.ndarray, bound: float) -> PatchCodes:
-    # PCA basis of the residual patches, columns by energy, stored (and used) in float32
+    # PCA basis of the residual patches, columns by energy, stored (and used) in float32;
+    # full_matrices completes it to 64 columns when fewer patches than 64 need correcting
     _, _, vt = np.linalg.svd(res, full_matrices=True)
     basis = vt.T.astype(np.float32)
-    if basis.shape != (P * P, P * P):  # fewer patches than 64: complete the basis
-        q, _ = np.linalg.qr(np.concatenate([vt.T, np.eye(P * P)], axis=1))
-        basis = q[:, : P * P].astype(np.float32)
     c = np.einsum("nj,jk->nk", res, basis.astype(np.float64), optimize=False)
     cq_all = np.rint(c / (2.0 * bound))
     # squared error of each prefix length k = 0..64 (in coefficient space)
