@@ -229,3 +229,48 @@ def test_the_codec_network_learns_rate_and_distortion_together():
         opt.step()
         losses.append(float(loss))
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 17), (7, 73, 144), (17, 181, 360), (9, 300, 600)])
+def test_blocks_cover_any_cube_exactly_once(shape):
+    from faextract.compress.blocks import plan_blocks
+
+    seen = np.zeros(shape, dtype=int)
+    for b in plan_blocks(shape):
+        assert b.t1 - b.t0 <= 8 and b.y1 - b.y0 <= 256 and b.x1 - b.x0 <= 256
+        seen[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] += 1
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 17), (7, 73, 144), (8, 16, 32)])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_a_prepared_block_is_network_ready_and_restores(shape, periodic):
+    """Normalized, NaN-free, padded to T % 4 and H, W % 16; restoring the prepared values gives
+    the block back (NaN where missing), 1-step and 7-step tails and 1xN grids included."""
+    from faextract.compress.blocks import prepare, restore
+
+    rng = np.random.default_rng(0)
+    x = (280 + 20 * rng.random(shape)).astype(np.float32)
+    x[rng.random(shape) < 0.2] = np.nan
+    p = prepare(x, periodic=periodic)
+    assert p.kind == "data" and np.isfinite(p.x).all()
+    T, H, W = p.x.shape
+    assert T % 4 == 0 and H % 16 == 0 and W % 16 == 0 and T >= shape[0]
+    assert np.abs(p.x).max() <= 1.0
+    back = restore(p.x, p)
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(x))
+    np.testing.assert_allclose(back[~np.isnan(x)], x[~np.isnan(x)], rtol=0, atol=1e-4)
+
+
+def test_constant_and_missing_blocks_are_stored_as_a_value():
+    from faextract.compress.blocks import prepare, restore
+
+    const = np.full((8, 10, 12), 1.5, np.float32)
+    const[:, :3] = np.nan
+    p = prepare(const)
+    assert p.kind == "constant" and p.x is None
+    np.testing.assert_array_equal(restore(None, p), const)
+    gone = np.full((3, 4, 5), np.nan, np.float32)
+    p = prepare(gone)
+    assert p.kind == "missing"
+    assert np.isnan(restore(None, p)).all()

@@ -9,6 +9,9 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
   hence NRMSE), a PCA basis over the residual patches with the shortest prefix of quantized
   coefficients, checked on the float32 result;
 - :mod:`~faextract.compress.mask`: missing values (NaN masks that change in time), lossless;
+- :mod:`~faextract.compress.blocks`: a variable cut into blocks of 8 steps x 256 x 256 cells
+  (or the whole grid), each normalized, filled, padded for the network and restored after;
+  constant and all-missing blocks told apart (stored as a value);
 - :mod:`~faextract.compress.model`: the network (2-D/3-D VAE encoder, mean-scale hyperprior
   with a factorized prior, 3-D/2-D decoder with a ConvNeXt + pixel-shuffle super-resolution
   module) and its rate-distortion loss.
