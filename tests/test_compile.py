@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -42,7 +44,14 @@ def test_a_cell_is_one_graph(case):
     assert explained.graph_break_count == 0, reasons
 
 
+#: torch.compile's CPU backend compiles C++; without a compiler only tracing can be tested.
+needs_cxx = pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler"
+)
+
+
 @pytest.mark.slow
+@needs_cxx
 @pytest.mark.parametrize("mode", ["default", "max-autotune-no-cudagraphs"])
 def test_training_with_compiled_cells_matches_eager(tmp_path, tiny_config, mode):
     """``train.compile`` compiles what the encoder runs (each cell's forward_features) and
@@ -65,6 +74,7 @@ def test_training_with_compiled_cells_matches_eager(tmp_path, tiny_config, mode)
 
 
 @pytest.mark.slow
+@needs_cxx
 def test_embed_with_compiled_cells_matches_eager(tmp_path, tiny_checkpoint):
     """``embed --compile``: the same embeddings as eager (to rounding), recorded as another
     compute path, so a resume cannot mix the two."""
