@@ -8,7 +8,8 @@ another machine (GPU, BLAS, thread count) enters decoding. Values outside the al
 as an escape symbol, their values stored apart. Layout (little-endian)::
 
     magic "FXE1" | n uint64 | base int64 | K uint32 | n_escaped uint64 | n_words uint64
-    | zlib(counts uint32[K + 1]) length-prefixed (uint32) | escaped int64[n_escaped]
+    | escape width uint8 (4 or 8) | zlib(counts uint32[K + 1]) length-prefixed (uint32)
+    | escaped int32 or int64[n_escaped]
     | ANS words uint32[n_words] | crc32 of all that uint32
 
 A stream that is cut short or altered fails its checksum: an error, never other numbers.
@@ -27,7 +28,7 @@ MAGIC = b"FXE1"
 #: Symbols inside [base, base + K): histogram-coded. 4096 bins cover the residuals of any
 #: useful predictor; the rare rest are escaped.
 MAX_ALPHABET = 4096
-_HEADER = struct.Struct("<4sQqIQQ")
+_HEADER = struct.Struct("<4sQqIQQB")
 
 
 def _alphabet(v: np.ndarray) -> tuple[int, int]:
@@ -53,7 +54,7 @@ def encode_integers(values: np.ndarray) -> bytes:
 
     v = np.ascontiguousarray(values, dtype=np.int64).ravel()
     if v.size == 0:
-        return seal(_HEADER.pack(MAGIC, 0, 0, 0, 0, 0) + struct.pack("<I", 0))
+        return seal(_HEADER.pack(MAGIC, 0, 0, 0, 0, 0, 8) + struct.pack("<I", 0))
     base, K = _alphabet(v)
     inside = (v >= base) & (v < base + K)
     symbols = np.where(inside, v - base, K).astype(np.int32)  # K: the escape symbol
@@ -63,10 +64,12 @@ def encode_integers(values: np.ndarray) -> bytes:
     coder.encode_reverse(symbols, _model(counts))
     words = coder.get_compressed().astype("<u4")
     packed = zlib.compress(counts.astype("<u4").tobytes(), 9)
+    small = escaped.size == 0 or (escaped.min() >= -(2**31) and escaped.max() < 2**31)
+    width = 4 if small else 8
     return seal(b"".join([
-        _HEADER.pack(MAGIC, v.size, base, K, escaped.size, words.size),
+        _HEADER.pack(MAGIC, v.size, base, K, escaped.size, words.size, width),
         struct.pack("<I", len(packed)), packed,
-        escaped.astype("<i8").tobytes(), words.tobytes(),
+        escaped.astype(f"<i{width}").tobytes(), words.tobytes(),
     ]))  # fmt: skip
 
 
@@ -88,8 +91,8 @@ def decode_integers(data: bytes) -> np.ndarray:
 
     data = unseal(data, "a compressed stream")
     try:
-        magic, n, base, K, n_esc, n_words = _HEADER.unpack_from(data, 0)
-        if magic != MAGIC:
+        magic, n, base, K, n_esc, n_words, width = _HEADER.unpack_from(data, 0)
+        if magic != MAGIC or width not in (4, 8):
             raise ValueError("not an entropy-coded stream")
         pos = _HEADER.size
         (clen,) = struct.unpack_from("<I", data, pos)
@@ -100,8 +103,8 @@ def decode_integers(data: bytes) -> np.ndarray:
         pos += clen
         if counts.size != K + 1 or int(counts.sum()) != n:
             raise ValueError("inconsistent symbol counts")
-        escaped = np.frombuffer(data, dtype="<i8", count=n_esc, offset=pos)
-        pos += 8 * n_esc
+        escaped = np.frombuffer(data, dtype=f"<i{width}", count=n_esc, offset=pos).astype(np.int64)
+        pos += width * n_esc
         words = np.frombuffer(data, dtype="<u4", count=n_words, offset=pos).astype(np.uint32)
         if pos + 4 * n_words != len(data):
             raise ValueError("trailing or missing bytes")
