@@ -274,3 +274,45 @@ def test_constant_and_missing_blocks_are_stored_as_a_value():
     p = prepare(gone)
     assert p.kind == "missing"
     assert np.isnan(restore(None, p)).all()
+
+
+@pytest.mark.parametrize("mode", ["pointwise", "patches"])
+@pytest.mark.parametrize("shape", [(1, 1, 17), (7, 73, 144)])
+@pytest.mark.parametrize("rel", [1e-2, 1e-5])
+def test_a_block_roundtrips_within_its_bound(mode, shape, rel):
+    """The codec composed (mask, prediction, correction, entropy coding, seal): every valid
+    point within E (pointwise) or every 8x8 patch's RMSE within E (patches); NaN where NaN."""
+    from faextract.compress.codec import decode_block, encode_block
+
+    rng = np.random.default_rng(7)
+    x = _field(rng, shape, rough=False) + rng.normal(0, 0.2, shape).astype(np.float32)
+    x[rng.random(shape) < 0.15] = np.nan
+    E = rel * float(np.nanmax(x) - np.nanmin(x))
+    data = encode_block(x, E, mode)
+    out = decode_block(data)
+    valid = np.isfinite(x)
+    np.testing.assert_array_equal(np.isnan(out), ~valid)
+    if mode == "pointwise":
+        assert (np.abs(out[valid].astype(np.float64) - x[valid]) <= E).all()
+    else:
+        assert (_patch_rmse(out, x, valid) <= E).all()
+    if rel == 1e-2 and shape[1] > 1:
+        assert len(data) < x.nbytes / 3, "smooth data at 1% of the range compresses"
+
+
+def test_constant_missing_and_damaged_blocks():
+    from faextract.compress.codec import decode_block, encode_block
+
+    const = np.full((8, 5, 6), 2.5, np.float32)
+    const[0, 0, 0] = np.nan
+    out = decode_block(encode_block(const, 0.1))
+    np.testing.assert_array_equal(out, const)
+    assert np.isnan(decode_block(encode_block(np.full((2, 3, 4), np.nan, np.float32), 0.1))).all()
+    data = bytearray(encode_block(np.random.default_rng(0).normal(size=(4, 8, 8)).astype(np.float32), 0.01))
+    data[40] ^= 0x10
+    with pytest.raises(DataError, match="damaged"):
+        decode_block(bytes(data))
+    with pytest.raises(DataError, match="infinite"):
+        encode_block(np.array([[[1.0, np.inf]]], np.float32), 0.1, what="sst")
+    with pytest.raises(DataError, match="positive finite"):
+        encode_block(np.ones((1, 2, 2), np.float32) * np.arange(4).reshape(1, 2, 2), 0.0)

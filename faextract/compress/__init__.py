@@ -12,6 +12,9 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
 - :mod:`~faextract.compress.blocks`: a variable cut into blocks of 8 steps x 256 x 256 cells
   (or the whole grid), each normalized, filled, padded for the network and restored after;
   constant and all-missing blocks told apart (stored as a value);
+- :mod:`~faextract.compress.codec`: one block to a sealed byte stream and back (mask, prediction,
+  correction, entropy coding); without a model the prediction is the block's mean (a plain
+  error-bounded quantizer: the floor the learned reconstruction must beat);
 - :mod:`~faextract.compress.model`: the network (2-D/3-D VAE encoder, mean-scale hyperprior
   with a factorized prior, 3-D/2-D decoder with a ConvNeXt + pixel-shuffle super-resolution
   module) and its rate-distortion loss.
