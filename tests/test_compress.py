@@ -316,3 +316,40 @@ def test_constant_missing_and_damaged_blocks():
         encode_block(np.array([[[1.0, np.inf]]], np.float32), 0.1, what="sst")
     with pytest.raises(DataError, match="positive finite"):
         encode_block(np.ones((1, 2, 2), np.float32) * np.arange(4).reshape(1, 2, 2), 0.0)
+
+
+def test_latents_roundtrip_and_a_decoder_with_other_scales_is_refused():
+    """y decodes to exactly the encoder's y_hat given the same mean and scale; a decoder
+    whose scales snap to other table entries (another machine's arithmetic) gets a one-line
+    error, never other numbers; tiny differences inside a table bin decode the same."""
+    from faextract.compress.latent import _EDGES, decode_y, encode_y
+
+    rng = np.random.default_rng(0)
+    shape = (16, 2, 4, 6)
+    mean = rng.normal(0, 3, shape)
+    scale = np.exp(rng.uniform(np.log(0.2), np.log(10), shape))
+    y = mean + scale * rng.normal(size=shape)
+    data, y_hat = encode_y(y, mean, scale)
+    np.testing.assert_array_equal(decode_y(data, mean, scale), y_hat)
+    assert np.abs(y_hat - y).max() <= 0.5 + 1e-9
+    np.testing.assert_array_equal(decode_y(data, mean, scale * (1 + 1e-12)), y_hat)
+    moved = scale.copy()
+    moved.flat[3] = _EDGES[10] * 1.0001 if scale.flat[3] < _EDGES[10] else _EDGES[10] * 0.9999
+    with pytest.raises(DataError, match="computes differently"):
+        decode_y(data, mean, moved)
+
+
+def test_hyper_latents_roundtrip_with_tables_from_the_models_prior():
+    import torch
+
+    from faextract.compress.latent import decode_z, encode_z, prior_tables
+    from faextract.compress.model import FactorizedPrior
+
+    torch.manual_seed(0)
+    prior = FactorizedPrior(4)
+    tables = prior_tables(prior.likelihood, 4)
+    assert tables.shape == (4, 511) and (tables >= 1).all()
+    z = np.random.default_rng(1).normal(0, 2, (4, 2, 3, 3))
+    data, z_hat = encode_z(z, tables)
+    np.testing.assert_array_equal(decode_z(data, z.shape, tables), np.rint(z))
+    np.testing.assert_array_equal(z_hat, np.rint(z))

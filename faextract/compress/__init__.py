@@ -15,11 +15,14 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
 - :mod:`~faextract.compress.codec`: one block to a sealed byte stream and back (mask, prediction,
   correction, entropy coding); without a model the prediction is the block's mean (a plain
   error-bounded quantizer: the floor the learned reconstruction must beat);
+- :mod:`~faextract.compress.latent`: the network's latents coded with scales snapped to a
+  fixed table (a decoder whose scales snap elsewhere stops with an error) and the
+  hyper-latent with integer tables made once from the model's prior;
 - :mod:`~faextract.compress.model`: the network (2-D/3-D VAE encoder, mean-scale hyperprior
   with a factorized prior, 3-D/2-D decoder with a ConvNeXt + pixel-shuffle super-resolution
   module) and its rate-distortion loss.
 
 Not yet here: training it through ``faextract train`` and a bundled pretrained compressor,
-coding its latents with machine-independent scales, the block container and ``faextract compress``/``decompress``, and the
+wiring the latents into the block codec, the block container and ``faextract compress``/``decompress``, and the
 benchmark against SZ3, ZFP and SPERR.
 """
