@@ -347,9 +347,46 @@ def test_hyper_latents_roundtrip_with_tables_from_the_models_prior():
 
     torch.manual_seed(0)
     prior = FactorizedPrior(4)
-    tables = prior_tables(prior.likelihood, 4)
+    tables = prior_tables(prior)
     assert tables.shape == (4, 511) and (tables >= 1).all()
     z = np.random.default_rng(1).normal(0, 2, (4, 2, 3, 3))
     data, z_hat = encode_z(z, tables)
     np.testing.assert_array_equal(decode_z(data, z.shape, tables), np.rint(z))
     np.testing.assert_array_equal(z_hat, np.rint(z))
+
+
+@pytest.mark.parametrize("mode", ["pointwise", "patches"])
+def test_a_block_with_the_learned_predictor_roundtrips_and_decodes_with_other_threads(mode):
+    """The network's coded latents predict the block, the correction bounds the error; the
+    float64 decoder side gives the same reconstruction with 1 or 2 threads; another model's
+    decoder is refused (its reconstruction differs), never applied."""
+    import torch
+
+    from faextract.compress.codec import LearnedPredictor, decode_block, encode_block
+    from faextract.compress.model import BlockCodec
+
+    torch.manual_seed(0)
+    net = BlockCodec(widths=(4, 8, 8, 16), sr_blocks=1)
+    predictor = LearnedPredictor(net, periodic=True)
+    rng = np.random.default_rng(3)
+    x = _field(rng, (6, 20, 40), rough=False)
+    x[:, :4] = np.nan
+    E = 1e-3 * float(np.nanmax(x) - np.nanmin(x))
+    data = encode_block(x, E, mode, predictor=predictor)
+    threads = torch.get_num_threads()
+    outs = []
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        outs.append(decode_block(data, predictor))
+    torch.set_num_threads(threads)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    valid = np.isfinite(x)
+    if mode == "pointwise":
+        assert (np.abs(outs[0][valid].astype(np.float64) - x[valid]) <= E).all()
+    else:
+        assert (_patch_rmse(outs[0], x, valid) <= E).all()
+    with pytest.raises(DataError, match="give the compressor"):
+        decode_block(data)
+    other = BlockCodec(widths=(4, 8, 8, 16), sr_blocks=1)
+    with pytest.raises(DataError, match="differently"):
+        decode_block(data, LearnedPredictor(other, periodic=True))

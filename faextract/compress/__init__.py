@@ -13,8 +13,9 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
   (or the whole grid), each normalized, filled, padded for the network and restored after;
   constant and all-missing blocks told apart (stored as a value);
 - :mod:`~faextract.compress.codec`: one block to a sealed byte stream and back (mask, prediction,
-  correction, entropy coding); without a model the prediction is the block's mean (a plain
-  error-bounded quantizer: the floor the learned reconstruction must beat);
+  correction, entropy coding); the prediction is the network's reconstruction from its coded
+  latents (``LearnedPredictor``: float64 decoder side, a digest of the reconstruction checked)
+  or, without a model, the block's mean (a plain error-bounded quantizer);
 - :mod:`~faextract.compress.latent`: the network's latents coded with scales snapped to a
   fixed table (a decoder whose scales snap elsewhere stops with an error) and the
   hyper-latent with integer tables made once from the model's prior;
@@ -23,6 +24,6 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
   module) and its rate-distortion loss.
 
 Not yet here: training it through ``faextract train`` and a bundled pretrained compressor,
-wiring the latents into the block codec, the block container and ``faextract compress``/``decompress``, and the
+the block container and ``faextract compress``/``decompress``, and the
 benchmark against SZ3, ZFP and SPERR.
 """

@@ -2,13 +2,20 @@
 correction of a prediction (pointwise or patch-wise guarantee), entropy coded and sealed.
 
 The prediction ``x_hat`` is what the decoder can rebuild before any correction: the learned
-network's reconstruction once its latents are coded (not yet here), or, without a model, the
-block's mean: the correction then carries the whole block, quantized in bins of 2E and
-entropy coded (a plain error-bounded quantizer, the codec's floor). Stream (little-endian)::
+network's reconstruction from its coded latents (:class:`LearnedPredictor`), or, without a
+model, the block's mean: the correction then carries the whole block, quantized in bins of 2E
+and entropy coded (a plain error-bounded quantizer, the codec's floor). Stream
+(little-endian)::
 
     magic "FXB1" | kind u8 (0 data, 1 constant, 2 missing) | mode u8 (0 pointwise, 1 patches)
-    | bound f64 | value f64 | t, h, w u32 | n_parts u32 | n_parts x (length u64, bytes)
-    | crc32 u32
+    | predictor u8 (0 mean, 1 learned) | bound f64 | value f64 | t, h, w u32 | n_parts u32
+    | n_parts x (length u64, bytes) | crc32 u32
+
+With the learned predictor the parts after the mask are: the latents' shapes and the
+normalization, the hyper-latent, the latent, a crc32 of ``x_hat``, then the correction. The
+decoder side of the network (hyper-decoder and decoder) runs in float64 on the CPU, which
+gave the same ``x_hat`` for any thread count; a decoder that computes another ``x_hat``
+(other arithmetic) stops with an error instead of applying the correction to it.
 
 ``decode_block(encode_block(x, ...))`` equals ``x`` within the bound on every valid point and
 is NaN exactly where ``x`` is; a damaged stream is a one-line error.
@@ -17,6 +24,7 @@ is NaN exactly where ``x`` is; a damaged stream is a one-line error.
 from __future__ import annotations
 
 import struct
+import zlib
 
 import numpy as np
 
@@ -27,7 +35,7 @@ from faextract.compress.patches import PatchCodes, patch_decode, patch_encode
 from faextract.errors import DataError
 
 MAGIC = b"FXB1"
-_HEAD = struct.Struct("<4sBBddIIII")
+_HEAD = struct.Struct("<4sBBBddIIII")
 KINDS = ("data", "constant", "missing")
 MODES = ("pointwise", "patches")
 
@@ -48,23 +56,105 @@ def _unpack(data: bytes, pos: int, n: int) -> list[bytes]:
     return parts
 
 
-def encode_block(values: np.ndarray, bound: float, mode: str = "pointwise", what: str = "block") -> bytes:
+class LearnedPredictor:
+    """A trained :class:`~faextract.compress.model.BlockCodec` as the prediction: encodes a
+    prepared block into latent streams and rebuilds ``x_hat`` from them (float64 decoder side,
+    integer tables for the hyper-latent made once from the model's prior)."""
+
+    def __init__(self, model, periodic: bool = False):
+        import copy
+
+        from faextract.compress.latent import prior_tables
+
+        self.model = model.eval()
+        self.exact = copy.deepcopy(model).double().eval()  # the decoder's side, float64
+        self.periodic = periodic
+        self.tables = prior_tables(self.exact.prior)
+
+    def encode(self, values: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """``(parts, x_hat)`` for ``values (t, h, w)`` with at least two distinct valid values."""
+        import torch
+
+        from faextract.compress.blocks import prepare
+        from faextract.compress.latent import encode_y, encode_z
+
+        prep = prepare(values, self.periodic)
+        with torch.inference_mode():
+            y = self.model.encode(torch.from_numpy(prep.x)[None])
+            z = self.model._per_frame(self.model.hyper_enc, y)
+        z_bytes, z_hat = encode_z(z[0].double().numpy(), self.tables)
+        mean, scale = self._params(z_hat, y.shape)
+        y_bytes, y_hat = encode_y(y[0].double().numpy(), mean, scale)
+        x_hat = self._reconstruct(y_hat, prep)
+        meta = struct.pack("<5I5Idd", *y.shape[1:], 0, *z.shape[1:], 0, prep.offset, prep.scale)
+        digest = struct.pack("<I", zlib.crc32(x_hat.tobytes()))
+        return [meta, z_bytes, y_bytes, digest], x_hat
+
+    def decode(self, parts: list[bytes], valid: np.ndarray) -> np.ndarray:
+        from faextract.compress.blocks import Prepared
+        from faextract.compress.latent import decode_y, decode_z
+
+        meta, z_bytes, y_bytes, digest = parts
+        f = struct.unpack("<5I5Idd", meta)
+        y_shape, z_shape, offset, scale = f[0:4], f[5:9], f[10], f[11]
+        z_hat = decode_z(z_bytes, z_shape, self.tables)
+        mean, sc = self._params(z_hat, (1, *y_shape))
+        y_hat = decode_y(y_bytes, mean, sc)
+        x_hat = self._reconstruct(y_hat, Prepared("data", None, valid, offset, scale))
+        if struct.pack("<I", zlib.crc32(x_hat.tobytes())) != digest:
+            raise DataError(
+                "this machine reconstructs the block differently from the one that wrote it "
+                "(other arithmetic); decode on the CPU with the same faextract and model"
+            )
+        return x_hat
+
+    def _params(self, z_hat: np.ndarray, y_shape) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            y_like = torch.zeros(y_shape, dtype=torch.float64)
+            _, mean, scale = self.exact.hyper(y_like, torch.from_numpy(z_hat)[None])
+        return mean[0].numpy(), scale[0].numpy()
+
+    def _reconstruct(self, y_hat: np.ndarray, prep) -> np.ndarray:
+        import torch
+
+        from faextract.compress.blocks import restore
+
+        with torch.inference_mode():
+            x = self.exact.decode(torch.from_numpy(np.ascontiguousarray(y_hat))[None])[0]
+        return restore(x.numpy(), prep)
+
+
+def encode_block(
+    values: np.ndarray,
+    bound: float,
+    mode: str = "pointwise",
+    what: str = "block",
+    predictor: LearnedPredictor | None = None,
+) -> bytes:
     """``values (t, h, w)`` float32 (NaN = missing) -> bytes within ``bound`` (absolute, data
-    units; ``mode="patches"``: the RMSE of every 8x8 patch instead of every point)."""
+    units; ``mode="patches"``: the RMSE of every 8x8 patch instead of every point), predicted
+    by ``predictor`` (default: the block's mean)."""
     if mode not in MODES:
         raise DataError(f"unknown error-bound mode {mode!r}; choose from {', '.join(MODES)}")
     values = np.asarray(values, dtype=np.float32)
     mask_bytes, valid = encode_mask(values, what)
     t, h, w = values.shape
+    learned = 0
     if not valid.any():
         kind, value, parts = 2, 0.0, [mask_bytes]
     elif np.ptp(values[valid]) == 0:
         kind, value, parts = 1, float(values[valid][0]), [mask_bytes]
     else:
         kind, value = 0, float(values[valid].astype(np.float64).mean())
-        x_hat = np.full(values.shape, value, dtype=np.float32)
-        parts = [mask_bytes, *_correction(values, x_hat, valid, bound, mode)]
-    head = _HEAD.pack(MAGIC, kind, MODES.index(mode), float(bound), value, t, h, w, len(parts))
+        if predictor is None:
+            x_hat, extra = np.full(values.shape, value, dtype=np.float32), []
+        else:
+            extra, x_hat = predictor.encode(values)
+            learned = 1
+        parts = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode)]
+    head = _HEAD.pack(MAGIC, kind, MODES.index(mode), learned, float(bound), value, t, h, w, len(parts))
     return seal(head + _pack(parts))
 
 
@@ -82,11 +172,11 @@ def _correction(x, x_hat, valid, bound, mode) -> list[bytes]:
     ]  # fmt: skip
 
 
-def decode_block(data: bytes) -> np.ndarray:
-    """The ``(t, h, w)`` float32 block :func:`encode_block` wrote."""
+def decode_block(data: bytes, predictor: LearnedPredictor | None = None) -> np.ndarray:
+    """The ``(t, h, w)`` float32 block :func:`encode_block` wrote (with the same predictor)."""
     data = unseal(data, "a compressed block")
     try:
-        magic, kind, mode, bound, value, t, h, w, n = _HEAD.unpack_from(data, 0)
+        magic, kind, mode, learned, bound, value, t, h, w, n = _HEAD.unpack_from(data, 0)
     except struct.error:
         raise DataError("a compressed block does not decode (too short)") from None
     if magic != MAGIC or kind >= len(KINDS) or mode >= len(MODES):
@@ -98,13 +188,18 @@ def decode_block(data: bytes) -> np.ndarray:
     x_hat = np.full((t, h, w), value, dtype=np.float32)
     if kind == 1:
         return np.where(valid, x_hat, np.nan).astype(np.float32)
+    parts = parts[1:]
+    if learned:
+        if predictor is None:
+            raise DataError("this block was compressed with a model: give the compressor's checkpoint")
+        x_hat, parts = predictor.decode(parts[:4], valid), parts[4:]
     if MODES[mode] == "pointwise":
-        q, idx, vals = parts[1:4]
+        q, idx, vals = parts[:3]
         codes = PointwiseCodes(
             decode_integers(q), np.cumsum(decode_integers(idx)), np.frombuffer(vals, "<f4")
         )
         return pointwise_decode(x_hat, valid, codes, bound)
-    pi, keep, coef, basis, exact, exact_q, lossless, lvals = parts[1:9]
+    pi, keep, coef, basis, exact, exact_q, lossless, lvals = parts[:8]
     basis = np.frombuffer(basis, "<f4")
     codes = PatchCodes(
         np.cumsum(decode_integers(pi)), decode_integers(keep), decode_integers(coef),

@@ -79,15 +79,17 @@ def decode_y(data: bytes, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (np.asarray(sym, dtype=np.float64) + mean).reshape(np.shape(scale))
 
 
-def prior_tables(likelihood, channels: int, total: int = 1 << 16) -> np.ndarray:
-    """Integer tables ``(channels, 2 * RANGE + 1)`` for the hyper-latent, from ``likelihood``
-    (a function of ``z (1, channels, N)`` giving probabilities, e.g. the model's factorized
-    prior): each row sums to about ``total``, every symbol at least 1 (decodable)."""
+def prior_tables(prior, total: int = 1 << 16) -> np.ndarray:
+    """Integer tables ``(channels, 2 * RANGE + 1)`` for the hyper-latent from ``prior`` (the
+    model's :class:`~faextract.compress.model.FactorizedPrior`): each row sums to about
+    ``total``, every symbol at least 1 (decodable)."""
     import torch
 
-    grid = torch.arange(-RANGE, RANGE + 1, dtype=torch.float32)
+    weights = next(prior.parameters())
+    channels = weights.shape[0]
+    grid = torch.arange(-RANGE, RANGE + 1, dtype=weights.dtype)
     with torch.no_grad():
-        p = likelihood(grid.view(1, 1, -1).expand(1, channels, -1).contiguous())[0]
+        p = prior.likelihood(grid.view(1, 1, -1).expand(1, channels, -1).contiguous())[0]
     p = p.double().numpy()
     p = p / p.sum(axis=1, keepdims=True)
     return np.maximum(np.rint(p * total), 1).astype(np.uint32)
