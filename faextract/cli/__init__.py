@@ -9,6 +9,7 @@ Command functions are long only where typer declares their options in the signat
 - :mod:`~faextract.cli.data`: ``inspect``, ``stats``;
 - :mod:`~faextract.cli.jobs`: ``train``, ``embed``, ``evaluate``;
 - :mod:`~faextract.cli.products`: ``plot``, ``export``;
+- :mod:`~faextract.cli.compress`: ``compress``, ``decompress``;
 - :mod:`~faextract.cli.slurm`: ``slurm embed``, ``slurm train``.
 """
 
@@ -16,8 +17,12 @@ from __future__ import annotations
 
 import sys
 
-from faextract.cli import data, jobs, products, slurm  # noqa: F401  (registers the commands)
+from faextract.cli import compress, data, jobs, products, slurm  # noqa: F401  (registers the commands)
 from faextract.cli.common import app
+
+#: The order of ``faextract --help``: data, jobs, products, storage.
+ORDER = ["inspect", "stats", "train", "embed", "evaluate", "plot", "export", "compress", "decompress"]
+app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 
 __all__ = ["app", "main"]
 

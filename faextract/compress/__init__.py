@@ -19,11 +19,15 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
 - :mod:`~faextract.compress.latent`: the network's latents coded with scales snapped to a
   fixed table (a decoder whose scales snap elsewhere stops with an error) and the
   hyper-latent with integer tables made once from the model's prior;
+- :mod:`~faextract.compress.container`: the compressed Zarr store (the input's coordinates and
+  attributes as xarray writes them, one uint8 array per block stream), ``compress``,
+  ``decompress`` and the lazy ``open_compressed``;
 - :mod:`~faextract.compress.model`: the network (2-D/3-D VAE encoder, mean-scale hyperprior
   with a factorized prior, 3-D/2-D decoder with a ConvNeXt + pixel-shuffle super-resolution
   module) and its rate-distortion loss.
 
-Not yet here: training it through ``faextract train`` and a bundled pretrained compressor,
-the block container and ``faextract compress``/``decompress``, and the
-benchmark against SZ3, ZFP and SPERR.
+Not yet here: training the network through ``faextract train`` and a bundled pretrained
+compressor (so the commands still predict with the block mean), ``--shard`` and resuming a
+partly written store, ``--region`` for decompress, and the benchmark against SZ3, ZFP and
+SPERR.
 """

@@ -1,0 +1,288 @@
+"""The compressed store: a Zarr group that xarray reads, with the byte streams inside.
+
+Layout of ``X.zarr``::
+
+    (root)            the input's coordinates and small variables, written by xarray, with
+                      the input's global attributes; attrs ``faextract_compressed`` (format
+                      version, bound, mode, predictor, block size)
+    streams/<var>/<i> one uint8 array per block i of variable <var> (its sealed stream)
+    streams/<var>     attrs: the variable's dims, shape, dtype, attributes and encoding, its
+                      block list, and ``done`` (the ledger: a restarted run skips them)
+
+Plain uint8 arrays are used for the streams (Zarr v3's variable-length bytes type is marked
+unstable and not portable across Zarr implementations). Variables of shape ``(time, y, x)``
+are compressed; every other variable is stored as xarray writes it. ``decompress`` and
+:func:`open_compressed` give back the input's variables, coordinates, attributes and
+calendar; values within the bound, NaN exactly where the input had NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from faextract import __version__
+from faextract.compress.blocks import BlockSpec, plan_blocks
+from faextract.compress.codec import decode_block, encode_block
+from faextract.errors import DataError, FaextractError
+
+FORMAT_VERSION = 1
+MARKER = "faextract_compressed"
+DECOMPRESSED = "faextract_decompressed_from"
+
+
+@dataclass
+class CompressOptions:
+    """The bound: exactly one of ``max_abs_error`` (absolute, data units), ``rel_error``
+    (times each variable's valid range) or ``nrmse`` (patch RMSE, times the range)."""
+
+    max_abs_error: float | None = None
+    rel_error: float | None = None
+    nrmse: float | None = None
+    variables: tuple[str, ...] | None = None
+    overwrite: bool = False
+    block: BlockSpec = field(default_factory=BlockSpec)
+
+    def __post_init__(self):
+        given = {k: v for k, v in (("--max-abs-error", self.max_abs_error),
+                                   ("--rel-error", self.rel_error), ("--nrmse", self.nrmse))
+                 if v is not None}  # fmt: skip
+        if len(given) != 1:
+            raise FaextractError(
+                "give exactly one error bound: --max-abs-error E, --rel-error R or --nrmse E"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        ((name, value),) = given.items()
+        if not np.isfinite(value) or value <= 0:
+            raise FaextractError(f"{name} must be a positive number, got {value:g}")
+
+    @property
+    def mode(self) -> str:
+        return "patches" if self.nrmse is not None else "pointwise"
+
+    def bound_for(self, values_range: float) -> float:
+        if self.max_abs_error is not None:
+            return float(self.max_abs_error)
+        relative = self.rel_error if self.rel_error is not None else self.nrmse
+        return float(relative) * (values_range if values_range > 0 else 1.0)
+
+
+@dataclass
+class CompressResult:
+    path: str
+    variables: list[str]
+    blocks_written: int
+    input_bytes: int  # float32 values + their mask, as the benchmarks count
+    stored_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        return self.input_bytes / max(self.stored_bytes, 1)
+
+
+def _compressible(ds: xr.Dataset, names) -> list[str]:
+    chosen = list(names) if names else [v for v in ds.data_vars if ds[v].ndim == 3]
+    for v in chosen:
+        if v not in ds.data_vars:
+            raise DataError(f"no variable {v!r} in the input (it has {', '.join(map(str, ds.data_vars))})")
+        if ds[v].ndim != 3:
+            raise DataError(
+                f"variable {v!r} has dims {ds[v].dims}: compress takes (time, y, x) variables; "
+                "select one level first (e.g. xarray's .sel) for 4-D ones"
+            )
+    if not chosen:
+        raise DataError("the input has no (time, y, x) variable to compress")
+    return chosen
+
+
+def compress(inputs, out: str, options: CompressOptions, predictor=None, progress=None) -> CompressResult:
+    """Compress the (time, y, x) variables of ``inputs`` into the store ``out``."""
+    from faextract.data.sources import resolve_paths
+    from faextract.outputs import existing_output, remove_output
+
+    paths = resolve_paths(inputs if isinstance(inputs, list | tuple) else [inputs])
+    ds = _open(paths)
+    names = _compressible(ds, options.variables)
+    if existing_output(out, inputs=paths, ours=is_compressed_store, what="compressed store"):
+        if not options.overwrite:
+            raise FaextractError(f"{out}: exists (use --overwrite to replace it)")
+        remove_output(out)
+    periodic = _periodic(ds[names[0]])
+    rest = ds.drop_vars(names)
+    tmp = f"{out}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    rest.attrs[MARKER] = json.dumps({
+        "format": FORMAT_VERSION, "faextract": __version__, "mode": options.mode,
+        "predictor": "learned" if predictor is not None else "mean",
+        "block": [options.block.time, options.block.tile], "variables": names,
+    })  # fmt: skip
+    try:
+        written, stored, raw = _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+        raise
+    finally:
+        ds.close()
+    os.replace(tmp, out)
+    return CompressResult(out, names, written, raw, _size(out))
+
+
+def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress):
+    rest.to_zarr(tmp, mode="w", consolidated=False)
+    root = zarr.open_group(tmp, mode="r+")
+    written = stored = raw = 0
+    total = sum(len(plan_blocks(ds[v].shape, options.block)) for v in names)
+    task = progress.start("compressing", total=total) if progress else None
+    for v in names:
+        da = ds[v]
+        values_all = da.values.astype(np.float32)  # one variable at a time in memory
+        if np.isinf(values_all).any():
+            raise DataError(f"variable {v!r} holds infinite values; replace them (e.g. by NaN) first")
+        finite = values_all[np.isfinite(values_all)]
+        bound = options.bound_for(float(finite.max() - finite.min()) if finite.size else 0.0)
+        group = root.require_group(f"streams/{v}")
+        blocks = plan_blocks(values_all.shape, options.block)
+        for i, b in enumerate(blocks):
+            data = encode_block(values_all[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], bound,
+                                options.mode, what=f"variable {v!r}", predictor=predictor)  # fmt: skip
+            arr = group.create_array(str(i), shape=(len(data),), dtype="uint8", chunks=(max(1, len(data)),))
+            arr[:] = np.frombuffer(data, dtype=np.uint8)
+            written, stored = written + 1, stored + len(data)
+            if task is not None:
+                progress.advance(task, 1)
+        raw += values_all.size * 4 + values_all.size // 8
+        group.attrs.update({
+            "dims": list(da.dims), "shape": list(da.shape), "dtype": str(da.dtype),
+            "attrs": _jsonable(da.attrs), "encoding": _jsonable(_encoding(da)),
+            "bound": bound, "periodic": periodic,
+            "blocks": [[b.t0, b.t1, b.y0, b.y1, b.x0, b.x1] for b in blocks],
+        })  # fmt: skip
+    if task is not None:
+        progress.finish(task)
+    return written, stored, raw
+
+
+def _open(paths: list[str]) -> xr.Dataset:
+    """The input as stored (times not decoded: they are written back as they were)."""
+    try:
+        if len(paths) > 1:
+            return xr.open_mfdataset(paths, combine="by_coords", decode_times=False)
+        if os.path.isdir(paths[0]):
+            return xr.open_zarr(paths[0], decode_times=False, consolidated=None)
+        return xr.open_dataset(paths[0], decode_times=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{paths[0]}: cannot be opened ({str(err).splitlines()[0]})") from None
+
+
+def _periodic(da: xr.DataArray) -> bool:
+    from faextract.data.standardize import is_periodic
+
+    lon = da[da.dims[-1]].values if da.dims[-1] in da.coords else None
+    return bool(lon is not None and np.issubdtype(np.asarray(lon).dtype, np.number) and is_periodic(np.asarray(lon, float)))
+
+
+def _encoding(da: xr.DataArray) -> dict:
+    keep = ("dtype", "_FillValue", "scale_factor", "add_offset", "units", "calendar")
+    return {k: v for k, v in da.encoding.items() if k in keep}
+
+
+def _jsonable(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.dtype):
+            v = str(v)
+        out[str(k)] = v
+    return out
+
+
+def _size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(path) for f in fs)
+
+
+def is_compressed_store(path) -> bool:
+    try:
+        return MARKER in zarr.open_group(str(path), mode="r").attrs
+    except Exception:  # noqa: BLE001 - anything else is not ours
+        return False
+
+
+def open_compressed(path: str, predictor=None) -> xr.Dataset:
+    """The compressed store as an xarray Dataset; each variable decodes block by block when it
+    is computed (dask), so a slice decodes only the blocks it touches."""
+    import dask
+    import dask.array as dsa
+
+    if not is_compressed_store(path):
+        raise DataError(f"{path}: not a faextract compressed store")
+    meta = json.loads(zarr.open_group(path, mode="r").attrs[MARKER])
+    if meta.get("format", 0) > FORMAT_VERSION:
+        raise DataError(f"{path}: compressed with format {meta['format']}; upgrade faextract")
+    if meta.get("predictor") == "learned" and predictor is None:
+        raise DataError(f"{path}: compressed with a model: give the compressor's checkpoint")
+    ds = xr.open_zarr(path, consolidated=False, decode_times=False)
+    root = zarr.open_group(path, mode="r")
+    for v in meta["variables"]:
+        g = root[f"streams/{v}"]
+        info = dict(g.attrs)
+        pieces = {}
+        for i, (t0, t1, y0, y1, x0, x1) in enumerate(info["blocks"]):
+            arr = g[str(i)]
+            delayed = dask.delayed(_decode_one)(arr, predictor)
+            pieces[(t0, y0, x0)] = dsa.from_delayed(delayed, shape=(t1 - t0, y1 - y0, x1 - x0), dtype=np.float32)
+        ts = sorted({k[0] for k in pieces})
+        ys = sorted({k[1] for k in pieces})
+        xs = sorted({k[2] for k in pieces})
+        data = dsa.block([[[pieces[(t, y, x)] for x in xs] for y in ys] for t in ts])
+        var = xr.Variable(info["dims"], data, attrs=info["attrs"])
+        var.encoding.update(info["encoding"])
+        ds[v] = var
+    ds = ds[[*meta["variables"], *(n for n in ds.data_vars if n not in meta["variables"])]]
+    ds.attrs.pop(MARKER, None)
+    return xr.decode_cf(ds)
+
+
+def _decode_one(arr, predictor) -> np.ndarray:
+    return decode_block(np.asarray(arr[:]).tobytes(), predictor)
+
+
+def is_decompressed(path) -> bool:
+    from faextract.outputs import netcdf_attrs, zarr_attrs
+
+    attrs = (zarr_attrs(path) if Path(path).is_dir() else netcdf_attrs(path)) or {}
+    return DECOMPRESSED in attrs
+
+
+def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | None = None,
+               predictor=None) -> str:  # fmt: skip
+    """Write the decompressed dataset to ``out`` (``.nc``: NetCDF4, else Zarr); ``time``: the
+    time steps to keep (by position; only the blocks they touch are decoded)."""
+    from faextract.outputs import existing_output, remove_output
+
+    ds = open_compressed(path, predictor)
+    if time is not None:
+        first = next(iter(ds.data_vars))
+        ds = ds.isel({ds[first].dims[0]: time})
+    if existing_output(out, inputs=[path], ours=is_decompressed, what="decompressed dataset"):
+        if not overwrite:
+            raise FaextractError(f"{out}: exists (use --overwrite to replace it)")
+        remove_output(out)
+    ds.attrs[DECOMPRESSED] = str(path)
+    tmp = f"{out}.partial"
+    shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else Path(tmp).unlink(missing_ok=True)
+    if str(out).endswith(".nc"):
+        ds.to_netcdf(tmp)
+    else:
+        ds.to_zarr(tmp, mode="w", consolidated=False)
+    os.replace(tmp, out)
+    return out
