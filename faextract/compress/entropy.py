@@ -63,7 +63,7 @@ def encode_integers(values: np.ndarray) -> bytes:
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(symbols, _model(counts))
     words = coder.get_compressed().astype("<u4")
-    packed = zlib.compress(counts.astype("<u4").tobytes(), 9)
+    packed = zlib.compress(counts.astype("<u4").tobytes(), 6)  # 9: 16x slower, 4% smaller
     small = escaped.size == 0 or (escaped.min() >= -(2**31) and escaped.max() < 2**31)
     width = 4 if small else 8
     return seal(b"".join([

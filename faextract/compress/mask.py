@@ -31,7 +31,7 @@ def encode_mask(values: np.ndarray, what: str = "the input") -> tuple[bytes, np.
     elif not valid.any():
         payload = _HEADER.pack(MAGIC, 2)
     else:
-        payload = _HEADER.pack(MAGIC, 0) + zlib.compress(np.packbits(valid, axis=None).tobytes(), 9)
+        payload = _HEADER.pack(MAGIC, 0) + zlib.compress(np.packbits(valid, axis=None).tobytes(), 6)
     return seal(payload), valid
 
 
