@@ -448,3 +448,24 @@ def test_compress_and_decompress_refuse_bad_input_in_one_line(tmp_path):
     assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "x.nc").exists()
     assert run("compress", str(src), "--out", out, "--rel-error", "0.01").exit_code == 0
     assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01"), "exists")
+
+
+def test_a_shared_patch_basis_is_stored_once_and_required_to_decode(tmp_path):
+    """``--nrmse`` stores one basis per variable, not one per block: smaller streams for the
+    same guarantee; a block coded with it does not decode without it."""
+    from faextract.compress.blocks import plan_blocks
+    from faextract.compress.codec import decode_block, encode_block
+    from faextract.compress.patches import fit_basis
+
+    rng = np.random.default_rng(4)
+    x = _field(rng, (8, 24, 48), rough=False) + rng.normal(0, 0.1, (8, 24, 48)).astype(np.float32)
+    E = 1e-3 * float(x.max() - x.min())
+    basis = fit_basis([x - x.mean()])
+    own = encode_block(x, E, "patches")
+    shared = encode_block(x, E, "patches", basis=basis)
+    assert len(shared) < len(own) - 10_000
+    out = decode_block(shared, basis=basis)
+    assert (_patch_rmse(out, x, np.isfinite(x)) <= E).all()
+    with pytest.raises(DataError, match="shared basis"):
+        decode_block(shared)
+    assert plan_blocks(x.shape)  # (the container fits one per variable over its blocks)

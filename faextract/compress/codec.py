@@ -132,10 +132,12 @@ def encode_block(
     mode: str = "pointwise",
     what: str = "block",
     predictor: LearnedPredictor | None = None,
+    basis: np.ndarray | None = None,
 ) -> bytes:
     """``values (t, h, w)`` float32 (NaN = missing) -> bytes within ``bound`` (absolute, data
     units; ``mode="patches"``: the RMSE of every 8x8 patch instead of every point), predicted
-    by ``predictor`` (default: the block's mean)."""
+    by ``predictor`` (default: the block's mean). ``basis``: the patch mode's shared basis
+    (:func:`~faextract.compress.patches.fit_basis`), which the decoder must be given too."""
     if mode not in MODES:
         raise DataError(f"unknown error-bound mode {mode!r}; choose from {', '.join(MODES)}")
     values = np.asarray(values, dtype=np.float32)
@@ -153,17 +155,17 @@ def encode_block(
         else:
             extra, x_hat = predictor.encode(values)
             learned = 1
-        parts = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode)]
+        parts = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode, basis)]
     head = _HEAD.pack(MAGIC, kind, MODES.index(mode), learned, float(bound), value, t, h, w, len(parts))
     return seal(head + _pack(parts))
 
 
-def _correction(x, x_hat, valid, bound, mode) -> list[bytes]:
+def _correction(x, x_hat, valid, bound, mode, basis=None) -> list[bytes]:
     if mode == "pointwise":
         c, _ = pointwise_encode(x, x_hat, valid, bound)
         return [encode_integers(c.q), encode_integers(np.diff(c.exception_index, prepend=0)),
                 c.exception_value.astype("<f4").tobytes()]  # fmt: skip
-    c, _ = patch_encode(x, x_hat, valid, bound)
+    c, _ = patch_encode(x, x_hat, valid, bound, basis)
     return [
         encode_integers(np.diff(c.patches, prepend=0)), encode_integers(c.keep),
         encode_integers(c.coefficients), c.basis.astype("<f4").tobytes(),
@@ -172,8 +174,11 @@ def _correction(x, x_hat, valid, bound, mode) -> list[bytes]:
     ]  # fmt: skip
 
 
-def decode_block(data: bytes, predictor: LearnedPredictor | None = None) -> np.ndarray:
-    """The ``(t, h, w)`` float32 block :func:`encode_block` wrote (with the same predictor)."""
+def decode_block(
+    data: bytes, predictor: LearnedPredictor | None = None, basis: np.ndarray | None = None
+) -> np.ndarray:
+    """The ``(t, h, w)`` float32 block :func:`encode_block` wrote (with the same predictor and
+    shared basis)."""
     data = unseal(data, "a compressed block")
     try:
         magic, kind, mode, learned, bound, value, t, h, w, n = _HEAD.unpack_from(data, 0)
@@ -199,12 +204,14 @@ def decode_block(data: bytes, predictor: LearnedPredictor | None = None) -> np.n
             decode_integers(q), np.cumsum(decode_integers(idx)), np.frombuffer(vals, "<f4")
         )
         return pointwise_decode(x_hat, valid, codes, bound)
-    pi, keep, coef, basis, exact, exact_q, lossless, lvals = parts[:8]
-    basis = np.frombuffer(basis, "<f4")
+    pi, keep, coef, own, exact, exact_q, lossless, lvals = parts[:8]
+    own = np.frombuffer(own, "<f4")  # the block's own basis (empty: the variable's shared one)
     codes = PatchCodes(
         np.cumsum(decode_integers(pi)), decode_integers(keep), decode_integers(coef),
-        basis.reshape(64, 64) if basis.size else np.zeros((0, 0), np.float32),
+        own.reshape(64, 64) if own.size else np.zeros((0, 0), np.float32),
         decode_integers(exact), decode_integers(exact_q),
         np.cumsum(decode_integers(lossless)), np.frombuffer(lvals, "<f4"),
     )  # fmt: skip
-    return patch_decode(x_hat, valid, codes, bound)
+    if not codes.basis.size and codes.patches.size and basis is None:
+        raise DataError("this block was coded with its variable's shared basis: it is missing")
+    return patch_decode(x_hat, valid, codes, bound, basis)

@@ -149,9 +149,16 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
         bound = options.bound_for(float(finite.max() - finite.min()) if finite.size else 0.0)
         group = root.require_group(f"streams/{v}")
         blocks = plan_blocks(values_all.shape, options.block)
+        basis = None
+        if options.mode == "patches" and predictor is None:
+            basis = _shared_basis(values_all, blocks)
+            group.create_array("basis", shape=(basis.size * 4,), dtype="uint8")[:] = np.frombuffer(
+                basis.astype("<f4").tobytes(), np.uint8
+            )
         for i, b in enumerate(blocks):
             data = encode_block(values_all[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], bound,
-                                options.mode, what=f"variable {v!r}", predictor=predictor)  # fmt: skip
+                                options.mode, what=f"variable {v!r}", predictor=predictor,
+                                basis=basis)  # fmt: skip
             arr = group.create_array(str(i), shape=(len(data),), dtype="uint8", chunks=(max(1, len(data)),))
             arr[:] = np.frombuffer(data, dtype=np.uint8)
             written, stored = written + 1, stored + len(data)
@@ -167,6 +174,20 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
     if task is not None:
         progress.finish(task)
     return written, stored, raw
+
+
+def _shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
+    """The patch basis of a variable: PCA of the 8x8 patches of up to ``most`` blocks, each
+    minus its mean (the residual of the block-mean prediction); stored once per variable."""
+    from faextract.compress.patches import fit_basis
+
+    picks = [blocks[i] for i in np.linspace(0, len(blocks) - 1, min(most, len(blocks))).astype(int)]
+    residuals = []
+    for b in picks:
+        x = values[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1]
+        ok = np.isfinite(x)
+        residuals.append(np.where(ok, x - (x[ok].mean() if ok.any() else 0.0), 0.0))
+    return fit_basis(residuals)
 
 
 def _open(paths: list[str]) -> xr.Dataset:
@@ -236,9 +257,12 @@ def open_compressed(path: str, predictor=None) -> xr.Dataset:
         g = root[f"streams/{v}"]
         info = dict(g.attrs)
         pieces = {}
+        basis = None
+        if "basis" in g:
+            basis = np.frombuffer(np.asarray(g["basis"][:]).tobytes(), "<f4").reshape(64, 64)
         for i, (t0, t1, y0, y1, x0, x1) in enumerate(info["blocks"]):
             arr = g[str(i)]
-            delayed = dask.delayed(_decode_one)(arr, predictor)
+            delayed = dask.delayed(_decode_one)(arr, predictor, basis)
             pieces[(t0, y0, x0)] = dsa.from_delayed(delayed, shape=(t1 - t0, y1 - y0, x1 - x0), dtype=np.float32)
         ts = sorted({k[0] for k in pieces})
         ys = sorted({k[1] for k in pieces})
@@ -252,8 +276,8 @@ def open_compressed(path: str, predictor=None) -> xr.Dataset:
     return xr.decode_cf(ds)
 
 
-def _decode_one(arr, predictor) -> np.ndarray:
-    return decode_block(np.asarray(arr[:]).tobytes(), predictor)
+def _decode_one(arr, predictor, basis) -> np.ndarray:
+    return decode_block(np.asarray(arr[:]).tobytes(), predictor, basis)
 
 
 def is_decompressed(path) -> bool:

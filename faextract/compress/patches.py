@@ -70,11 +70,26 @@ def _reconstruct(cq: np.ndarray, keep: np.ndarray, basis: np.ndarray, bound: flo
     return np.einsum("nk,jk->nj", full, basis.astype(np.float64), optimize=False)
 
 
+def fit_basis(residuals, max_patches: int = 20000) -> np.ndarray:
+    """A ``(64, 64)`` float32 PCA basis (columns by energy) of the 8x8 patches of
+    ``residuals`` (``(T, H, W)`` arrays, any sizes, NaN as 0), to share across a variable's
+    blocks: stored once, not with every block (16 KB a block outweighs the coefficients of
+    small grids)."""
+    rp = np.concatenate([_to_patches(np.nan_to_num(np.asarray(r, np.float64)))[0] for r in residuals])
+    if rp.shape[0] > max_patches:
+        rp = rp[np.linspace(0, rp.shape[0] - 1, max_patches).astype(int)]
+    _, _, vt = np.linalg.svd(rp, full_matrices=True)
+    return vt.T.astype(np.float32)
+
+
 def patch_encode(
-    x: np.ndarray, x_hat: np.ndarray, valid: np.ndarray, bound: float
-) -> tuple[PatchCodes, np.ndarray]:
+    x: np.ndarray, x_hat: np.ndarray, valid: np.ndarray, bound: float,
+    basis: np.ndarray | None = None,
+) -> tuple[PatchCodes, np.ndarray]:  # fmt: skip
     """Codes that bring every patch of ``x_hat`` (``(T, H, W)``) within RMSE ``bound`` of ``x``
-    on ``valid``; returns them and the decoder's float32 result (NaN off ``valid``)."""
+    on ``valid``; returns them and the decoder's float32 result (NaN off ``valid``). ``basis``:
+    a shared basis (:func:`fit_basis`; the decoder must be given the same one), else one is
+    fitted on this block's residual patches and stored in the codes."""
     bound = check_bound(bound)
     r = np.where(valid, x.astype(np.float64) - x_hat.astype(np.float64), 0.0)
     rp, shape = _to_patches(r)
@@ -84,8 +99,8 @@ def patch_encode(
     empty = np.zeros(0, dtype=np.int64)
     codes = PatchCodes(sel, empty, empty, np.zeros((0, 0), np.float32), empty, empty)
     if sel.size:
-        codes = _correct(rp[sel], limit[sel], sel, bound)
-    out = patch_decode(x_hat, valid, codes, bound)
+        codes = _correct(rp[sel], limit[sel], sel, bound, basis)
+    out = patch_decode(x_hat, valid, codes, bound, basis)
     # the float32 result, checked: patches rounding past the bound are stored as they are
     err = np.where(valid, out.astype(np.float64) - x, 0.0)
     ep, _ = _to_patches(err)
@@ -93,15 +108,20 @@ def patch_encode(
     if miss.size:
         xp, _ = _to_patches(np.where(valid, x, 0.0).astype(np.float32))
         codes.lossless, codes.values = miss.astype(np.int64), xp[miss].ravel()
-        out = patch_decode(x_hat, valid, codes, bound)
+        out = patch_decode(x_hat, valid, codes, bound, basis)
     return codes, out
 
 
-def _correct(res: np.ndarray, limit: np.ndarray, sel: np.ndarray, bound: float) -> PatchCodes:
-    # PCA basis of the residual patches, columns by energy, stored (and used) in float32;
-    # full_matrices completes it to 64 columns when fewer patches than 64 need correcting
-    _, _, vt = np.linalg.svd(res, full_matrices=True)
-    basis = vt.T.astype(np.float32)
+def _correct(
+    res: np.ndarray, limit: np.ndarray, sel: np.ndarray, bound: float, shared: np.ndarray | None
+) -> PatchCodes:
+    if shared is None:
+        # PCA basis of the residual patches, columns by energy, stored (and used) in float32;
+        # full_matrices completes it to 64 columns when fewer patches than 64 need correcting
+        _, _, vt = np.linalg.svd(res, full_matrices=True)
+        basis = vt.T.astype(np.float32)
+    else:
+        basis = np.asarray(shared, dtype=np.float32)
     c = np.einsum("nj,jk->nk", res, basis.astype(np.float64), optimize=False)
     cq_all = np.rint(c / (2.0 * bound))
     # squared error of each prefix length k = 0..64 (in coefficient space)
@@ -117,17 +137,23 @@ def _correct(res: np.ndarray, limit: np.ndarray, sel: np.ndarray, bound: float) 
     err = ((_reconstruct(cq, keep, basis, bound) - res) ** 2).sum(axis=1)
     miss = np.nonzero(err > limit)[0]
     exact_q = np.rint(res[miss] / (2.0 * bound)).astype(np.int64).ravel()
-    return PatchCodes(sel, keep, cq, basis, miss.astype(np.int64), exact_q)
+    stored = basis if shared is None else np.zeros((0, 0), np.float32)  # a shared one is not
+    return PatchCodes(sel, keep, cq, stored, miss.astype(np.int64), exact_q)
 
 
 def patch_decode(
-    x_hat: np.ndarray, valid: np.ndarray, codes: PatchCodes, bound: float
-) -> np.ndarray:
-    """``x_hat`` corrected by ``codes``: float32, NaN off ``valid``."""
+    x_hat: np.ndarray, valid: np.ndarray, codes: PatchCodes, bound: float,
+    basis: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``x_hat`` corrected by ``codes`` (and the shared ``basis`` they were made with, if any):
+    float32, NaN off ``valid``."""
     base = np.where(valid, x_hat.astype(np.float64), 0.0)
     corr = np.zeros(_to_patches(base)[0].shape, dtype=np.float64)
     if codes.patches.size:
-        fix = _reconstruct(codes.coefficients, codes.keep, codes.basis, bound)
+        use = codes.basis if codes.basis.size else basis
+        if use is None:
+            raise ValueError("these patch codes were made with a shared basis: pass it")
+        fix = _reconstruct(codes.coefficients, codes.keep, use, bound)
         if codes.exact.size:
             fix[codes.exact] = codes.exact_q.reshape(-1, P * P) * (2.0 * bound)
         corr[codes.patches] = fix
