@@ -36,20 +36,26 @@ BOUNDS = (1e-2, 1e-3, 1e-4)
 
 
 def _faextract(mode: str):
+    """As ``faextract compress`` codes a variable (its blocks; in patch mode one shared
+    basis per variable, counted in the stored bytes)."""
     from faextract.compress.blocks import plan_blocks
     from faextract.compress.codec import decode_block, encode_block
+    from faextract.compress.container import shared_basis
 
     def run(x, E):
-        streams = []
+        blocks, streams = plan_blocks(x.shape), []
         t = time.perf_counter()
-        for b in plan_blocks(x.shape):
-            streams.append(encode_block(x[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], E, mode))
+        basis = shared_basis(x, blocks) if mode == "patches" else None
+        for b in blocks:
+            streams.append(encode_block(x[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], E, mode,
+                                        basis=basis))  # fmt: skip
         t_c = time.perf_counter() - t
         t = time.perf_counter()
         out = np.empty_like(x)
-        for b, s in zip(plan_blocks(x.shape), streams, strict=True):
-            out[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] = decode_block(s)
-        return sum(map(len, streams)), out, t_c, time.perf_counter() - t
+        for b, s in zip(blocks, streams, strict=True):
+            out[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] = decode_block(s, basis=basis)
+        size = sum(map(len, streams)) + (basis.nbytes if basis is not None else 0)
+        return size, out, t_c, time.perf_counter() - t
 
     return run
 

@@ -151,7 +151,7 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
         blocks = plan_blocks(values_all.shape, options.block)
         basis = None
         if options.mode == "patches" and predictor is None:
-            basis = _shared_basis(values_all, blocks)
+            basis = shared_basis(values_all, blocks)
             group.create_array("basis", shape=(basis.size * 4,), dtype="uint8")[:] = np.frombuffer(
                 basis.astype("<f4").tobytes(), np.uint8
             )
@@ -176,7 +176,7 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
     return written, stored, raw
 
 
-def _shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
+def shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
     """The patch basis of a variable: PCA of the 8x8 patches of up to ``most`` blocks, each
     minus its mean (the residual of the block-mean prediction); stored once per variable."""
     from faextract.compress.patches import fit_basis

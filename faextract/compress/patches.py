@@ -78,7 +78,7 @@ def fit_basis(residuals, max_patches: int = 20000) -> np.ndarray:
     rp = np.concatenate([_to_patches(np.nan_to_num(np.asarray(r, np.float64)))[0] for r in residuals])
     if rp.shape[0] > max_patches:
         rp = rp[np.linspace(0, rp.shape[0] - 1, max_patches).astype(int)]
-    _, _, vt = np.linalg.svd(rp, full_matrices=True)
+    _, _, vt = np.linalg.svd(rp, full_matrices=rp.shape[0] < P * P)  # U of n x n would be huge
     return vt.T.astype(np.float32)
 
 
@@ -117,8 +117,8 @@ def _correct(
 ) -> PatchCodes:
     if shared is None:
         # PCA basis of the residual patches, columns by energy, stored (and used) in float32;
-        # full_matrices completes it to 64 columns when fewer patches than 64 need correcting
-        _, _, vt = np.linalg.svd(res, full_matrices=True)
+        # (with fewer than 64 patches, full_matrices completes it to 64 columns)
+        _, _, vt = np.linalg.svd(res, full_matrices=res.shape[0] < P * P)
         basis = vt.T.astype(np.float32)
     else:
         basis = np.asarray(shared, dtype=np.float32)
