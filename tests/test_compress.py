@@ -423,6 +423,11 @@ def test_compress_and_decompress_roundtrip_a_real_looking_file(tmp_path):
     d = xr.open_dataset(out)
     np.testing.assert_array_equal(d["sst"].values, b["sst"].values[5:12])
     assert list(d["time"].values) == list(a["time"].values[5:12])
+    box = decompress(str(tmp_path / "c.zarr"), str(tmp_path / "box.nc"), region=(-20, 20, 350, 30))
+    r = xr.open_dataset(box)  # a box across the dateline of a 0..360 grid
+    rows = (a["lat"].values >= -20) & (a["lat"].values <= 20)
+    cols = (a["lon"].values >= 350) | (a["lon"].values <= 30)
+    np.testing.assert_array_equal(r["t2m"].values, b["t2m"].values[:, rows][:, :, cols])
 
 
 def test_compress_and_decompress_refuse_bad_input_in_one_line(tmp_path):

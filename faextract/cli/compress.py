@@ -61,10 +61,14 @@ def decompress(
     time: Annotated[
         str | None, typer.Option("--time", help="Time steps to keep, by position: a:b.")
     ] = None,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", metavar="LAT0:LAT1,LON0:LON1", help="A box to keep, in degrees."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
     """Decompress a store to NetCDF or Zarr with the input's variables, coordinates,
-    attributes and calendar (only the blocks the time range touches are decoded)."""
+    attributes and calendar (only the blocks a time range or region touches are decoded)."""
     from faextract.compress.container import decompress as run
 
     window = None
@@ -74,5 +78,16 @@ def decompress(
         except ValueError:
             raise FaextractError(f"--time: expected a:b (step positions), got {time!r}") from None
         window = slice(a, b)
-    run(store, str(out), overwrite=overwrite, time=window)
+    box = None
+    if region:
+        try:
+            lat_part, lon_part = region.split(",")
+            box = tuple(float(v) for part in (lat_part, lon_part) for v in part.split(":"))
+            if len(box) != 4:
+                raise ValueError
+        except ValueError:
+            raise FaextractError(
+                f"--region: expected lat0:lat1,lon0:lon1 like -10:10,190:270, got {region!r}"
+            ) from None
+    run(store, str(out), overwrite=overwrite, time=window, region=box)
     typer.echo(f"decompressed {store} to {out}")

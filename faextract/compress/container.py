@@ -280,6 +280,23 @@ def _decode_one(arr, predictor, basis) -> np.ndarray:
     return decode_block(np.asarray(arr[:]).tobytes(), predictor, basis)
 
 
+def _in_region(ds: xr.Dataset, ydim: str, xdim: str, region, path: str) -> xr.Dataset:
+    from faextract.data.boxes import lon_in_box
+
+    lat0, lat1, lon0, lon1 = region
+    if ydim not in ds.coords or xdim not in ds.coords:
+        raise DataError(f"{path}: --region needs latitude and longitude coordinates on {ydim}, {xdim}")
+    lat, lon = ds[ydim].values.astype(float), ds[xdim].values.astype(float)
+    rows = np.nonzero((lat >= min(lat0, lat1)) & (lat <= max(lat0, lat1)))[0]
+    cols = np.nonzero(lon_in_box(lon, lon0, lon1))[0]
+    if not rows.size or not cols.size:
+        raise DataError(
+            f"--region {lat0:g}:{lat1:g},{lon0:g}:{lon1:g} holds no grid cell (the grid spans "
+            f"lat {lat.min():g}..{lat.max():g}, lon {lon.min():g}..{lon.max():g})"
+        )
+    return ds.isel({ydim: rows, xdim: cols})
+
+
 def is_decompressed(path) -> bool:
     from faextract.outputs import netcdf_attrs, zarr_attrs
 
@@ -288,15 +305,19 @@ def is_decompressed(path) -> bool:
 
 
 def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | None = None,
+               region: tuple[float, float, float, float] | None = None,
                predictor=None) -> str:  # fmt: skip
     """Write the decompressed dataset to ``out`` (``.nc``: NetCDF4, else Zarr); ``time``: the
-    time steps to keep (by position; only the blocks they touch are decoded)."""
+    time steps to keep (by position); ``region``: ``(lat0, lat1, lon0, lon1)`` in degrees (any
+    longitude convention). Only the blocks they touch are decoded."""
     from faextract.outputs import existing_output, remove_output
 
     ds = open_compressed(path, predictor)
+    first = ds[next(iter(ds.data_vars))]
     if time is not None:
-        first = next(iter(ds.data_vars))
-        ds = ds.isel({ds[first].dims[0]: time})
+        ds = ds.isel({first.dims[0]: time})
+    if region is not None:
+        ds = _in_region(ds, first.dims[1], first.dims[2], region, path)
     if existing_output(out, inputs=[path], ours=is_decompressed, what="decompressed dataset"):
         if not overwrite:
             raise FaextractError(f"{out}: exists (use --overwrite to replace it)")
