@@ -105,9 +105,14 @@ def is_embedding_store(path: Path) -> bool:
     return attrs is not None and "faextract_format_version" in attrs
 
 
+def global_attrs(path: str | os.PathLike) -> dict | None:
+    """The global attributes of a Zarr store (a directory) or a NetCDF file, or None."""
+    return zarr_attrs(path) if Path(path).is_dir() else netcdf_attrs(path)
+
+
 def is_stats_file(path: Path) -> bool:
     """A statistics file ``faextract stats`` wrote (NetCDF or Zarr)."""
-    attrs = zarr_attrs(path) if path.is_dir() else netcdf_attrs(path)
+    attrs = global_attrs(path)
     return attrs is not None and attrs.get("title") == "faextract normalization statistics"
 
 

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -105,14 +104,13 @@ def _compressible(ds: xr.Dataset, names) -> list[str]:
 def compress(inputs, out: str, options: CompressOptions, predictor=None, progress=None) -> CompressResult:
     """Compress the (time, y, x) variables of ``inputs`` into the store ``out``."""
     from faextract.data.sources import resolve_paths
-    from faextract.outputs import existing_output, remove_output
+    from faextract.outputs import claim_output, remove_output
 
     paths = resolve_paths(inputs if isinstance(inputs, list | tuple) else [inputs])
     ds = _open(paths)
     names = _compressible(ds, options.variables)
-    if existing_output(out, inputs=paths, ours=is_compressed_store, what="compressed store"):
-        if not options.overwrite:
-            raise FaextractError(f"{out}: exists (use --overwrite to replace it)")
+    if claim_output(out, inputs=paths, overwrite=options.overwrite, ours=is_compressed_store,
+                    what="compressed store"):  # fmt: skip
         remove_output(out)
     periodic = _periodic(ds[names[0]])
     rest = ds.drop_vars(names)
@@ -124,7 +122,7 @@ def compress(inputs, out: str, options: CompressOptions, predictor=None, progres
         "block": [options.block.time, options.block.tile], "variables": names,
     })  # fmt: skip
     try:
-        written, stored, raw = _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
+        written, raw = _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
         raise
@@ -137,14 +135,13 @@ def compress(inputs, out: str, options: CompressOptions, predictor=None, progres
 def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress):
     rest.to_zarr(tmp, mode="w", consolidated=False)
     root = zarr.open_group(tmp, mode="r+")
-    written = stored = raw = 0
+    written = raw = 0
     total = sum(len(plan_blocks(ds[v].shape, options.block)) for v in names)
     task = progress.start("compressing", total=total) if progress else None
     for v in names:
         da = ds[v]
-        values_all = da.values.astype(np.float32)  # one variable at a time in memory
-        if np.isinf(values_all).any():
-            raise DataError(f"variable {v!r} holds infinite values; replace them (e.g. by NaN) first")
+        # one variable at a time in memory; infinite values are refused by each block's mask
+        values_all = da.values.astype(np.float32)
         finite = values_all[np.isfinite(values_all)]
         bound = options.bound_for(float(finite.max() - finite.min()) if finite.size else 0.0)
         group = root.require_group(f"streams/{v}")
@@ -161,7 +158,7 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
                                 basis=basis)  # fmt: skip
             arr = group.create_array(str(i), shape=(len(data),), dtype="uint8", chunks=(max(1, len(data)),))
             arr[:] = np.frombuffer(data, dtype=np.uint8)
-            written, stored = written + 1, stored + len(data)
+            written += 1
             if task is not None:
                 progress.advance(task, 1)
         raw += values_all.size * 4 + values_all.size // 8
@@ -173,7 +170,7 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
         })  # fmt: skip
     if task is not None:
         progress.finish(task)
-    return written, stored, raw
+    return written, raw
 
 
 def shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
@@ -232,10 +229,9 @@ def _size(path: str) -> int:
 
 
 def is_compressed_store(path) -> bool:
-    try:
-        return MARKER in zarr.open_group(str(path), mode="r").attrs
-    except Exception:  # noqa: BLE001 - anything else is not ours
-        return False
+    from faextract.outputs import zarr_attrs
+
+    return MARKER in (zarr_attrs(path) or {})
 
 
 def open_compressed(path: str, predictor=None) -> xr.Dataset:
@@ -244,9 +240,12 @@ def open_compressed(path: str, predictor=None) -> xr.Dataset:
     import dask
     import dask.array as dsa
 
-    if not is_compressed_store(path):
+    from faextract.outputs import zarr_attrs
+
+    marker = (zarr_attrs(path) or {}).get(MARKER)
+    if marker is None:
         raise DataError(f"{path}: not a faextract compressed store")
-    meta = json.loads(zarr.open_group(path, mode="r").attrs[MARKER])
+    meta = json.loads(marker)
     if meta.get("format", 0) > FORMAT_VERSION:
         raise DataError(f"{path}: compressed with format {meta['format']}; upgrade faextract")
     if meta.get("predictor") == "learned" and predictor is None:
@@ -281,14 +280,14 @@ def _decode_one(arr, predictor, basis) -> np.ndarray:
 
 
 def _in_region(ds: xr.Dataset, ydim: str, xdim: str, region, path: str) -> xr.Dataset:
-    from faextract.data.boxes import lon_in_box
+    from faextract.data.boxes import box_mask
 
     lat0, lat1, lon0, lon1 = region
     if ydim not in ds.coords or xdim not in ds.coords:
         raise DataError(f"{path}: --region needs latitude and longitude coordinates on {ydim}, {xdim}")
     lat, lon = ds[ydim].values.astype(float), ds[xdim].values.astype(float)
-    rows = np.nonzero((lat >= min(lat0, lat1)) & (lat <= max(lat0, lat1)))[0]
-    cols = np.nonzero(lon_in_box(lon, lon0, lon1))[0]
+    inside = box_mask(lat, lon, (min(lat0, lat1), max(lat0, lat1), lon0, lon1))
+    rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
     if not rows.size or not cols.size:
         raise DataError(
             f"--region {lat0:g}:{lat1:g},{lon0:g}:{lon1:g} holds no grid cell (the grid spans "
@@ -298,10 +297,9 @@ def _in_region(ds: xr.Dataset, ydim: str, xdim: str, region, path: str) -> xr.Da
 
 
 def is_decompressed(path) -> bool:
-    from faextract.outputs import netcdf_attrs, zarr_attrs
+    from faextract.outputs import global_attrs
 
-    attrs = (zarr_attrs(path) if Path(path).is_dir() else netcdf_attrs(path)) or {}
-    return DECOMPRESSED in attrs
+    return DECOMPRESSED in (global_attrs(path) or {})
 
 
 def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | None = None,
@@ -310,7 +308,7 @@ def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | No
     """Write the decompressed dataset to ``out`` (``.nc``: NetCDF4, else Zarr); ``time``: the
     time steps to keep (by position); ``region``: ``(lat0, lat1, lon0, lon1)`` in degrees (any
     longitude convention). Only the blocks they touch are decoded."""
-    from faextract.outputs import existing_output, remove_output
+    from faextract.outputs import claim_output, remove_output
 
     ds = open_compressed(path, predictor)
     first = ds[next(iter(ds.data_vars))]
@@ -318,16 +316,19 @@ def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | No
         ds = ds.isel({first.dims[0]: time})
     if region is not None:
         ds = _in_region(ds, first.dims[1], first.dims[2], region, path)
-    if existing_output(out, inputs=[path], ours=is_decompressed, what="decompressed dataset"):
-        if not overwrite:
-            raise FaextractError(f"{out}: exists (use --overwrite to replace it)")
+    if claim_output(out, inputs=[path], overwrite=overwrite, ours=is_decompressed,
+                    what="decompressed dataset"):  # fmt: skip
         remove_output(out)
     ds.attrs[DECOMPRESSED] = str(path)
     tmp = f"{out}.partial"
-    shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else Path(tmp).unlink(missing_ok=True)
-    if str(out).endswith(".nc"):
-        ds.to_netcdf(tmp)
-    else:
-        ds.to_zarr(tmp, mode="w", consolidated=False)
+    remove_output(tmp)
+    try:
+        if str(out).endswith(".nc"):
+            ds.to_netcdf(tmp)
+        else:
+            ds.to_zarr(tmp, mode="w", consolidated=False)
+    except BaseException:
+        remove_output(tmp)  # nothing half-written is left behind
+        raise
     os.replace(tmp, out)
     return out
