@@ -81,7 +81,7 @@ class LearnedPredictor:
         prep = prepare(values, self.periodic)
         with torch.inference_mode():
             y = self.model.encode(torch.from_numpy(prep.x)[None])
-            z = self.model._per_frame(self.model.hyper_enc, y)
+            z = self.model.hyper_encode(y)
         z_bytes, z_hat = encode_z(z[0].double().numpy(), self.tables)
         mean, scale = self._params(z_hat, y.shape)
         y_bytes, y_hat = encode_y(y[0].double().numpy(), mean, scale)

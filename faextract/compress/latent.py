@@ -95,6 +95,13 @@ def prior_tables(prior, total: int = 1 << 16) -> np.ndarray:
     return np.maximum(np.rint(p * total), 1).astype(np.uint32)
 
 
+def _channel_model(tables: np.ndarray, c: int):
+    """Channel ``c``'s distribution, from its stored integer counts (the same on every machine)."""
+    import constriction
+
+    return constriction.stream.model.Categorical(tables[c] / tables[c].sum(), perfect=False)
+
+
 def encode_z(z: np.ndarray, tables: np.ndarray) -> tuple[bytes, np.ndarray]:
     """``(bytes, z_hat)``: the hyper-latent ``z (C, ...)`` rounded and coded with ``tables``."""
     import constriction
@@ -103,8 +110,7 @@ def encode_z(z: np.ndarray, tables: np.ndarray) -> tuple[bytes, np.ndarray]:
     sym = np.clip(np.rint(np.asarray(z, dtype=np.float64)), -RANGE, RANGE).astype(np.int32)
     coder = constriction.stream.stack.AnsCoder()
     for c in reversed(range(C)):  # a stack: the last channel first
-        model = constriction.stream.model.Categorical(tables[c] / tables[c].sum(), perfect=False)
-        coder.encode_reverse(sym[c].ravel() + RANGE, model)
+        coder.encode_reverse(sym[c].ravel() + RANGE, _channel_model(tables, c))
     words = coder.get_compressed().astype("<u4")
     return seal(_HEAD.pack(b"FXZ1", sym.size, C) + words.tobytes()), sym.astype(np.float64)
 
@@ -122,6 +128,5 @@ def decode_z(data: bytes, shape: tuple[int, ...], tables: np.ndarray) -> np.ndar
     per = n // C
     out = np.empty((C, per), dtype=np.float64)
     for c in range(C):
-        model = constriction.stream.model.Categorical(tables[c] / tables[c].sum(), perfect=False)
-        out[c] = np.asarray(coder.decode(model, per), dtype=np.float64) - RANGE
+        out[c] = np.asarray(coder.decode(_channel_model(tables, c), per), dtype=np.float64) - RANGE
     return out.reshape(shape)

@@ -6,11 +6,11 @@ One variable at a time, a block ``x (B, T, H, W)`` (normalized per block; ``T`` 
 ``H`` and ``W`` multiples of 16: the container pads, periodic in longitude, reflected in
 latitude) flows::
 
-    encoder  per frame: 3x3 conv -> 16 ch; [ResBlock2d, stride-2 conv] x 2        (H/4, 48 ch)
-             3-D:       [ResBlock3d, stride-2 conv3d in t, y, x] x 2              (T/4, H/16, 64 ch)
+    encoder  per frame: 3x3 conv -> 16 ch; [ResBlock, stride-2 conv] x 2          (H/4, 48 ch)
+             3-D:       [ResBlock 3-D, stride-2 conv3d in t, y, x] x 2         (T/4, H/16, 64 ch)
     y = latent (B, 64, T/4, H/16, W/16); z = hyper-encoder(y) (B, 64, T/4, H/64, W/64)
     hyper-decoder(z^) -> mean, scale of y (a Gaussian per element);  z has a factorized prior
-    decoder  [transposed conv3d x2] -> (T, H/4, 48 ch) -> ResBlock2d (32 ch) per frame
+    decoder  [transposed conv3d x2] -> (T, H/4, 48 ch) -> ResBlock (32 ch) per frame
              -> super-resolution: ConvNeXt blocks + pixel shuffle x4 -> x^ (B, T, H, W)
 
 Training rounds nothing: uniform noise in [-0.5, 0.5) stands in for rounding (Balle et al.
@@ -31,23 +31,13 @@ from torch import nn
 MIN_SCALE = 0.11
 
 
-class ResBlock2d(nn.Module):
-    """``x + conv3x3(GELU(conv3x3(x)))`` on ``(N, C, H, W)``."""
+class ResBlock(nn.Module):
+    """``x + conv(GELU(conv(x)))`` with 3-wide 'same' convolutions: ``conv=nn.Conv2d`` on
+    ``(N, C, H, W)``, ``nn.Conv3d`` on ``(N, C, T, H, W)``."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, conv=nn.Conv2d):
         super().__init__()
-        self.a, self.b = nn.Conv2d(ch, ch, 3, padding=1), nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x):
-        return x + self.b(F.gelu(self.a(x)))
-
-
-class ResBlock3d(nn.Module):
-    """``x + conv3(GELU(conv3(x)))`` on ``(N, C, T, H, W)``."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.a, self.b = nn.Conv3d(ch, ch, 3, padding=1), nn.Conv3d(ch, ch, 3, padding=1)
+        self.a, self.b = conv(ch, ch, 3, padding=1), conv(ch, ch, 3, padding=1)
 
     def forward(self, x):
         return x + self.b(F.gelu(self.a(x)))
@@ -144,12 +134,12 @@ class BlockCodec(nn.Module):
         self.widths = tuple(widths)
         self.stem = nn.Conv2d(1, w0, 3, padding=1)
         self.enc2d = nn.Sequential(
-            ResBlock2d(w0), nn.Conv2d(w0, w1, 3, stride=2, padding=1), nn.GELU(),
-            ResBlock2d(w1), nn.Conv2d(w1, w2, 3, stride=2, padding=1),
+            ResBlock(w0), nn.Conv2d(w0, w1, 3, stride=2, padding=1), nn.GELU(),
+            ResBlock(w1), nn.Conv2d(w1, w2, 3, stride=2, padding=1),
         )  # fmt: skip
         self.enc3d = nn.Sequential(
-            ResBlock3d(w2), nn.Conv3d(w2, w3, 3, stride=2, padding=1), nn.GELU(),
-            ResBlock3d(w3), nn.Conv3d(w3, w3, 3, stride=2, padding=1),
+            ResBlock(w2, nn.Conv3d), nn.Conv3d(w2, w3, 3, stride=2, padding=1), nn.GELU(),
+            ResBlock(w3, nn.Conv3d), nn.Conv3d(w3, w3, 3, stride=2, padding=1),
         )  # fmt: skip
         self.hyper_enc = nn.Sequential(
             nn.Conv2d(w3, w3, 3, padding=1), nn.GELU(),
@@ -163,10 +153,10 @@ class BlockCodec(nn.Module):
         )  # fmt: skip
         self.prior = FactorizedPrior(w3)
         self.dec3d = nn.Sequential(
-            nn.ConvTranspose3d(w3, w3, 4, stride=2, padding=1), nn.GELU(), ResBlock3d(w3),
+            nn.ConvTranspose3d(w3, w3, 4, stride=2, padding=1), nn.GELU(), ResBlock(w3, nn.Conv3d),
             nn.ConvTranspose3d(w3, w2, 4, stride=2, padding=1), nn.GELU(),
         )  # fmt: skip
-        self.dec2d = nn.Sequential(nn.Conv2d(w2, w1, 3, padding=1), nn.GELU(), ResBlock2d(w1))
+        self.dec2d = nn.Sequential(nn.Conv2d(w2, w1, 3, padding=1), nn.GELU(), ResBlock(w1))
         self.sr = SuperResolution(w1, blocks=sr_blocks)
 
     @staticmethod
@@ -189,9 +179,13 @@ class BlockCodec(nn.Module):
         out = net(v.transpose(1, 2).reshape(B * t, C, h, w))
         return out.reshape(B, t, *out.shape[1:]).transpose(1, 2)
 
+    def hyper_encode(self, y: torch.Tensor) -> torch.Tensor:
+        """``y (B, 64, t, h, w)`` -> hyper-latent ``z (B, 64, t, h/4, w/4)`` (rounded up)."""
+        return self._per_frame(self.hyper_enc, y)
+
     def hyper(self, y: torch.Tensor, z_hat: torch.Tensor | None = None):
         """``(z, mean, scale)`` of ``y``: z from the hyper-encoder (or the given ``z_hat``)."""
-        z = self._per_frame(self.hyper_enc, y) if z_hat is None else z_hat
+        z = self.hyper_encode(y) if z_hat is None else z_hat
         params = self._per_frame(self.hyper_dec, z)[..., : y.shape[-2], : y.shape[-1]]
         mean, scale = params.chunk(2, dim=1)  # cropped: latent grids need not be multiples of 4
         return z, mean, F.softplus(scale)
@@ -206,7 +200,7 @@ class BlockCodec(nn.Module):
     def forward(self, x: torch.Tensor) -> CodecOutput:
         """Training pass: noise for rounding; the likelihoods give the rate."""
         y = self.encode(x)
-        z = self._per_frame(self.hyper_enc, y)
+        z = self.hyper_encode(y)
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
         _, mean, scale = self.hyper(y, z_noisy)
         if self.training:
