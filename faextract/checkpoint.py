@@ -140,6 +140,11 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def a_kind(kind: str) -> str:
+    """``"an encoder"``, ``"a compressor"``."""
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
 @dataclass
 class TrainingState:
     """Where a training run stood when the checkpoint was written (what ``--resume`` needs).
@@ -172,7 +177,11 @@ class Checkpoint:
     channels / variables / levels: what the model reads, in order.
     grid: the training grid (``nlat, nlon, dlat, dlon, lat_range, lon_range, periodic,
         calendar``), which an input to embed must match.
-    tiles: how training cut windows (``warmup`` 0).
+    tiles: how training cut windows (``warmup`` 0); None for a compressor.
+    kind: ``"encoder"`` (a :class:`~faextract.models.autoencoder.ClimateAutoencoder`, what
+        ``embed`` reads) or ``"compressor"`` (a :class:`~faextract.compress.model.BlockCodec`,
+        what ``compress --checkpoint`` reads; its ``stats`` are empty: blocks normalize
+        themselves).
     training: the training position and optimizer/scheduler/RNG states; ``None`` in an
         inference-only copy (:meth:`for_inference`).
 
@@ -188,12 +197,23 @@ class Checkpoint:
     variables: tuple[str, ...]
     levels: tuple[float, ...] | None
     grid: dict
-    tiles: TileSpec
+    tiles: TileSpec | None
     time_units: str = ""
     train_range: tuple[str, str] | None = None
     training: TrainingState | None = None
     format_version: int = FORMAT_VERSION
     faextract_version: str = __version__
+    kind: str = "encoder"
+
+    def require(self, kind: str, path, needed_by: str) -> Checkpoint:
+        """This checkpoint, if it holds a ``kind`` model; else a one-line error."""
+        if self.kind != kind:
+            raise FaextractError(
+                f"{os.fspath(path)}: {a_kind(self.kind)} checkpoint; {needed_by} needs "
+                f"{a_kind(kind)} "
+                f"(trained by `faextract train` with job: {kind})"
+            )
+        return self
 
     @property
     def embedding_dim(self) -> int:
@@ -211,6 +231,12 @@ class Checkpoint:
 
     def build_model(self):
         """The network, with its weights loaded, in eval mode."""
+        if self.kind == "compressor":
+            from faextract.compress.model import BlockCodec
+
+            codec = BlockCodec(**self.model_args)
+            codec.load_state_dict(self.state_dict)
+            return codec.eval()
         from faextract.models.autoencoder import ClimateAutoencoder
 
         model = ClimateAutoencoder(**self.model_args)
@@ -226,7 +252,12 @@ class Checkpoint:
     # -- the file layout (format 1) ---------------------------------------------------------
     def to_payload(self) -> dict:
         t = self.tiles
+        tiles = None
+        if t is not None:
+            tiles = {"window": t.window, "stride": t.stride, "tile": list(t.tile) if t.tile else None,
+                     "halo": t.halo, "multiple": t.multiple, "edge": t.edge}  # fmt: skip
         payload = {
+            "kind": self.kind,
             "model": {"args": dict(self.model_args), "state_dict": self.state_dict},
             "config": self.config,
             "stats": stats_to_dict(self.stats),
@@ -236,14 +267,7 @@ class Checkpoint:
             "grid": dict(self.grid),
             "time_units": self.time_units,
             "train_range": list(self.train_range) if self.train_range else None,
-            "tiles": {
-                "window": t.window,
-                "stride": t.stride,
-                "tile": list(t.tile) if t.tile else None,
-                "halo": t.halo,
-                "multiple": t.multiple,
-                "edge": t.edge,
-            },
+            "tiles": tiles,
             "format_version": FORMAT_VERSION,
             "faextract_version": __version__,
         }
@@ -253,14 +277,16 @@ class Checkpoint:
 
     @classmethod
     def from_payload(cls, d: dict) -> Checkpoint:
-        tiles = d["tiles"]
+        tiles = d.get("tiles")
         training = None
         if "epoch" in d and "step" in d:
             names = {f.name for f in dataclasses.fields(TrainingState)}
             training = TrainingState(**{k: v for k, v in d.items() if k in names})
         args = dict(d["model"]["args"])
-        # Models trained before z_t was made causal attended to later steps of the window.
-        args.setdefault("causal_embedding", False)
+        kind = str(d.get("kind", "encoder"))  # files from before compressors: encoders
+        if kind == "encoder":
+            # Models trained before z_t was made causal attended to later steps of the window.
+            args.setdefault("causal_embedding", False)
         return cls(
             model_args=args,
             state_dict=d["model"]["state_dict"],
@@ -270,7 +296,7 @@ class Checkpoint:
             variables=tuple(d["variables"]),
             levels=tuple(float(v) for v in d["levels"]) if d.get("levels") else None,
             grid=dict(d["grid"]),
-            tiles=TileSpec(
+            tiles=None if tiles is None else TileSpec(
                 window=tiles["window"],
                 stride=tiles.get("stride"),
                 tile=tuple(tiles["tile"]) if tiles.get("tile") else None,
@@ -283,6 +309,7 @@ class Checkpoint:
             training=training,
             format_version=int(d["format_version"]),
             faextract_version=str(d.get("faextract_version", "")),
+            kind=kind,
         )
 
     def save(self, path: str | os.PathLike) -> None:

@@ -112,11 +112,31 @@ class TrainConfig:
 
 
 @dataclass
+class CodecConfig:
+    """The learned compressor a ``job: compressor`` run trains (``faextract compress
+    --checkpoint``): a :class:`~faextract.compress.model.BlockCodec` over blocks of 8 steps of
+    one variable, each normalized by its own range."""
+
+    # Channels of the encoder's 2-D stages, its 3-D stages, and the latent; the bundled
+    # compressor uses [8, 16, 24, 32] (0.47 M parameters), the paper's are [16, 32, 48, 64].
+    widths: list[int] = field(default_factory=lambda: [8, 16, 24, 32])
+    sr_blocks: int = 2  # ConvNeXt blocks of the super-resolution decoder
+    # Rate-distortion trade-off: loss = bits per value + lam x MSE (values in units of the
+    # block's range). Larger: a closer prediction, more latent bits.
+    lam: float = 3000.0
+    # Training crops of each block (grid cells, a multiple of 16; the whole grid when smaller).
+    crop: int = 64
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tiles: TilesConfig = field(default_factory=TilesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    # What `faextract train` trains: the feature encoder (`model`) or a compressor (`codec`).
+    job: str = "encoder"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -224,6 +244,8 @@ def load_config(
 
 
 DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+#: What ``faextract train`` can train (the config's ``job``).
+JOBS = ("encoder", "compressor")
 
 
 def check_device(value: str, key: str) -> str:
@@ -312,6 +334,14 @@ def validate(config: Config) -> Config:
     modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     _need(tr.compile_mode in modes, "train.compile_mode", " or ".join(modes), tr.compile_mode)
     check_device(tr.device, "train.device")
+    _need(config.job in JOBS, "job", " or ".join(JOBS), config.job)
+    c = config.codec
+    ok = isinstance(c.widths, list) and len(c.widths) == 4
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in c.widths)
+    _need(ok, "codec.widths", "four integers >= 1", c.widths)
+    _need(c.sr_blocks >= 0, "codec.sr_blocks", "an integer >= 0", c.sr_blocks)
+    _need(math.isfinite(c.lam) and c.lam > 0, "codec.lam", "a number > 0", c.lam)
+    _need(c.crop >= 16 and c.crop % 16 == 0, "codec.crop", "a multiple of 16", c.crop)
     return config
 
 

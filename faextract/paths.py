@@ -38,6 +38,8 @@ def shared_folder(name: str, marker: str) -> Path:
 SAMPLE_DIR = shared_folder("sample_data", "sample_cube.nc")
 SAMPLE_CUBE = SAMPLE_DIR / "sample_cube.nc"
 SAMPLE_CHECKPOINT = SAMPLE_DIR / "sample_model.pt"
+#: The bundled compressor (``faextract compress`` without ``--checkpoint``).
+SAMPLE_COMPRESSOR = SAMPLE_DIR / "sample_compressor.pt"
 CONFIG_DIR = shared_folder("configs", "default.yaml")
 
 

@@ -367,12 +367,12 @@ def test_a_block_with_the_learned_predictor_roundtrips_and_decodes_with_other_th
 
     torch.manual_seed(0)
     net = BlockCodec(widths=(4, 8, 8, 16), sr_blocks=1)
-    predictor = LearnedPredictor(net, periodic=True)
+    predictor = LearnedPredictor(net)
     rng = np.random.default_rng(3)
     x = _field(rng, (6, 20, 40), rough=False)
     x[:, :4] = np.nan
     E = 1e-3 * float(np.nanmax(x) - np.nanmin(x))
-    data = encode_block(x, E, mode, predictor=predictor)
+    data = encode_block(x, E, mode, predictor=predictor, periodic=True, always_model=True)
     threads = torch.get_num_threads()
     outs = []
     for n in (1, 2):
@@ -389,7 +389,7 @@ def test_a_block_with_the_learned_predictor_roundtrips_and_decodes_with_other_th
         decode_block(data)
     other = BlockCodec(widths=(4, 8, 8, 16), sr_blocks=1)
     with pytest.raises(DataError, match="differently"):
-        decode_block(data, LearnedPredictor(other, periodic=True))
+        decode_block(data, LearnedPredictor(other))
 
 
 def test_compress_and_decompress_roundtrip_a_real_looking_file(tmp_path):

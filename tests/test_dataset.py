@@ -77,7 +77,7 @@ def test_ranks_get_disjoint_shards_that_cover_everything(source, stats, world):
     parts = [
         WindowDataset(
             source, stats, spec, rank=r, world_size=world, shuffle=True, seed=3
-        ).rank_windows()
+        ).rank_items()
         for r in range(world)
     ]
     flat = [i for p in parts for i in p]
@@ -98,9 +98,9 @@ def test_order_is_deterministic_per_seed_and_epoch(source, stats):
     spec = TileSpec(window=4)
     a = WindowDataset(source, stats, spec, shuffle=True, seed=7)
     b = WindowDataset(source, stats, spec, shuffle=True, seed=7)
-    assert a.rank_windows() == b.rank_windows()
+    assert a.rank_items() == b.rank_items()
     b.set_epoch(1)
-    assert a.rank_windows() != b.rank_windows()
+    assert a.rank_items() != b.rank_items()
 
 
 @pytest.mark.slow

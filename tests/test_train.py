@@ -83,7 +83,7 @@ def _signal_at_step(monkeypatch, n: int):
     import os
     import signal
 
-    import faextract.train.loop as tr
+    import faextract.train.losses as tr
 
     real, calls = tr.compute_losses, {"n": 0}
 
@@ -99,7 +99,7 @@ def _signal_at_step(monkeypatch, n: int):
 
 def test_resume_mid_epoch_after_a_signal(tmp_path, tiny_config, monkeypatch):
     """A preempted job (SIGUSR1) checkpoints mid-epoch; the resumed job ends where an uninterrupted one does."""
-    import faextract.train.loop as tr
+    import faextract.train.losses as tr
 
     full = tmp_path / "full"
     train(tiny_config("train.epochs=2"), full, plain_progress=True)
@@ -217,7 +217,7 @@ def test_metrics_rows_are_true_means_across_a_resume_and_a_kill(tmp_path, tiny_c
     mid-epoch resume continues the row it interrupted; rows written after the checkpoint by a
     killed process are not duplicated."""
 
-    import faextract.train.loop as tr
+    import faextract.train.losses as tr
 
     cfg = ("train.epochs=2", "train.log_every=2", "train.deterministic=true")
     full = tmp_path / "full"

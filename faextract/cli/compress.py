@@ -30,19 +30,32 @@ def compress(
     variables: Annotated[
         str | None, typer.Option("--variables", help="Comma-separated (time, y, x) variables.")
     ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="Compressor checkpoint (faextract train, job: compressor); default: the bundled "
+            "one; 'none': no model (the block mean predicts).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
     """Store (time, y, x) variables within an error bound (every valid point, or every patch's
-    RMSE); NaN masks kept exactly. No learned model yet: the block mean predicts, the
-    correction carries the rest."""
+    RMSE); NaN masks kept exactly. A learned compressor predicts each block (kept only where
+    it makes the block smaller than the block mean would), the correction carries the rest."""
     from faextract.compress.container import CompressOptions
     from faextract.compress.container import compress as run
+    from faextract.paths import SAMPLE_COMPRESSOR
     from faextract.runtime.progress import Progress
 
     names = _names(variables)
+    if checkpoint is None:
+        checkpoint = str(SAMPLE_COMPRESSOR) if SAMPLE_COMPRESSOR.exists() else None
+    elif checkpoint.lower() == "none":
+        checkpoint = None
     options = CompressOptions(
         max_abs_error=max_abs_error, rel_error=rel_error, nrmse=nrmse,
-        variables=tuple(names) if names else None, overwrite=overwrite,
+        variables=tuple(names) if names else None, overwrite=overwrite, checkpoint=checkpoint,
     )  # fmt: skip
     with Progress(unit="blocks") as progress:
         result = run(list(inputs), str(out), options, progress=progress)
@@ -64,6 +77,14 @@ def decompress(
     region: Annotated[
         str | None,
         typer.Option("--region", metavar="LAT0:LAT1,LON0:LON1", help="A box to keep, in degrees."),
+    ] = None,
+    checkpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint",
+            help="The compressor the store was written with (default: the bundled one, when "
+            "it is that model).",
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
@@ -89,5 +110,5 @@ def decompress(
             raise FaextractError(
                 f"--region: expected lat0:lat1,lon0:lon1 like -10:10,190:270, got {region!r}"
             ) from None
-    run(store, str(out), overwrite=overwrite, time=window, region=box)
+    run(store, str(out), overwrite=overwrite, time=window, region=box, checkpoint=checkpoint)
     typer.echo(f"decompressed {store} to {out}")

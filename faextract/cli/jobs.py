@@ -73,7 +73,9 @@ def train(
     )
     if result.val_metrics:
         parts = ", ".join(f"{k} {v:.4g}" for k, v in result.val_metrics.items())
-        typer.echo(f"validation MSE (normalized units): {parts}")
+        what = ("bits per value and MSE in units of each block's range" if cfg.job == "compressor"
+                else "MSE in normalized units")  # fmt: skip
+        typer.echo(f"validation ({what}): {parts}")
     typer.echo(f"checkpoints in {out}")
 
 

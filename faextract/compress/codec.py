@@ -61,29 +61,38 @@ class LearnedPredictor:
     prepared block into latent streams and rebuilds ``x_hat`` from them (float64 decoder side,
     integer tables for the hyper-latent made once from the model's prior)."""
 
-    def __init__(self, model, periodic: bool = False):
+    def __init__(self, model, sha256: str = ""):
         import copy
 
         from faextract.compress.latent import prior_tables
 
         self.model = model.eval()
         self.exact = copy.deepcopy(model).double().eval()  # the decoder's side, float64
-        self.periodic = periodic
+        self.sha256 = sha256
         self.tables = prior_tables(self.exact.prior)
 
-    def encode(self, values: np.ndarray) -> tuple[list[bytes], np.ndarray]:
-        """``(parts, x_hat)`` for ``values (t, h, w)`` with at least two distinct valid values."""
+    @classmethod
+    def load(cls, path, needed_by: str = "faextract compress") -> LearnedPredictor:
+        """The compressor of a checkpoint file (a one-line error for any other file)."""
+        from faextract.checkpoint import Checkpoint, sha256
+
+        ckpt = Checkpoint.load(path).require("compressor", path, needed_by)
+        return cls(ckpt.build_model(), sha256(path))
+
+    def encode(self, values: np.ndarray, periodic: bool = False) -> tuple[list[bytes], np.ndarray]:
+        """``(parts, x_hat)`` for ``values (t, h, w)`` with at least two distinct valid values;
+        ``periodic``: the block spans the whole width of a periodic longitude axis."""
         import torch
 
         from faextract.compress.blocks import prepare
         from faextract.compress.latent import encode_y, encode_z
 
-        prep = prepare(values, self.periodic)
+        prep = prepare(values, periodic)
         with torch.inference_mode():
             y = self.model.encode(torch.from_numpy(prep.x)[None])
             z = self.model.hyper_encode(y)
         z_bytes, z_hat = encode_z(z[0].double().numpy(), self.tables)
-        mean, scale = self._params(z_hat, y.shape)
+        mean, scale = self._params(z_hat, y.shape[-2:])
         y_bytes, y_hat = encode_y(y[0].double().numpy(), mean, scale)
         x_hat = self._reconstruct(y_hat, prep)
         meta = struct.pack("<5I5Idd", *y.shape[1:], 0, *z.shape[1:], 0, prep.offset, prep.scale)
@@ -98,7 +107,7 @@ class LearnedPredictor:
         f = struct.unpack("<5I5Idd", meta)
         y_shape, z_shape, offset, scale = f[0:4], f[5:9], f[10], f[11]
         z_hat = decode_z(z_bytes, z_shape, self.tables)
-        mean, sc = self._params(z_hat, (1, *y_shape))
+        mean, sc = self._params(z_hat, y_shape[-2:])
         y_hat = decode_y(y_bytes, mean, sc)
         x_hat = self._reconstruct(y_hat, Prepared("data", None, valid, offset, scale))
         if struct.pack("<I", zlib.crc32(x_hat.tobytes())) != digest:
@@ -108,12 +117,11 @@ class LearnedPredictor:
             )
         return x_hat
 
-    def _params(self, z_hat: np.ndarray, y_shape) -> tuple[np.ndarray, np.ndarray]:
+    def _params(self, z_hat: np.ndarray, grid) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            y_like = torch.zeros(y_shape, dtype=torch.float64)
-            _, mean, scale = self.exact.hyper(y_like, torch.from_numpy(z_hat)[None])
+            mean, scale = self.exact.prior_params(torch.from_numpy(z_hat)[None], tuple(grid))
         return mean[0].numpy(), scale[0].numpy()
 
     def _reconstruct(self, y_hat: np.ndarray, prep) -> np.ndarray:
@@ -133,11 +141,17 @@ def encode_block(
     what: str = "block",
     predictor: LearnedPredictor | None = None,
     basis: np.ndarray | None = None,
+    periodic: bool = False,
+    always_model: bool = False,
 ) -> bytes:
     """``values (t, h, w)`` float32 (NaN = missing) -> bytes within ``bound`` (absolute, data
-    units; ``mode="patches"``: the RMSE of every 8x8 patch instead of every point), predicted
-    by ``predictor`` (default: the block's mean). ``basis``: the patch mode's shared basis
-    (:func:`~faextract.compress.patches.fit_basis`), which the decoder must be given too."""
+    units; ``mode="patches"``: the RMSE of every 8x8 patch instead of every point). With a
+    ``predictor``, the block is coded both ways (its prediction, and the block mean) and the
+    shorter stream kept: a model never makes a block larger than the plain quantizer would.
+    ``basis``: the patch mode's shared basis (:func:`~faextract.compress.patches.fit_basis`),
+    which the decoder must be given too; ``periodic``: the block spans the whole width of a
+    periodic longitude axis (the network's padding wraps around); ``always_model``: keep the
+    prediction's stream even when the block mean's is shorter (to measure the model)."""
     if mode not in MODES:
         raise DataError(f"unknown error-bound mode {mode!r}; choose from {', '.join(MODES)}")
     values = np.asarray(values, dtype=np.float32)
@@ -150,12 +164,13 @@ def encode_block(
         kind, value, parts = 1, float(values[valid][0]), [mask_bytes]
     else:
         kind, value = 0, float(values[valid].astype(np.float64).mean())
-        if predictor is None:
-            x_hat, extra = np.full(values.shape, value, dtype=np.float32), []
-        else:
-            extra, x_hat = predictor.encode(values)
-            learned = 1
-        parts = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode, basis)]
+        x_mean = np.full(values.shape, value, dtype=np.float32)
+        parts = [mask_bytes, *_correction(values, x_mean, valid, bound, mode, basis)]
+        if predictor is not None:
+            extra, x_hat = predictor.encode(values, periodic)
+            with_model = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode, basis)]
+            if always_model or sum(map(len, with_model)) < sum(map(len, parts)):
+                learned, parts = 1, with_model
     head = _HEAD.pack(MAGIC, kind, MODES.index(mode), learned, float(bound), value, t, h, w, len(parts))
     return seal(head + _pack(parts))
 

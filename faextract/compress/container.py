@@ -4,7 +4,8 @@ Layout of ``X.zarr``::
 
     (root)            the input's coordinates and small variables, written by xarray, with
                       the input's global attributes; attrs ``faextract_compressed`` (format
-                      version, bound, mode, predictor, block size)
+                      version, bound, mode, predictor, block size, and with a learned
+                      compressor its checkpoint's sha256: decoding needs that model)
     streams/<var>/<i> one uint8 array per block i of variable <var> (its sealed stream)
     streams/<var>     attrs: the variable's dims, shape, dtype, attributes and encoding, its
                       block list, and ``done`` (the ledger: a restarted run skips them)
@@ -48,6 +49,9 @@ class CompressOptions:
     variables: tuple[str, ...] | None = None
     overwrite: bool = False
     block: BlockSpec = field(default_factory=BlockSpec)
+    #: A compressor checkpoint (``faextract train`` with ``job: compressor``); None: the
+    #: block mean predicts (a plain error-bounded quantizer).
+    checkpoint: str | None = None
 
     def __post_init__(self):
         given = {k: v for k, v in (("--max-abs-error", self.max_abs_error),
@@ -101,11 +105,13 @@ def _compressible(ds: xr.Dataset, names) -> list[str]:
     return chosen
 
 
-def compress(inputs, out: str, options: CompressOptions, predictor=None, progress=None) -> CompressResult:
+def compress(inputs, out: str, options: CompressOptions, progress=None) -> CompressResult:
     """Compress the (time, y, x) variables of ``inputs`` into the store ``out``."""
+    from faextract.compress.codec import LearnedPredictor
     from faextract.data.sources import resolve_paths
     from faextract.outputs import claim_output, remove_output
 
+    predictor = LearnedPredictor.load(options.checkpoint) if options.checkpoint else None
     paths = resolve_paths(inputs if isinstance(inputs, list | tuple) else [inputs])
     ds = _open(paths)
     names = _compressible(ds, options.variables)
@@ -119,6 +125,7 @@ def compress(inputs, out: str, options: CompressOptions, predictor=None, progres
     rest.attrs[MARKER] = json.dumps({
         "format": FORMAT_VERSION, "faextract": __version__, "mode": options.mode,
         "predictor": "learned" if predictor is not None else "mean",
+        "model_sha256": predictor.sha256 if predictor is not None else None,
         "block": [options.block.time, options.block.tile], "variables": names,
     })  # fmt: skip
     try:
@@ -147,7 +154,7 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
         group = root.require_group(f"streams/{v}")
         blocks = plan_blocks(values_all.shape, options.block)
         basis = None
-        if options.mode == "patches" and predictor is None:
+        if options.mode == "patches":
             basis = shared_basis(values_all, blocks)
             group.create_array("basis", shape=(basis.size * 4,), dtype="uint8")[:] = np.frombuffer(
                 basis.astype("<f4").tobytes(), np.uint8
@@ -155,7 +162,7 @@ def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
         for i, b in enumerate(blocks):
             data = encode_block(values_all[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], bound,
                                 options.mode, what=f"variable {v!r}", predictor=predictor,
-                                basis=basis)  # fmt: skip
+                                basis=basis, periodic=periodic and b.x1 - b.x0 == da.shape[-1])  # fmt: skip
             arr = group.create_array(str(i), shape=(len(data),), dtype="uint8", chunks=(max(1, len(data)),))
             arr[:] = np.frombuffer(data, dtype=np.uint8)
             written += 1
@@ -234,9 +241,11 @@ def is_compressed_store(path) -> bool:
     return MARKER in (zarr_attrs(path) or {})
 
 
-def open_compressed(path: str, predictor=None) -> xr.Dataset:
+def open_compressed(path: str, checkpoint: str | None = None) -> xr.Dataset:
     """The compressed store as an xarray Dataset; each variable decodes block by block when it
-    is computed (dask), so a slice decodes only the blocks it touches."""
+    is computed (dask), so a slice decodes only the blocks it touches. A store written with a
+    learned compressor needs that model: ``checkpoint``, or the bundled compressor when the
+    store names it."""
     import dask
     import dask.array as dsa
 
@@ -248,8 +257,7 @@ def open_compressed(path: str, predictor=None) -> xr.Dataset:
     meta = json.loads(marker)
     if meta.get("format", 0) > FORMAT_VERSION:
         raise DataError(f"{path}: compressed with format {meta['format']}; upgrade faextract")
-    if meta.get("predictor") == "learned" and predictor is None:
-        raise DataError(f"{path}: compressed with a model: give the compressor's checkpoint")
+    predictor = _predictor_for(path, meta, checkpoint)
     ds = xr.open_zarr(path, consolidated=False, decode_times=False)
     root = zarr.open_group(path, mode="r")
     for v in meta["variables"]:
@@ -273,6 +281,34 @@ def open_compressed(path: str, predictor=None) -> xr.Dataset:
     ds = ds[[*meta["variables"], *(n for n in ds.data_vars if n not in meta["variables"])]]
     ds.attrs.pop(MARKER, None)
     return xr.decode_cf(ds)
+
+
+def _predictor_for(path: str, meta: dict, checkpoint: str | None):
+    """The compressor that wrote the store (None for a model-free one); another model is refused
+    by its sha256."""
+    from faextract.compress.codec import LearnedPredictor
+    from faextract.paths import SAMPLE_COMPRESSOR
+
+    wanted = meta.get("model_sha256")
+    if meta.get("predictor") != "learned":
+        return None
+    if checkpoint is None:
+        from faextract.checkpoint import sha256
+
+        if SAMPLE_COMPRESSOR.exists() and sha256(SAMPLE_COMPRESSOR) == wanted:
+            checkpoint = str(SAMPLE_COMPRESSOR)
+        else:
+            raise DataError(
+                f"{path}: compressed with a learned compressor (sha256 {str(wanted)[:12]}...): "
+                "give its checkpoint with --checkpoint"
+            )
+    predictor = LearnedPredictor.load(checkpoint, "faextract decompress")
+    if wanted and predictor.sha256 != wanted:
+        raise DataError(
+            f"{path}: compressed with the compressor of sha256 {wanted[:12]}..., and "
+            f"{checkpoint} is another model (sha256 {predictor.sha256[:12]}...)"
+        )
+    return predictor
 
 
 def _decode_one(arr, predictor, basis) -> np.ndarray:
@@ -304,13 +340,13 @@ def is_decompressed(path) -> bool:
 
 def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | None = None,
                region: tuple[float, float, float, float] | None = None,
-               predictor=None) -> str:  # fmt: skip
+               checkpoint: str | None = None) -> str:  # fmt: skip
     """Write the decompressed dataset to ``out`` (``.nc``: NetCDF4, else Zarr); ``time``: the
     time steps to keep (by position); ``region``: ``(lat0, lat1, lon0, lon1)`` in degrees (any
     longitude convention). Only the blocks they touch are decoded."""
     from faextract.outputs import claim_output, remove_output
 
-    ds = open_compressed(path, predictor)
+    ds = open_compressed(path, checkpoint)
     first = ds[next(iter(ds.data_vars))]
     if time is not None:
         ds = ds.isel({first.dims[0]: time})

@@ -183,12 +183,13 @@ class BlockCodec(nn.Module):
         """``y (B, 64, t, h, w)`` -> hyper-latent ``z (B, 64, t, h/4, w/4)`` (rounded up)."""
         return self._per_frame(self.hyper_enc, y)
 
-    def hyper(self, y: torch.Tensor, z_hat: torch.Tensor | None = None):
-        """``(z, mean, scale)`` of ``y``: z from the hyper-encoder (or the given ``z_hat``)."""
-        z = self.hyper_encode(y) if z_hat is None else z_hat
-        params = self._per_frame(self.hyper_dec, z)[..., : y.shape[-2], : y.shape[-1]]
-        mean, scale = params.chunk(2, dim=1)  # cropped: latent grids need not be multiples of 4
-        return z, mean, F.softplus(scale)
+    def prior_params(self, z_hat: torch.Tensor, grid: tuple[int, int]):
+        """``(mean, scale)`` of the latent's Gaussians from the hyper-latent ``z_hat``, each
+        ``(B, 64, t, h, w)`` on the latent's ``grid = (h, w)`` (the hyper-decoder's output
+        is cropped: latent grids need not be multiples of 4)."""
+        params = self._per_frame(self.hyper_dec, z_hat)[..., : grid[0], : grid[1]]
+        mean, scale = params.chunk(2, dim=1)
+        return mean, F.softplus(scale)
 
     def decode(self, y_hat: torch.Tensor) -> torch.Tensor:
         """``y_hat (B, 64, T/4, H/16, W/16)`` -> ``x_hat (B, T, H, W)``."""
@@ -202,7 +203,7 @@ class BlockCodec(nn.Module):
         y = self.encode(x)
         z = self.hyper_encode(y)
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
-        _, mean, scale = self.hyper(y, z_noisy)
+        mean, scale = self.prior_params(z_noisy, y.shape[-2:])
         if self.training:
             y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:

@@ -125,14 +125,87 @@ class BlockReader:
         )
 
 
-class PlannedBatches(IterableDataset):
+class CubeItems(IterableDataset):
+    """What every dataset over a cube shares: the cube is reopened in each worker process from
+    its picklable :class:`CubeSource` (never a file handle shared across processes), and
+    planned items go to workers round-robin (worker w takes items w, w + N, ...: the order in
+    which a DataLoader collects them, so the sequence is the same for any number of workers).
+    ``channels`` reorders the reopened cube's channels (embed reads in the checkpoint's order).
+    """
+
+    def __init__(self, source: CubeSource, *, cube: Cube | None = None, channels=None):
+        IterableDataset.__init__(self)  # not super(): a mixin beside it takes other arguments
+        self.source = source
+        self.channels = tuple(channels) if channels is not None else None
+        self._cube = cube
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_cube"] = None  # each worker reopens its own
+        return state
+
+    def cube(self) -> Cube:
+        if self._cube is None:
+            cube = self.source.open()
+            if self.channels is not None:
+                cube = dataclasses.replace(cube, channels=self.channels)
+            self._cube = cube
+        return self._cube
+
+    @staticmethod
+    def _mine(items: list) -> list:
+        """This worker's share of ``items`` (all of them outside a DataLoader worker)."""
+        info = get_worker_info()
+        return items if info is None else items[info.id :: info.num_workers]
+
+
+class EpochBatches:
+    """How a training dataset walks its items in an epoch: a permutation that is a function
+    of ``(seed, epoch)`` when ``shuffle``, shared across distributed ranks (``drop_uneven``
+    gives every rank the same number: DDP deadlocks when ranks take different numbers of
+    steps), cut into batches of ``batch_size``; ``skip_batches`` resumes an epoch where a
+    checkpoint left off. A subclass says what its items are (:meth:`rank_items`)."""
+
+    def __init__(self, *, shuffle: bool, seed: int, rank: int, world_size: int,
+                 drop_uneven: bool, batch_size: int):  # fmt: skip
+        self.shuffle, self.seed = shuffle, seed
+        self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
+        self.batch_size = max(1, int(batch_size))
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def rank_items(self) -> list:
+        raise NotImplementedError
+
+    def _rank_share(self, items: Sequence) -> list:
+        """This rank's share of ``items`` in the epoch's order."""
+        order = list(items)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = [order[i] for i in rng.permutation(len(order))]
+        if self.drop_uneven:
+            order = order[: len(order) // self.world_size * self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def _batches(self) -> list[list]:
+        """The epoch's remaining batches of this rank (before splitting across workers)."""
+        order, bs = self.rank_items(), self.batch_size
+        return [order[i : i + bs] for i in range(0, len(order), bs)][self.skip_batches :]
+
+    def __len__(self) -> int:
+        return len(self.rank_items())
+
+    def num_batches(self) -> int:
+        return -(-len(self) // self.batch_size)
+
+
+class PlannedBatches(CubeItems):
     """Batches of one cube's windows in a planned order: what training's and embedding's
-    datasets share. The cube is reopened in each worker process from its picklable
-    :class:`CubeSource` (never a file handle shared across processes), read through one
-    :class:`BlockReader`, and planned items go to workers round-robin (worker w takes items
-    w, w + N, ...: the order in which a DataLoader collects them, so the sequence is the same
-    for any number of workers). ``channels`` reorders the reopened cube's channels (embed reads
-    in the checkpoint's order)."""
+    datasets share, read through one :class:`BlockReader` per worker (see
+    :class:`CubeItems`)."""
 
     def __init__(
         self,
@@ -144,43 +217,23 @@ class PlannedBatches(IterableDataset):
         channels: Sequence[str] | None = None,
         perturb: Perturbation | None = None,
     ):
-        super().__init__()
-        self.source, self.stats, self.tiler = source, stats, tiler
-        self.channels = tuple(channels) if channels is not None else None
+        super().__init__(source, cube=cube, channels=channels)
+        self.stats, self.tiler = stats, tiler
         self.perturb = perturb
-        self._cube = cube
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_cube"] = None  # each worker reopens its own
-        return state
 
     def _reader(self) -> BlockReader:
-        if self._cube is None:
-            cube = self.source.open()
-            if self.channels is not None:
-                cube = dataclasses.replace(cube, channels=self.channels)
-            self._cube = cube
-        return BlockReader(self._cube, self.stats, self.perturb)
-
-    @staticmethod
-    def _mine(items: list) -> list:
-        """This worker's share of ``items`` (all of them outside a DataLoader worker)."""
-        info = get_worker_info()
-        return items if info is None else items[info.id :: info.num_workers]
+        return BlockReader(self.cube(), self.stats, self.perturb)
 
     def batch(self, reader: BlockReader, indices: Sequence[int]) -> WindowBatch:
         return reader.window_batch(self.tiler, [self.tiler.windows[i] for i in indices])
 
 
-class WindowDataset(PlannedBatches):
+class WindowDataset(PlannedBatches, EpochBatches):
     """Training's windows of a cube, normalized, shuffled per epoch, sharded across ranks and
     workers, as :class:`WindowBatch` es of ``batch_size``.
 
-    ``windows`` restricts the dataset to those window indices. ``drop_uneven`` gives every rank
-    the same number of windows (needed by DDP, which deadlocks when ranks take different
-    numbers of steps). The batch sequence is a function of ``(seed, epoch)``; ``skip_batches``
-    resumes it exactly where a checkpoint left off.
+    ``windows`` restricts the dataset to those window indices; the epoch's order, batches and
+    resumption are :class:`EpochBatches`'.
     """
 
     def __init__(
@@ -200,39 +253,20 @@ class WindowDataset(PlannedBatches):
     ):
         cube = cube if cube is not None else source.open()
         tiler = Tiler(spec, (cube.shape[0], cube.shape[2], cube.shape[3]), cube.periodic)
-        super().__init__(source, stats, tiler, cube=cube)
+        PlannedBatches.__init__(self, source, stats, tiler, cube=cube)
+        EpochBatches.__init__(self, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                              drop_uneven=drop_uneven, batch_size=batch_size)  # fmt: skip
         self.spec = spec
         self.windows = list(range(len(tiler.windows))) if windows is None else list(windows)
-        self.shuffle, self.seed = shuffle, seed
-        self.rank, self.world_size, self.drop_uneven = rank, world_size, drop_uneven
-        self.batch_size = max(1, int(batch_size))
-        self.epoch = 0
-        self.skip_batches = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def rank_windows(self) -> list[int]:
+    def rank_items(self) -> list[int]:
         """This rank's windows, in iteration order (before splitting across workers)."""
-        order = list(self.windows)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            order = [order[i] for i in rng.permutation(len(order))]
-        if self.drop_uneven:
-            order = order[: len(order) // self.world_size * self.world_size]
-        return order[self.rank :: self.world_size]
+        return self._rank_share(self.windows)
 
-    def __len__(self) -> int:
-        return len(self.rank_windows())
-
-    def num_batches(self) -> int:
-        return -(-len(self.rank_windows()) // self.batch_size)
 
     def __iter__(self):
         reader = self._reader()
-        order, bs = self.rank_windows(), self.batch_size
-        batches = [order[i : i + bs] for i in range(0, len(order), bs)][self.skip_batches :]
-        for indices in self._mine(batches):
+        for indices in self._mine(self._batches()):
             yield self.batch(reader, indices)
 
 

@@ -49,7 +49,7 @@ def embed(
     """Embed ``inputs`` with ``checkpoint`` into the Zarr store ``out``; see the module docstring."""
     opts = options or EmbedOptions()
     t_start = time.perf_counter()
-    ckpt = Checkpoint.load(checkpoint)
+    ckpt = Checkpoint.load(checkpoint).require("encoder", checkpoint, command)
     ckpt_sha = sha256(checkpoint)
     source, cube = open_input(inputs, ckpt, opts)
     model = ckpt.build_model()

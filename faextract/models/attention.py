@@ -69,6 +69,7 @@ class AxialAttention(nn.Module):
         heads: int = 2,
         periodic: bool = False,
         position: int = 0,
+        locality: bool = True,
     ):
         super().__init__()
         if dim % heads:
@@ -85,7 +86,7 @@ class AxialAttention(nn.Module):
         self.out = nn.Conv2d(dim, channels, 1)
         self.gamma = nn.Parameter(torch.tensor(0.1))
         # Per-head locality: logits -= softplus(distance_scale) * normalized distance.
-        self.distance_scale = nn.Parameter(torch.zeros(2, heads))
+        self.distance_scale = nn.Parameter(torch.zeros(2, heads)) if locality else None
 
     def _attend(self, q, k, v, bias, need_weights: bool):
         # q, k, v: (N, heads, L, dh); bias: (heads, L, L)
@@ -125,7 +126,10 @@ class AxialAttention(nn.Module):
         def cols(t):  # (B, dim, H, W) -> (B*W, heads, H, dh)
             return t.reshape(B, n, d, H, W).permute(0, 4, 1, 3, 2).reshape(B * W, n, H, d)
 
-        scale = F.softplus(self.distance_scale)
+        if self.distance_scale is not None:
+            scale = F.softplus(self.distance_scale)
+        else:
+            scale = torch.zeros(2, n, device=x.device)
         bias_r = -scale[0][:, None, None] * _distance_bias(W, self.periodic, x.device)
         bias_c = -scale[1][:, None, None] * _distance_bias(H, False, x.device)
         o_r, w_r = self._attend(rows(qr), rows(kr), rows(v), bias_r.to(x.dtype), need_weights)

@@ -103,6 +103,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         attention_heads: int = 2,
         attention_dim: int = 16,
         attention_position: int = 0,
+        attention_locality: bool = True,
         periodic: bool = False,
         embedding_dim: int = 32,
         temporal_attention: bool = True,
@@ -126,6 +127,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.attention_heads = attention_heads
         self.attention_dim = attention_dim
         self.attention_position = int(attention_position)
+        self.attention_locality = bool(attention_locality)
         self.periodic = periodic
         self.embedding_dim = embedding_dim
         self.temporal_attention = temporal_attention
@@ -196,7 +198,8 @@ class FAConvLSTM2D(RecurrentConv2D):
             self.peep = nn.Parameter(torch.zeros(3, F_, 1, 1))  # i, f, o
         if self.attention:
             self.axial = AxialAttention(
-                F_, self.attention_dim, self.attention_heads, self.periodic, self.attention_position
+                F_, self.attention_dim, self.attention_heads, self.periodic, self.attention_position,
+                self.attention_locality,
             )
         if self.embedding_dim:
             self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid)

@@ -1,7 +1,9 @@
-"""Self-supervised training of the encoder (``faextract train``).
+"""Training (``faextract train``): the feature encoder, or a learned compressor.
 
-- :mod:`~faextract.train.loop`: :func:`train`, the job (data -> model -> optimizer ->
+- :mod:`~faextract.train.loop`: :func:`train`, the loop (data -> job -> optimizer ->
   checkpoints), restartable and distributed;
+- :mod:`~faextract.train.jobs`: what is trained: the encoder or a compressor (model,
+  datasets, loss, validation, what the checkpoint records);
 - :mod:`~faextract.train.plan`: what is decided before anything is built (time split, model
   arguments, windows, learning-rate schedule, run directory, resume compatibility);
 - :mod:`~faextract.train.losses`: the objective of one batch and its terms;

@@ -1,10 +1,10 @@
-"""The training job: :func:`train`, restartable, from a laptop to many GPUs.
+"""The training loop: :func:`train`, restartable, from a laptop to many GPUs.
 
-:func:`train` opens the cube, holds out the last ``val_fraction`` of the time axis, computes
-(or loads) normalization statistics on the training range, streams windows, optimizes
-reconstruction / next-step forecast (+ embedding and optional DEC terms) with AdamW, warm-up
-+ cosine learning rate and gradient clipping, validates every epoch against climatology and
-persistence baselines, and writes checkpoints (``last.pt`` every epoch or ``checkpoint_every``
+:func:`train` opens the cube, holds out the last ``val_fraction`` of the time axis, and hands
+the rest to the config's job (:mod:`faextract.train.jobs`: the feature encoder, or a
+compressor), which builds the model, its datasets, loss and validation. The loop optimizes
+with AdamW, warm-up + cosine learning rate and gradient clipping, validates every epoch, and
+writes checkpoints (``last.pt`` every epoch or ``checkpoint_every``
 steps, ``best.pt`` on improved validation loss), atomically and from rank 0 only.
 
 ``resume=True`` continues from ``last.pt`` with the same optimizer, scheduler, RNG and data
@@ -25,10 +25,9 @@ import torch
 
 from faextract.checkpoint import Checkpoint, TrainingState
 from faextract.config import Config, save_config
-from faextract.data.dataset import WindowDataset, make_loader
+from faextract.data.dataset import make_loader
 from faextract.data.sources import resolve_paths
-from faextract.errors import ConfigError, DataError, FaextractError
-from faextract.models.autoencoder import ClimateAutoencoder
+from faextract.errors import ConfigError, FaextractError
 from faextract.outputs import check_not_input
 from faextract.runtime import distributed
 from faextract.runtime.device import pick_device
@@ -36,18 +35,10 @@ from faextract.runtime.locks import Lock
 from faextract.runtime.progress import Progress
 from faextract.runtime.seeding import rng_state, seed_everything, set_rng_state
 from faextract.runtime.signals import StopFlag
-from faextract.train.data import open_data, statistics
-from faextract.train.evaluation import init_clusters, validate
-from faextract.train.losses import compute_losses
+from faextract.train.data import open_data
+from faextract.train.jobs import make_job
 from faextract.train.metrics import MetricsWriter, tensorboard
-from faextract.train.plan import (
-    LOCK_FILE,
-    check_resume_compatible,
-    lr_lambda,
-    model_args,
-    prepare_run_dir,
-    tile_spec,
-)  # fmt: skip
+from faextract.train.plan import LOCK_FILE, lr_lambda, prepare_run_dir
 
 
 @dataclass
@@ -109,14 +100,12 @@ class _Run:
         tc = config.train
         self.per_rank_batch = tc.batch_size // info.world_size
         self.data = open_data(config, self.say)
-        self.args = model_args(config, self.data.cube)
         ckpt = Checkpoint.load(run_dir / "last.pt") if resume else None
-        if ckpt is not None:
-            check_resume_compatible(ckpt, self.args, self.data.cube.channels, self.data.source.select)
-        self.stats = statistics(config, self.data, ckpt, info, self.say)
-        self.model = ClimateAutoencoder(**self.args).to(device)
-        self.spec = tile_spec(config, self.model.multiple)
-        self.train_ds, self.val_loader = self._datasets()
+        self.job = make_job(config, self.data, ckpt, info, self.say)
+        self.model = self.job.model.to(device)
+        self.train_ds, self.val_loader = self.job.datasets(
+            self.per_rank_batch, info, pin=device.type == "cuda"
+        )
         total_steps = self._plan_steps()
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lr_lambda(self.warmup, total_steps))
@@ -125,16 +114,16 @@ class _Run:
         if ckpt is not None:
             self._restore(ckpt)
         if tc.compile:
-            self.model.compile_cells(tc.compile_mode)
+            self.job.compile(tc.compile_mode)
         self.net = self.model
         if info.enabled:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=bool(config.model.clusters),
+                find_unused_parameters=self.job.find_unused_parameters,
             )
-        self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and tc.bf16)
-        self.writer = MetricsWriter(run_dir / "metrics.csv", info.is_main)
+        self.amp = self.job.autocast(device)
+        self.writer = MetricsWriter(run_dir / "metrics.csv", info.is_main, self.job.metrics)
         if ckpt is not None:  # rows logged after the checkpoint (a kill -9) are logged again
             self.writer.drop_after(self.step)
         self.tb = tensorboard(run_dir) if info.is_main else None
@@ -144,26 +133,6 @@ class _Run:
     def say(self, text: str) -> None:
         if self.info.is_main:
             self.progress.note(text)
-
-    def _datasets(self):
-        tc, info, pin = self.config.train, self.info, self.device.type == "cuda"
-        src, cube = self.data.part(self.data.train_range)
-        train_ds = WindowDataset(
-            src, self.stats, self.spec, shuffle=True, seed=tc.seed, rank=info.rank,
-            world_size=info.world_size, drop_uneven=True, batch_size=self.per_rank_batch, cube=cube,
-        )  # fmt: skip
-        if train_ds.num_batches() == 0:
-            raise DataError(
-                "no training window: the training range is shorter than one window per process"
-            )
-        if self.data.val_range is None:
-            return train_ds, None
-        src, cube = self.data.part(self.data.val_range)
-        val_ds = WindowDataset(
-            src, self.stats, self.spec, rank=info.rank, world_size=info.world_size,
-            batch_size=self.per_rank_batch, cube=cube,
-        )  # fmt: skip
-        return train_ds, make_loader(val_ds, num_workers=tc.num_workers, pin_memory=pin)
 
     def _plan_steps(self) -> int:
         """Epochs, steps per epoch and warm-up; returns the run's total optimizer steps."""
@@ -179,7 +148,7 @@ class _Run:
             self.say(f"train.warmup_steps={tc.warmup_steps} is longer than the {total_steps} steps "
                      f"of this run; warming up over {self.warmup} steps instead")  # fmt: skip
         params = sum(p.numel() for p in self.model.parameters())
-        self.say(f"{len(self.train_ds)} training windows, {self.steps_per_epoch} steps per epoch, "
+        self.say(f"{len(self.train_ds)} {self.job.items}, {self.steps_per_epoch} steps per epoch, "
                  f"{self.epochs} epochs" + (f" (train.steps={tc.steps})" if tc.steps else "")
                  + f"; {params:,} parameters")  # fmt: skip
         return total_steps
@@ -200,8 +169,7 @@ class _Run:
         self.best_val, self.bad_epochs = state.best_val, state.bad_epochs
         if self.batch_in_epoch:
             self.resumed_row = state.running
-        if self.model.cluster is not None:
-            self.model.cluster.initialized = bool(state.cluster_initialized)
+        self.job.restore(state)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> str:
@@ -233,10 +201,7 @@ class _Run:
         loader = make_loader(
             self.train_ds, num_workers=tc.num_workers, pin_memory=self.device.type == "cuda"
         )
-        cluster = self.model.cluster
-        cluster_on = cluster is not None and self.epoch >= self.config.model.cluster_start_epoch
-        if cluster_on and not cluster.initialized:
-            init_clusters(self.model, loader, self.device, self.amp, tc.seed, info)
+        self.job.start_epoch(self.epoch, loader, self.device, self.amp, info)
         task = None
         if info.is_main:
             task = self.progress.start(f"epoch {self.epoch + 1}/{self.epochs}", total=self.steps_per_epoch)
@@ -250,11 +215,11 @@ class _Run:
             self.running, self.in_row = {}, 0
         stopped = False
         for batch in loader:
-            loss = self._step(batch.to(self.device), cluster_on)
+            loss = self._step(batch.to(self.device))
             seen += len(batch) * info.world_size
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             if task is not None:
-                self.progress.advance(task, 1, info=f"loss {loss:.4f} {rate:.1f} win/s")
+                self.progress.advance(task, 1, info=f"loss {loss:.4f} {rate:.1f} {self.job.unit}/s")
             if self.step % tc.log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
                 self._log_row(rate)
             stopped = _any_rank(stop.requested, info, self.device)
@@ -266,11 +231,11 @@ class _Run:
             self.progress.finish(task)
         return stopped
 
-    def _step(self, batch, cluster_on: bool) -> float:
+    def _step(self, batch) -> float:
         """One optimizer step on ``batch``; adds to the metrics row; returns the loss."""
         tc = self.config.train
         with self.amp:
-            loss, parts = compute_losses(self.net, batch, self.config, cluster_on)
+            loss, parts = self.job.losses(self.net, batch)
         if _any_rank(not bool(torch.isfinite(loss.detach())), self.info, self.device):
             raise FaextractError(
                 f"training diverged at step {self.step + 1}: the loss is not finite "
@@ -296,7 +261,7 @@ class _Run:
         # after a mid-epoch resume, cover fewer than log_every)
         row = {k: v / self.in_row for k, v in self.running.items()}
         self.writer.write(kind="train", epoch=self.epoch + 1, step=self.step,
-                          lr=self.sched.get_last_lr()[0], windows_per_s=rate, **row)  # fmt: skip
+                          lr=self.sched.get_last_lr()[0], **{self.job.rate: rate}, **row)  # fmt: skip
         if self.tb is not None:
             for k, v in row.items():
                 self.tb.add_scalar(f"train/{k}", v, self.step)
@@ -307,8 +272,7 @@ class _Run:
         if self.val_loader is None:
             self._save("last.pt", "best.pt")
             return False
-        self.last_val = validate(self.model, self.val_loader, self.device, self.info, self.amp)
-        val_loss = self.last_val.get("recon", self.last_val.get("forecast", float("nan")))
+        val_loss, self.last_val = self.job.validate(self.val_loader, self.device, self.info, self.amp)
         self.writer.write(kind="val", epoch=self.epoch, step=self.step, loss=val_loss, **self.last_val)
         self.say(f"epoch {self.epoch}/{self.epochs}: validation "
                  + ", ".join(f"{k} {v:.4g}" for k, v in self.last_val.items()))  # fmt: skip
@@ -328,19 +292,18 @@ class _Run:
     def checkpoint(self, batch_in_epoch: int = 0) -> Checkpoint:
         """The run as it stands, ``batch_in_epoch`` batches into the current epoch."""
         cube, (t0, t1) = self.data.cube, self.data.train_range
-        model = self.model
+        fields = self.job.checkpoint_fields()
+        cluster_initialized = fields.pop("cluster_initialized", False)
         return Checkpoint(
-            model_args=self.args,
-            state_dict=model.state_dict(),
+            **fields,
+            state_dict=self.model.state_dict(),
             config=self.config.to_dict(),
-            stats=self.stats,
             channels=tuple(cube.channels),
             variables=tuple(cube.variables),
             levels=tuple(float(v) for v in cube.dataset["level"].values)
             if "level" in cube.dataset.dims
             else None,
             grid=cube.grid(),
-            tiles=self.spec,
             time_units=str(cube.time.encoding.get("units", "")),
             train_range=(str(cube.time.values[t0]), str(cube.time.values[t1 - 1])),
             training=TrainingState(
@@ -349,7 +312,7 @@ class _Run:
                 batch_in_epoch=batch_in_epoch,
                 best_val=self.best_val,
                 bad_epochs=self.bad_epochs,
-                cluster_initialized=bool(model.cluster is not None and model.cluster.initialized),
+                cluster_initialized=cluster_initialized,
                 optimizer=self.optim.state_dict(),
                 scheduler=self.sched.state_dict(),
                 rng=rng_state(),

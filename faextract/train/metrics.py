@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+#: The encoder's columns (a job names its own: :attr:`faextract.train.jobs.EncoderJob.metrics`).
 METRIC_FIELDS = [
     "kind", "epoch", "step", "lr", "loss", "recon", "forecast", "embedding", "decorrelation", "cluster",
     "windows_per_s", "climatology", "persistence", "time",
@@ -20,11 +21,11 @@ METRIC_FIELDS = [
 class MetricsWriter:
     """Append-only ``metrics.csv``; inactive (writes nothing) on ranks other than 0."""
 
-    def __init__(self, path: Path, active: bool):
-        self.path, self.active = path, active
+    def __init__(self, path: Path, active: bool, fields=tuple(METRIC_FIELDS)):
+        self.path, self.active, self.fields = path, active, list(fields)
         if active and not path.exists():
             with open(path, "w", newline="") as fh:
-                csv.DictWriter(fh, METRIC_FIELDS).writeheader()
+                csv.DictWriter(fh, self.fields).writeheader()
 
     def drop_after(self, step: int) -> None:
         """Remove the rows of steps after ``step`` (written, then lost with the process)."""
@@ -37,7 +38,7 @@ class MetricsWriter:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, METRIC_FIELDS)
+            w = csv.DictWriter(fh, self.fields)
             w.writeheader()
             w.writerows(keep)
         os.replace(tmp, self.path)
@@ -49,10 +50,10 @@ class MetricsWriter:
         clean = {
             k: (f"{v:.6g}" if isinstance(v, float) else v)
             for k, v in row.items()
-            if k in METRIC_FIELDS
+            if k in self.fields
         }
         with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, METRIC_FIELDS).writerow(clean)
+            csv.DictWriter(fh, self.fields).writerow(clean)
 
 
 def tensorboard(run_dir: Path):

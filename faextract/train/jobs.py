@@ -1,0 +1,202 @@
+"""What `faextract train` can train: the feature encoder or a compressor.
+
+The loop (:mod:`faextract.train.loop`) owns what every run shares: the run directory, the
+optimizer and schedule, epochs and steps, DDP, metrics, preemption and atomic checkpoints.
+A job owns the rest: its model, its datasets, its loss and validation, and what its
+checkpoint records. The config's ``job`` key picks one (:func:`make_job`).
+
+- :class:`EncoderJob`: a :class:`~faextract.models.autoencoder.ClimateAutoencoder` on
+  normalized windows ``(B, T, C, H, W)`` (reconstruction, forecast, embedding and optional DEC
+  terms); validation against climatology and persistence.
+- :class:`CompressorJob`: a :class:`~faextract.compress.model.BlockCodec` on block crops
+  ``(B, T, H, W)`` with the rate-distortion loss; no normalization statistics (every block
+  normalizes itself), no autocast (the likelihoods need float32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import xarray as xr
+
+from faextract.checkpoint import Checkpoint, TrainingState, a_kind
+from faextract.config import Config
+from faextract.data.dataset import WindowDataset, make_loader
+from faextract.errors import DataError, FaextractError
+from faextract.train.data import TrainingData, statistics
+from faextract.train.metrics import METRIC_FIELDS
+from faextract.train.plan import check_resume_compatible, model_args, tile_spec
+
+
+class EncoderJob:
+    """The feature encoder; see the module docstring."""
+
+    kind = "encoder"
+    items = "training windows"
+    unit = "win"
+    rate = "windows_per_s"
+    metrics = METRIC_FIELDS
+
+    def __init__(self, config: Config, data: TrainingData, ckpt: Checkpoint | None, info, say):
+        from faextract.models.autoencoder import ClimateAutoencoder
+
+        self.config, self.data = config, data
+        self.args = model_args(config, data.cube)
+        if ckpt is not None:
+            check_resume_compatible(ckpt, self.args, data.cube.channels, data.source.select)
+        self.stats = statistics(config, data, ckpt, info, say)
+        self.model = ClimateAutoencoder(**self.args)
+        self.spec = tile_spec(config, self.model.multiple)
+        self.cluster_on = False
+        self.find_unused_parameters = bool(config.model.clusters)
+
+    def autocast(self, device):
+        return torch_autocast(device, self.config.train.bf16)
+
+    def compile(self, mode: str) -> None:
+        self.model.compile_cells(mode)
+
+    def datasets(self, per_rank_batch: int, info, pin: bool):
+        tc = self.config.train
+        src, cube = self.data.part(self.data.train_range)
+        train_ds = WindowDataset(
+            src, self.stats, self.spec, shuffle=True, seed=tc.seed, rank=info.rank,
+            world_size=info.world_size, drop_uneven=True, batch_size=per_rank_batch, cube=cube,
+        )  # fmt: skip
+        if train_ds.num_batches() == 0:
+            raise DataError(
+                "no training window: the training range is shorter than one window per process"
+            )
+        if self.data.val_range is None:
+            return train_ds, None
+        src, cube = self.data.part(self.data.val_range)
+        val_ds = WindowDataset(
+            src, self.stats, self.spec, rank=info.rank, world_size=info.world_size,
+            batch_size=per_rank_batch, cube=cube,
+        )  # fmt: skip
+        return train_ds, make_loader(val_ds, num_workers=tc.num_workers, pin_memory=pin)
+
+    def start_epoch(self, epoch: int, loader, device, amp, info) -> None:
+        """The clustering term starts at ``cluster_start_epoch`` (k-means on first use)."""
+        from faextract.train.evaluation import init_clusters
+
+        cluster = self.model.cluster
+        self.cluster_on = cluster is not None and epoch >= self.config.model.cluster_start_epoch
+        if self.cluster_on and not cluster.initialized:
+            init_clusters(self.model, loader, device, amp, self.config.train.seed, info)
+
+    def losses(self, net, batch):
+        from faextract.train.losses import compute_losses
+
+        return compute_losses(net, batch, self.config, self.cluster_on)
+
+    def validate(self, loader, device, info, amp) -> tuple[float, dict]:
+        """``(validation loss, metrics)``: reconstruction MSE (forecast MSE without one)."""
+        from faextract.train.evaluation import validate
+
+        metrics = validate(self.model, loader, device, info, amp)
+        return metrics.get("recon", metrics.get("forecast", float("nan"))), metrics
+
+    def restore(self, state: TrainingState) -> None:
+        if self.model.cluster is not None:
+            self.model.cluster.initialized = bool(state.cluster_initialized)
+
+    def checkpoint_fields(self) -> dict:
+        cluster = self.model.cluster
+        return dict(model_args=self.args, stats=self.stats, tiles=self.spec, kind=self.kind,
+                    cluster_initialized=bool(cluster is not None and cluster.initialized))  # fmt: skip
+
+
+class CompressorJob:
+    """A learned compressor; see the module docstring."""
+
+    kind = "compressor"
+    items = "training blocks"
+    unit = "blocks"
+    rate = "blocks_per_s"
+    metrics = ("kind", "epoch", "step", "lr", "loss", "bits", "mse", "blocks_per_s", "time")
+    find_unused_parameters = False
+
+    def __init__(self, config: Config, data: TrainingData, ckpt: Checkpoint | None, info, say):
+        from faextract.compress.model import BlockCodec
+
+        self.config, self.data = config, data
+        c = config.codec
+        self.args = {"widths": tuple(c.widths), "sr_blocks": c.sr_blocks}
+        if ckpt is not None:
+            _check_codec_resume(ckpt, self.args, data.cube.channels)
+        self.model = BlockCodec(**self.args)
+        self.stats = xr.Dataset()
+
+    def autocast(self, device):
+        return contextlib.nullcontext()
+
+    def compile(self, mode: str) -> None:
+        raise FaextractError("train.compile applies to the encoder's cells, not a compressor")
+
+    def datasets(self, per_rank_batch: int, info, pin: bool):
+        from faextract.compress.training import CodecBlocks
+
+        tc, crop = self.config.train, self.config.codec.crop
+        src, cube = self.data.part(self.data.train_range)
+        train_ds = CodecBlocks(
+            src, crop=crop, cube=cube, shuffle=True, seed=tc.seed, rank=info.rank,
+            world_size=info.world_size, drop_uneven=True, batch_size=per_rank_batch,
+        )  # fmt: skip
+        if train_ds.num_batches() == 0:
+            raise DataError("no training block: the training range is shorter than one block per process")
+        if self.data.val_range is None:
+            return train_ds, None
+        src, cube = self.data.part(self.data.val_range)
+        val_ds = CodecBlocks(src, crop=crop, cube=cube, rank=info.rank,
+                             world_size=info.world_size, batch_size=per_rank_batch)  # fmt: skip
+        return train_ds, make_loader(val_ds, num_workers=tc.num_workers, pin_memory=pin)
+
+    def start_epoch(self, epoch: int, loader, device, amp, info) -> None:
+        pass
+
+    def losses(self, net, batch):
+        from faextract.compress.training import codec_losses
+
+        return codec_losses(net, batch, self.config.codec.lam)
+
+    def validate(self, loader, device, info, amp) -> tuple[float, dict]:
+        from faextract.compress.training import validate_codec
+
+        metrics = validate_codec(self.model, loader, device, info, self.config.codec.lam)
+        return metrics.pop("loss", float("nan")), metrics
+
+    def restore(self, state: TrainingState) -> None:
+        pass
+
+    def checkpoint_fields(self) -> dict:
+        return dict(model_args=self.args, stats=self.stats, tiles=None, kind=self.kind)
+
+
+def _check_codec_resume(ckpt: Checkpoint, args: dict, channels) -> None:
+    old = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.model_args.items()}
+    for key in sorted(set(old) | set(args)):
+        if old.get(key) != args.get(key):
+            raise FaextractError(
+                f"--resume: checkpoint is incompatible with the config: codec {key} is "
+                f"{old.get(key)!r} in the checkpoint, {args.get(key)!r} now"
+            )
+
+
+def torch_autocast(device, bf16: bool):
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
+
+
+JOBS = {"encoder": EncoderJob, "compressor": CompressorJob}
+
+
+def make_job(config: Config, data: TrainingData, ckpt: Checkpoint | None, info, say):
+    """The job the config's ``job`` names."""
+    if ckpt is not None and ckpt.kind != config.job:
+        raise FaextractError(
+            f"--resume: the run's checkpoint is {a_kind(ckpt.kind)}, the config trains "
+            f"{a_kind(config.job)} (job: {config.job})"
+        )
+    return JOBS[config.job](config, data, ckpt, info, say)
