@@ -129,6 +129,22 @@ def test_a_position_code_lets_attention_express_a_fixed_relation_between_places(
         AxialAttention(6, 8, 2, position=-1)
 
 
+def test_attention_without_locality_has_no_distance_penalty():
+    """``locality=False``: identical content everywhere gives uniform attention (no distance
+    term); with the penalty, nearer keys get more weight."""
+    from faextract.models.attention import AxialAttention
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 1, 1).expand(1, 6, 5, 8).contiguous()
+    flat = AxialAttention(6, 8, 2, locality=False)
+    near = AxialAttention(6, 8, 2)
+    assert flat.distance_scale is None
+    w = flat(x, need_weights=True)[1]
+    torch.testing.assert_close(w.row, torch.full_like(w.row, 1 / 8))
+    r = near(x, need_weights=True)[1].row[0, 0, 0, 0]  # query x=0 of row 0
+    assert r[0] > r[1] > r[2]
+
+
 def test_causal_temporal_attention_keeps_the_future_out_of_each_steps_embedding():
     """With ``temporal_causal``, z_t is the same whatever follows t in the window (padded
     leading steps included); without it, later steps change earlier embeddings."""

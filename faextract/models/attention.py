@@ -5,7 +5,8 @@ along rows (longitude) and then along columns (latitude). The column pass attend
 row pass's output, so the effective 2-D attention from query ``(y, x)`` to key ``(y', x')`` is
 ``A_col[x](y, y') * A_row[y'](x, x')``: a proper distribution over the whole grid, reached in
 O(HW(H + W)) instead of O((HW)^2). A learned per-head distance penalty (circular in longitude
-for periodic global grids) gives the heads a sense of locality they can unlearn. With
+for periodic global grids) gives the heads a sense of locality they can unlearn
+(``locality=False`` leaves it out). With
 ``position=K``, a sinusoidal code of each cell's place on the grid (K frequencies per axis,
 periodic in longitude) enters the queries and keys through a learned map that starts at zero:
 without it the logits see only content and relative distance, so a fixed relation between two

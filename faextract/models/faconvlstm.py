@@ -34,6 +34,7 @@ Defaults (the paper does not fix them):
   which is small against the gates; ``attention_heads = 2`` on ``attention_dim = 16`` channels;
   ``attention_position = K`` adds a grid-position code to the attention's queries and keys
   (see :class:`~faextract.models.attention.AxialAttention`; 0 = content and distance only);
+  ``attention_locality = False`` drops the learned distance penalty (content-only logits);
 - ``embedding_dim = 32``, ``temporal_heads = 4``, ``seasonal_period = 365`` (daily data);
   ``embedding_dim = 0`` drops the head (e.g. for inner layers of a stack); ``embedding_norm``
   ends the head with LayerNorm; ``head_grid`` pools onto a coarse grid that keeps positions
