@@ -37,25 +37,32 @@ sys.path.insert(0, str(HERE.parent))
 BOUNDS = (1e-2, 1e-3, 1e-4)
 
 
-def _faextract(mode: str):
+#: The learned compressor the "+model" rows use (``--checkpoint``; default: the bundled one).
+PREDICTOR = {}
+
+
+def _faextract(mode: str, model: bool = False):
     """As ``faextract compress`` codes a variable (its blocks; in patch mode one shared
-    basis per variable, counted in the stored bytes)."""
+    basis per variable, counted in the stored bytes), with the learned compressor when
+    ``model`` (the grid is periodic: the generated cubes and the sample are global)."""
     from faextract.compress.blocks import plan_blocks
     from faextract.compress.codec import decode_block, encode_block
     from faextract.compress.container import shared_basis
 
     def run(x, E):
+        predictor = PREDICTOR.get("model") if model else None
         blocks, streams = plan_blocks(x.shape), []
         t = time.perf_counter()
         basis = shared_basis(x, blocks) if mode == "patches" else None
         for b in blocks:
             streams.append(encode_block(x[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], E, mode,
-                                        basis=basis))  # fmt: skip
+                                        basis=basis, predictor=predictor,
+                                        periodic=b.x1 - b.x0 == x.shape[-1]))  # fmt: skip
         t_c = time.perf_counter() - t
         t = time.perf_counter()
         out = np.empty_like(x)
         for b, s in zip(blocks, streams, strict=True):
-            out[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] = decode_block(s, basis=basis)
+            out[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] = decode_block(s, predictor, basis)
         size = sum(map(len, streams)) + (basis.nbytes if basis is not None else 0)
         return size, out, t_c, time.perf_counter() - t
 
@@ -135,6 +142,8 @@ def _bitround(x, E):
 CODECS = {
     "faextract pointwise": _faextract("pointwise"),
     "faextract nrmse": _faextract("patches"),
+    "faextract+model pointwise": _faextract("pointwise", model=True),
+    "faextract+model nrmse": _faextract("patches", model=True),
     "SZ3": _sz3,
     "ZFP": _zfp,
     "SPERR": _sperr,

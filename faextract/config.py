@@ -109,6 +109,9 @@ class TrainConfig:
     num_workers: int = 0
     log_every: int = 10  # steps between metric rows
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = end of epoch only
+    # Start from this checkpoint's weights (fine-tuning; same job and architecture), with a
+    # fresh optimizer and schedule; null = random initialization.
+    init: str | None = None
 
 
 @dataclass
@@ -240,6 +243,8 @@ def load_config(
     config.data.paths = [resolve(p, path) for p in config.data.paths]
     if config.data.stats:
         config.data.stats = resolve(config.data.stats, path)
+    if config.train.init:
+        config.train.init = resolve(config.train.init, path)
     return config
 
 

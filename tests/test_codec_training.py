@@ -65,6 +65,35 @@ def test_train_writes_a_resumable_compressor_checkpoint(codec_run, tmp_path):
         train(wider, copy, resume=True, plain_progress=True)
 
 
+def test_train_init_fine_tunes_from_a_checkpoint_of_the_same_kind(codec_run, tiny_checkpoint, tmp_path):
+    """``train.init`` starts from a checkpoint's weights (the first logged loss is the trained
+    model's, not a random one's); another kind or another architecture is refused by name."""
+    import torch
+
+    from faextract.checkpoint import Checkpoint
+    from faextract.config import load_config
+    from faextract.train import train
+    from faextract.train.metrics import read_metrics
+
+    cube, run = codec_run
+    base = [*CODEC, f"data.paths=[{cube}]", "train.steps=1", "train.lr=1e-12", "train.seed=4"]
+    fresh = train(load_config(None, base), tmp_path / "fresh", plain_progress=True)
+    tuned = train(load_config(None, [*base, f"train.init={run / 'last.pt'}"]), tmp_path / "tuned",
+                  plain_progress=True)  # fmt: skip
+    assert tuned.best_val < fresh.best_val
+    # with a vanishing learning rate the weights are the initial checkpoint's
+    a = Checkpoint.load(run / "last.pt").state_dict
+    b = Checkpoint.load(tmp_path / "tuned" / "last.pt").state_dict
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert read_metrics(tmp_path / "tuned")
+    _, encoder, _ = tiny_checkpoint
+    with pytest.raises(FaextractError, match="an encoder checkpoint; train.init needs a compressor"):
+        train(load_config(None, [*base, f"train.init={encoder}"]), tmp_path / "x", plain_progress=True)
+    wider = [*base, "codec.widths=[4,8,8,8]", f"train.init={run / 'last.pt'}"]
+    with pytest.raises(FaextractError, match="widths"):
+        train(load_config(None, wider), tmp_path / "y", plain_progress=True)
+
+
 def test_codec_blocks_are_prepared_crops_in_a_seeded_order(codec_run):
     from faextract.compress.training import CodecBlocks
     from faextract.data.dataset import CubeSource

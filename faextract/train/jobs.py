@@ -192,6 +192,22 @@ def torch_autocast(device, bf16: bool):
 JOBS = {"encoder": EncoderJob, "compressor": CompressorJob}
 
 
+def init_weights(job, path: str, say) -> None:
+    """Load the weights of the checkpoint ``path`` into ``job``'s model (fine-tuning): the same
+    kind of model with the same architecture, or a one-line error naming the difference."""
+    ckpt = Checkpoint.load(path).require(job.kind, path, "train.init")
+    ours = {k: tuple(v) if isinstance(v, list) else v for k, v in job.args.items()}
+    theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.model_args.items()}
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key) and key != "causal_embedding":
+            raise FaextractError(
+                f"train.init: {path} has model {key} {theirs.get(key)!r}, the config builds "
+                f"{ours.get(key)!r}"
+            )
+    job.model.load_state_dict(ckpt.state_dict)
+    say(f"starting from the weights of {path}")
+
+
 def make_job(config: Config, data: TrainingData, ckpt: Checkpoint | None, info, say):
     """The job the config's ``job`` names."""
     if ckpt is not None and ckpt.kind != config.job:

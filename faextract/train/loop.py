@@ -36,7 +36,7 @@ from faextract.runtime.progress import Progress
 from faextract.runtime.seeding import rng_state, seed_everything, set_rng_state
 from faextract.runtime.signals import StopFlag
 from faextract.train.data import open_data
-from faextract.train.jobs import make_job
+from faextract.train.jobs import init_weights, make_job
 from faextract.train.metrics import MetricsWriter, tensorboard
 from faextract.train.plan import LOCK_FILE, lr_lambda, prepare_run_dir
 
@@ -102,6 +102,8 @@ class _Run:
         self.data = open_data(config, self.say)
         ckpt = Checkpoint.load(run_dir / "last.pt") if resume else None
         self.job = make_job(config, self.data, ckpt, info, self.say)
+        if tc.init and ckpt is None:
+            init_weights(self.job, tc.init, self.say)
         self.model = self.job.model.to(device)
         self.train_ds, self.val_loader = self.job.datasets(
             self.per_rank_batch, info, pin=device.type == "cuda"
