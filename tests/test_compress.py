@@ -450,6 +450,10 @@ def test_compress_and_decompress_refuse_bad_input_in_one_line(tmp_path):
                               "--variables", "sp"), "no variable 'sp'")  # fmt: skip
     assert_one_line_error(run("decompress", str(src), "--out", str(tmp_path / "x.nc")),
                           "not a faextract compressed store")  # fmt: skip
+    assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01",
+                              "--shard", "2/2"), "--shard: need 0 <= I < N")  # fmt: skip
+    assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01",
+                              "--checkpoint", str(src)), "not a PyTorch checkpoint")  # fmt: skip
     assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "x.nc").exists()
     assert run("compress", str(src), "--out", out, "--rel-error", "0.01").exit_code == 0
     assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01"), "exists")
@@ -474,3 +478,61 @@ def test_a_shared_patch_basis_is_stored_once_and_required_to_decode(tmp_path):
     with pytest.raises(DataError, match="shared basis"):
         decode_block(shared)
     assert plan_blocks(x.shape)  # (the container fits one per variable over its blocks)
+
+
+def _decoded(path) -> dict:
+    from faextract.compress.container import open_compressed
+
+    ds = open_compressed(str(path))
+    return {v: ds[v].values for v in ds.data_vars}
+
+
+def test_an_interrupted_compression_resumes_and_shards_share_one_store(tmp_path, monkeypatch):
+    """A run killed mid-way leaves only ``OUT.partial``; the same command finishes it, writing
+    only the blocks left; two shards of a job array write one store (the second to finish
+    completes it); both equal a single uninterrupted run. Other options on the unfinished
+    store are refused in one line."""
+    import faextract.compress.container as container
+    from faextract.compress.container import CompressOptions, compress
+    from faextract.errors import FaextractError
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    src = tmp_path / "in.nc"
+    write_netcdf(synthetic_cube(nt=20, nlat=12, nlon=24, variables=("sst", "t2m"), seed=6), src)
+    opts = CompressOptions(rel_error=1e-3)
+    whole = compress([str(src)], str(tmp_path / "whole.zarr"), opts)
+    assert whole.complete and whole.blocks_written == 6
+
+    real, calls = container.encode_block, {"n": 0}
+
+    def dies_at_the_fourth(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(container, "encode_block", dies_at_the_fourth)
+    out = tmp_path / "resumed.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        compress([str(src)], str(out), opts)
+    assert not out.exists() and (tmp_path / "resumed.zarr.partial").exists()
+    monkeypatch.setattr(container, "encode_block", real)
+    with pytest.raises(FaextractError, match="unfinished compression"):
+        compress([str(src)], str(out), CompressOptions(rel_error=1e-2))
+    again = compress([str(src)], str(out), opts)
+    assert again.complete and again.blocks_written == 3 and out.exists()
+    assert not (tmp_path / "resumed.zarr.partial").exists()
+
+    sharded = tmp_path / "sharded.zarr"
+    first = compress([str(src)], str(sharded), opts, shard=(0, 2))
+    assert not first.complete and first.blocks_written == 3 and not sharded.exists()
+    second = compress([str(src)], str(sharded), opts, shard=(1, 2))
+    assert second.complete and second.blocks_written == 3 and sharded.exists()
+    late = compress([str(src)], str(sharded), opts, shard=(1, 2))  # a late task: nothing to do
+    assert late.complete and late.blocks_written == 0
+
+    ref = _decoded(tmp_path / "whole.zarr")
+    for path in (out, sharded):
+        got = _decoded(path)
+        for v in ref:
+            np.testing.assert_array_equal(got[v], ref[v])

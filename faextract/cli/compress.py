@@ -38,13 +38,23 @@ def compress(
             "one; 'none': no model (the block mean predicts).",
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", metavar="I/N",
+            help="Write blocks I, I+N, ... (job-array task I of N; the last one done completes "
+            "the store).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
     """Store (time, y, x) variables within an error bound (every valid point, or every patch's
     RMSE); NaN masks kept exactly. A learned compressor predicts each block (kept only where
-    it makes the block smaller than the block mean would), the correction carries the rest."""
+    it makes the block smaller than the block mean would), the correction carries the rest.
+    Restartable: run it again with the same options to finish an interrupted store."""
     from faextract.compress.container import CompressOptions
     from faextract.compress.container import compress as run
+    from faextract.embed import parse_shard
     from faextract.paths import SAMPLE_COMPRESSOR
     from faextract.runtime.progress import Progress
 
@@ -57,8 +67,13 @@ def compress(
         max_abs_error=max_abs_error, rel_error=rel_error, nrmse=nrmse,
         variables=tuple(names) if names else None, overwrite=overwrite, checkpoint=checkpoint,
     )  # fmt: skip
+    parts = parse_shard(shard) if shard else None
     with Progress(unit="blocks") as progress:
-        result = run(list(inputs), str(out), options, progress=progress)
+        result = run(list(inputs), str(out), options, progress=progress, shard=parts)
+    if not result.complete:
+        typer.echo(f"wrote {result.blocks_written} blocks into {result.path}; other shards still "
+                   "have blocks to write (the last one done completes the store)")  # fmt: skip
+        return
     typer.echo(
         f"compressed {', '.join(result.variables)} ({result.blocks_written} blocks) to "
         f"{result.path}: {result.stored_bytes / 1e6:.1f} MB, ratio {result.ratio:.2f} against "

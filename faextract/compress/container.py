@@ -8,7 +8,9 @@ Layout of ``X.zarr``::
                       compressor its checkpoint's sha256: decoding needs that model)
     streams/<var>/<i> one uint8 array per block i of variable <var> (its sealed stream)
     streams/<var>     attrs: the variable's dims, shape, dtype, attributes and encoding, its
-                      block list, and ``done`` (the ledger: a restarted run skips them)
+                      bound and block list; ``basis`` (the patch mode's shared basis)
+    streams/<var>/<i> attrs ``crc32``, written after the stream: the ledger a restarted or
+                      sharded run reads to skip the blocks done
 
 Plain uint8 arrays are used for the streams (Zarr v3's variable-length bytes type is marked
 unstable and not portable across Zarr implementations). Variables of shape ``(time, y, x)``
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,9 +84,10 @@ class CompressOptions:
 class CompressResult:
     path: str
     variables: list[str]
-    blocks_written: int
+    blocks_written: int  # by this run (a resumed or sharded run skips the blocks done)
     input_bytes: int  # float32 values + their mask, as the benchmarks count
     stored_bytes: int
+    complete: bool = True  # False: other shards still have blocks to write (in OUT.partial)
 
     @property
     def ratio(self) -> float:
@@ -105,8 +109,16 @@ def _compressible(ds: xr.Dataset, names) -> list[str]:
     return chosen
 
 
-def compress(inputs, out: str, options: CompressOptions, progress=None) -> CompressResult:
-    """Compress the (time, y, x) variables of ``inputs`` into the store ``out``."""
+def compress(inputs, out: str, options: CompressOptions, progress=None,
+             shard: tuple[int, int] | None = None) -> CompressResult:  # fmt: skip
+    """Compress the (time, y, x) variables of ``inputs`` into the store ``out``.
+
+    The store is written as ``OUT.partial`` and renamed when every block is in. A block's
+    stream is recorded as done (its checksum in the array's attributes) only once written, so
+    a killed run started again with the same options resumes where it stopped. ``shard=(i,
+    n)``: this process writes blocks i, i + n, ... (a job array's tasks share one store; the
+    one that finds every block done completes it).
+    """
     from faextract.compress.codec import LearnedPredictor
     from faextract.data.sources import resolve_paths
     from faextract.outputs import claim_output, remove_output
@@ -114,73 +126,185 @@ def compress(inputs, out: str, options: CompressOptions, progress=None) -> Compr
     predictor = LearnedPredictor.load(options.checkpoint) if options.checkpoint else None
     paths = resolve_paths(inputs if isinstance(inputs, list | tuple) else [inputs])
     ds = _open(paths)
-    names = _compressible(ds, options.variables)
-    if claim_output(out, inputs=paths, overwrite=options.overwrite, ours=is_compressed_store,
-                    what="compressed store"):  # fmt: skip
-        remove_output(out)
-    periodic = _periodic(ds[names[0]])
-    rest = ds.drop_vars(names)
-    tmp = f"{out}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    rest.attrs[MARKER] = json.dumps({
-        "format": FORMAT_VERSION, "faextract": __version__, "mode": options.mode,
-        "predictor": "learned" if predictor is not None else "mean",
-        "model_sha256": predictor.sha256 if predictor is not None else None,
-        "block": [options.block.time, options.block.tile], "variables": names,
-    })  # fmt: skip
     try:
-        written, raw = _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
-        raise
+        names = _compressible(ds, options.variables)
+        tmp = f"{out}.partial"
+        if os.path.exists(out) and shard is not None and is_compressed_store(out):
+            return _finished(out, names, ds)  # a late task of a completed job array
+        if claim_output(out, inputs=paths, overwrite=options.overwrite, ours=is_compressed_store,
+                        what="compressed store"):  # fmt: skip
+            remove_output(out)
+        if options.overwrite and shard is None:
+            remove_output(tmp)
+        plan = {
+            "format": FORMAT_VERSION, "faextract": __version__, "mode": options.mode,
+            "bound_option": _bound_option(options),
+            "predictor": "learned" if predictor is not None else "mean",
+            "model_sha256": predictor.sha256 if predictor is not None else None,
+            "block": [options.block.time, options.block.tile], "variables": names,
+            "inputs": [os.path.abspath(p) for p in paths],
+        }  # fmt: skip
+        with _held(tmp):
+            _prepare(ds, names, tmp, plan, options)
+        written = _write_blocks(ds, names, tmp, options, predictor, progress, shard)
+        with _held(tmp):
+            complete = os.path.exists(tmp) and _all_done(tmp, names)
+            if complete:
+                os.replace(tmp, out)
     finally:
         ds.close()
-    os.replace(tmp, out)
-    return CompressResult(out, names, written, raw, _size(out))
+    if not complete:
+        return CompressResult(tmp, names, written, _input_bytes(ds, names), _size(tmp), False)
+    return CompressResult(out, names, written, _input_bytes(ds, names), _size(out))
 
 
-def _write_streams(ds, rest, names, tmp, options, predictor, periodic, progress):
-    rest.to_zarr(tmp, mode="w", consolidated=False)
-    root = zarr.open_group(tmp, mode="r+")
-    written = raw = 0
-    total = sum(len(plan_blocks(ds[v].shape, options.block)) for v in names)
-    task = progress.start("compressing", total=total) if progress else None
+def _bound_option(options: CompressOptions) -> dict:
+    return {k: v for k, v in (("max_abs_error", options.max_abs_error),
+                              ("rel_error", options.rel_error), ("nrmse", options.nrmse))
+            if v is not None}  # fmt: skip
+
+
+def _finished(out: str, names, ds) -> CompressResult:
+    return CompressResult(out, names, 0, _input_bytes(ds, names), _size(out))
+
+
+def _input_bytes(ds: xr.Dataset, names) -> int:
+    n = sum(int(np.prod(ds[v].shape)) for v in names)
+    return n * 4 + n // 8
+
+
+class _held:
+    """A short critical section on ``OUT.partial`` (making it, completing it) among the tasks
+    of a job array: waits up to ``timeout`` seconds for the others."""
+
+    def __init__(self, tmp: str, timeout: float = 120.0):
+        from faextract.runtime.locks import Lock
+
+        self.lock = Lock(f"{tmp}.lock", f"the compressed store {tmp}")
+        self.timeout = timeout
+
+    def __enter__(self):
+        import time
+
+        start = time.monotonic()
+        while True:
+            try:
+                self.lock.acquire()
+                return self
+            except FaextractError:
+                if time.monotonic() - start > self.timeout:
+                    raise
+                time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def _prepare(ds, names, tmp, plan, options) -> None:
+    """Make ``OUT.partial`` (the input's other variables and coordinates, each variable's
+    metadata, bound and shared basis), or check that the one there is this same job."""
+    if os.path.exists(tmp):
+        from faextract.outputs import zarr_attrs
+
+        there = json.loads((zarr_attrs(tmp) or {}).get(MARKER, "{}")).get("plan")
+        if there != json.loads(json.dumps(plan)):
+            raise FaextractError(
+                f"{tmp}: an unfinished compression with other inputs or options; give the "
+                "same ones to resume it, or --overwrite to start again"
+            )
+        return
+    rest = ds.drop_vars(names)
+    rest.attrs[MARKER] = json.dumps({**{k: plan[k] for k in ("format", "faextract", "mode",
+                                     "predictor", "model_sha256", "block", "variables")},
+                                     "plan": plan})  # fmt: skip
+    stage = f"{tmp}.new"
+    shutil.rmtree(stage, ignore_errors=True)
+    rest.to_zarr(stage, mode="w", consolidated=False)
+    root = zarr.open_group(stage, mode="r+")
     for v in names:
         da = ds[v]
-        # one variable at a time in memory; infinite values are refused by each block's mask
-        values_all = da.values.astype(np.float32)
-        finite = values_all[np.isfinite(values_all)]
-        bound = options.bound_for(float(finite.max() - finite.min()) if finite.size else 0.0)
+        lo, hi = _valid_range(da)
+        blocks = plan_blocks(da.shape, options.block)
         group = root.require_group(f"streams/{v}")
-        blocks = plan_blocks(values_all.shape, options.block)
-        basis = None
         if options.mode == "patches":
-            basis = shared_basis(values_all, blocks)
+            basis = shared_basis(da, blocks)
             group.create_array("basis", shape=(basis.size * 4,), dtype="uint8")[:] = np.frombuffer(
                 basis.astype("<f4").tobytes(), np.uint8
             )
-        for i, b in enumerate(blocks):
-            data = encode_block(values_all[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], bound,
-                                options.mode, what=f"variable {v!r}", predictor=predictor,
-                                basis=basis, periodic=periodic and b.x1 - b.x0 == da.shape[-1])  # fmt: skip
-            arr = group.create_array(str(i), shape=(len(data),), dtype="uint8", chunks=(max(1, len(data)),))
-            arr[:] = np.frombuffer(data, dtype=np.uint8)
-            written += 1
-            if task is not None:
-                progress.advance(task, 1)
-        raw += values_all.size * 4 + values_all.size // 8
         group.attrs.update({
             "dims": list(da.dims), "shape": list(da.shape), "dtype": str(da.dtype),
             "attrs": _jsonable(da.attrs), "encoding": _jsonable(_encoding(da)),
-            "bound": bound, "periodic": periodic,
+            "bound": options.bound_for(hi - lo if hi >= lo else 0.0),
+            "periodic": _periodic(da),
             "blocks": [[b.t0, b.t1, b.y0, b.y1, b.x0, b.x1] for b in blocks],
         })  # fmt: skip
+    os.replace(stage, tmp)
+
+
+def _valid_range(da: xr.DataArray, step: int = 64) -> tuple[float, float]:
+    """Min and max over the finite values, reading ``step`` time steps at a time."""
+    lo, hi = np.inf, -np.inf
+    for t0 in range(0, da.shape[0], step):
+        x = np.asarray(da[t0 : t0 + step].values, dtype=np.float32)
+        x = x[np.isfinite(x)]
+        if x.size:
+            lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    return lo, hi
+
+
+def _write_blocks(ds, names, tmp, options, predictor, progress, shard) -> int:
+    """This process's blocks that are not done yet; returns how many it wrote."""
+    root = zarr.open_group(tmp, mode="r+")
+    todo = []
+    k = 0
+    for v in names:
+        group = root[f"streams/{v}"]
+        for i, blk in enumerate(group.attrs["blocks"]):
+            mine = shard is None or k % shard[1] == shard[0]
+            k += 1
+            if mine and not _done(group, i):
+                todo.append((v, i, blk))
+    task = progress.start("compressing", total=len(todo)) if progress else None
+    basis = {}
+    for v, i, (t0, t1, y0, y1, x0, x1) in todo:
+        group = root[f"streams/{v}"]
+        if v not in basis:
+            basis[v] = _basis(group)
+        values = np.asarray(ds[v][t0:t1, y0:y1, x0:x1].values, dtype=np.float32)
+        periodic = group.attrs["periodic"] and x1 - x0 == ds[v].shape[-1]
+        data = encode_block(values, group.attrs["bound"], options.mode, what=f"variable {v!r}",
+                            predictor=predictor, basis=basis[v], periodic=periodic)  # fmt: skip
+        arr = group.create_array(str(i), shape=(len(data),), dtype="uint8",
+                                 chunks=(max(1, len(data)),), overwrite=True)  # fmt: skip
+        arr[:] = np.frombuffer(data, dtype=np.uint8)
+        arr.attrs["crc32"] = zlib.crc32(data)  # the ledger: written after the stream
+        if task is not None:
+            progress.advance(task, 1)
     if task is not None:
         progress.finish(task)
-    return written, raw
+    return len(todo)
 
 
-def shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
+def _done(group, i: int) -> bool:
+    return str(i) in group and "crc32" in group[str(i)].attrs
+
+
+def _all_done(tmp: str, names) -> bool:
+    root = zarr.open_group(tmp, mode="r")
+    for v in names:
+        group = root[f"streams/{v}"]
+        if not all(_done(group, i) for i in range(len(group.attrs["blocks"]))):
+            return False
+    return True
+
+
+def _basis(group) -> np.ndarray | None:
+    if "basis" not in group:
+        return None
+    return np.frombuffer(np.asarray(group["basis"][:]).tobytes(), "<f4").reshape(64, 64)
+
+
+def shared_basis(values, blocks, most: int = 16) -> np.ndarray:
     """The patch basis of a variable: PCA of the 8x8 patches of up to ``most`` blocks, each
     minus its mean (the residual of the block-mean prediction); stored once per variable."""
     from faextract.compress.patches import fit_basis
@@ -188,7 +312,7 @@ def shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
     picks = [blocks[i] for i in np.linspace(0, len(blocks) - 1, min(most, len(blocks))).astype(int)]
     residuals = []
     for b in picks:
-        x = values[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1]
+        x = np.asarray(values[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], dtype=np.float32)
         ok = np.isfinite(x)
         residuals.append(np.where(ok, x - (x[ok].mean() if ok.any() else 0.0), 0.0))
     return fit_basis(residuals)
@@ -264,9 +388,7 @@ def open_compressed(path: str, checkpoint: str | None = None) -> xr.Dataset:
         g = root[f"streams/{v}"]
         info = dict(g.attrs)
         pieces = {}
-        basis = None
-        if "basis" in g:
-            basis = np.frombuffer(np.asarray(g["basis"][:]).tobytes(), "<f4").reshape(64, 64)
+        basis = _basis(g)
         for i, (t0, t1, y0, y1, x0, x1) in enumerate(info["blocks"]):
             arr = g[str(i)]
             delayed = dask.delayed(_decode_one)(arr, predictor, basis)
