@@ -536,3 +536,34 @@ def test_an_interrupted_compression_resumes_and_shards_share_one_store(tmp_path,
         got = _decoded(path)
         for v in ref:
             np.testing.assert_array_equal(got[v], ref[v])
+
+
+def test_variables_with_levels_are_compressed_level_by_level(tmp_path):
+    """(time, level, lat, lon) variables beside (time, lat, lon) ones: every level within the
+    variable's bound, NaN exact, dims and coordinates back; a region of a 4-D variable."""
+    import xarray as xr
+
+    from faextract.compress.container import CompressOptions, compress, decompress
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    src = tmp_path / "levels.nc"
+    ds = synthetic_cube(nt=10, nlat=12, nlon=24, variables=("sst", "t2m"), levels=[1000, 850, 500],
+                        seed=7)  # fmt: skip
+    write_netcdf(ds, src)
+    res = compress([str(src)], str(tmp_path / "c.zarr"), CompressOptions(rel_error=1e-3))
+    assert res.variables == ["sst", "t2m"] and res.blocks_written == 2 + 2 * 3
+    back = xr.open_dataset(decompress(str(tmp_path / "c.zarr"), str(tmp_path / "d.nc")))
+    a = xr.open_dataset(src)
+    assert back["t2m"].dims == a["t2m"].dims == ("time", "level", "lat", "lon")
+    np.testing.assert_array_equal(back["level"].values, a["level"].values)
+    for v in ("sst", "t2m"):
+        x, y = a[v].values, back[v].values
+        ok = np.isfinite(x)
+        assert (np.isfinite(y) == ok).all()
+        E = 1e-3 * float(x[ok].max() - x[ok].min())
+        assert np.abs(y[ok].astype(np.float64) - x[ok]).max() <= E
+    box = xr.open_dataset(decompress(str(tmp_path / "c.zarr"), str(tmp_path / "box.nc"),
+                                     region=(-30, 30, 100, 200)))  # fmt: skip
+    rows = (a["lat"].values >= -30) & (a["lat"].values <= 30)
+    cols = (a["lon"].values >= 100) & (a["lon"].values <= 200)
+    np.testing.assert_array_equal(box["t2m"].values, back["t2m"].values[:, :, rows][..., cols])

@@ -14,7 +14,9 @@ Layout of ``X.zarr``::
 
 Plain uint8 arrays are used for the streams (Zarr v3's variable-length bytes type is marked
 unstable and not portable across Zarr implementations). Variables of shape ``(time, y, x)``
-are compressed; every other variable is stored as xarray writes it. ``decompress`` and
+are compressed (with other dimensions between time and the grid, levels or members, each
+combination is a field of 2-D blocks of its own); every other variable is stored as xarray
+writes it. ``decompress`` and
 :func:`open_compressed` give back the input's variables, coordinates, attributes and
 calendar; values within the bound, NaN exactly where the input had NaN.
 """
@@ -95,18 +97,37 @@ class CompressResult:
 
 
 def _compressible(ds: xr.Dataset, names) -> list[str]:
-    chosen = list(names) if names else [v for v in ds.data_vars if ds[v].ndim == 3]
+    chosen = list(names) if names else [v for v in ds.data_vars if ds[v].ndim >= 3]
     for v in chosen:
         if v not in ds.data_vars:
             raise DataError(f"no variable {v!r} in the input (it has {', '.join(map(str, ds.data_vars))})")
-        if ds[v].ndim != 3:
+        if ds[v].ndim < 3:
             raise DataError(
-                f"variable {v!r} has dims {ds[v].dims}: compress takes (time, y, x) variables; "
-                "select one level first (e.g. xarray's .sel) for 4-D ones"
+                f"variable {v!r} has dims {ds[v].dims}: compress takes (time, [level, ...,] y, x) "
+                "variables"
             )
     if not chosen:
-        raise DataError("the input has no (time, y, x) variable to compress")
+        raise DataError("the input has no (time, [level, ...,] y, x) variable to compress")
     return chosen
+
+
+def plan_fields(shape: tuple[int, ...], spec: BlockSpec) -> list[list[int]]:
+    """The blocks of a ``(time, *other, y, x)`` variable: ``[t0, t1, y0, y1, x0, x1]`` for a
+    (time, y, x) one; with other dimensions (levels, members), each of their combinations is a
+    field of its own, and an entry starts with the field's flat index ``f``."""
+    T, *mid, H, W = shape
+    blocks = plan_blocks((T, H, W), spec)
+    if not mid:
+        return [[b.t0, b.t1, b.y0, b.y1, b.x0, b.x1] for b in blocks]
+    return [[f, b.t0, b.t1, b.y0, b.y1, b.x0, b.x1] for f in range(int(np.prod(mid))) for b in blocks]
+
+
+def _read(da: xr.DataArray, entry) -> np.ndarray:
+    """One block ``(t, y, x)`` of ``da`` (an entry of :func:`plan_fields`)."""
+    *field, t0, t1, y0, y1, x0, x1 = entry
+    index = np.unravel_index(field[0], da.shape[1:-2]) if field else ()
+    return np.asarray(da[(slice(t0, t1), *map(int, index), slice(y0, y1), slice(x0, x1))].values,
+                      dtype=np.float32)  # fmt: skip
 
 
 def compress(inputs, out: str, options: CompressOptions, progress=None,
@@ -224,10 +245,10 @@ def _prepare(ds, names, tmp, plan, options) -> None:
     for v in names:
         da = ds[v]
         lo, hi = _valid_range(da)
-        blocks = plan_blocks(da.shape, options.block)
+        blocks = plan_fields(da.shape, options.block)
         group = root.require_group(f"streams/{v}")
         if options.mode == "patches":
-            basis = shared_basis(da, blocks)
+            basis = basis_of([_read(da, e) for e in _spread(blocks, 16)])
             group.create_array("basis", shape=(basis.size * 4,), dtype="uint8")[:] = np.frombuffer(
                 basis.astype("<f4").tobytes(), np.uint8
             )
@@ -236,7 +257,7 @@ def _prepare(ds, names, tmp, plan, options) -> None:
             "attrs": _jsonable(da.attrs), "encoding": _jsonable(_encoding(da)),
             "bound": options.bound_for(hi - lo if hi >= lo else 0.0),
             "periodic": _periodic(da),
-            "blocks": [[b.t0, b.t1, b.y0, b.y1, b.x0, b.x1] for b in blocks],
+            "blocks": blocks,
         })  # fmt: skip
     os.replace(stage, tmp)
 
@@ -266,11 +287,12 @@ def _write_blocks(ds, names, tmp, options, predictor, progress, shard) -> int:
                 todo.append((v, i, blk))
     task = progress.start("compressing", total=len(todo)) if progress else None
     basis = {}
-    for v, i, (t0, t1, y0, y1, x0, x1) in todo:
+    for v, i, entry in todo:
         group = root[f"streams/{v}"]
         if v not in basis:
             basis[v] = _basis(group)
-        values = np.asarray(ds[v][t0:t1, y0:y1, x0:x1].values, dtype=np.float32)
+        values = _read(ds[v], entry)
+        x0, x1 = entry[-2:]
         periodic = group.attrs["periodic"] and x1 - x0 == ds[v].shape[-1]
         data = encode_block(values, group.attrs["bound"], options.mode, what=f"variable {v!r}",
                             predictor=predictor, basis=basis[v], periodic=periodic)  # fmt: skip
@@ -304,15 +326,25 @@ def _basis(group) -> np.ndarray | None:
     return np.frombuffer(np.asarray(group["basis"][:]).tobytes(), "<f4").reshape(64, 64)
 
 
-def shared_basis(values, blocks, most: int = 16) -> np.ndarray:
-    """The patch basis of a variable: PCA of the 8x8 patches of up to ``most`` blocks, each
-    minus its mean (the residual of the block-mean prediction); stored once per variable."""
+def shared_basis(values: np.ndarray, blocks, most: int = 16) -> np.ndarray:
+    """The patch basis of a ``(time, y, x)`` variable cut into ``blocks``
+    (:func:`~faextract.compress.blocks.plan_blocks`), from up to ``most`` of them (:func:`basis_of`)."""
+    return basis_of([values[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] for b in _spread(blocks, most)])
+
+
+def _spread(items: list, most: int) -> list:
+    """Up to ``most`` of ``items``, evenly spread."""
+    return [items[i] for i in np.linspace(0, len(items) - 1, min(most, len(items))).astype(int)]
+
+
+def basis_of(pieces) -> np.ndarray:
+    """The patch basis of a variable: PCA of the 8x8 patches of some of its blocks, each minus
+    its mean (the residual of the block-mean prediction); stored once per variable."""
     from faextract.compress.patches import fit_basis
 
-    picks = [blocks[i] for i in np.linspace(0, len(blocks) - 1, min(most, len(blocks))).astype(int)]
     residuals = []
-    for b in picks:
-        x = np.asarray(values[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], dtype=np.float32)
+    for x in pieces:
+        x = np.asarray(x, dtype=np.float32)
         ok = np.isfinite(x)
         residuals.append(np.where(ok, x - (x[ok].mean() if ok.any() else 0.0), 0.0))
     return fit_basis(residuals)
@@ -387,22 +419,31 @@ def open_compressed(path: str, checkpoint: str | None = None) -> xr.Dataset:
     for v in meta["variables"]:
         g = root[f"streams/{v}"]
         info = dict(g.attrs)
-        pieces = {}
+        pieces: dict = {}
         basis = _basis(g)
-        for i, (t0, t1, y0, y1, x0, x1) in enumerate(info["blocks"]):
-            arr = g[str(i)]
-            delayed = dask.delayed(_decode_one)(arr, predictor, basis)
-            pieces[(t0, y0, x0)] = dsa.from_delayed(delayed, shape=(t1 - t0, y1 - y0, x1 - x0), dtype=np.float32)
-        ts = sorted({k[0] for k in pieces})
-        ys = sorted({k[1] for k in pieces})
-        xs = sorted({k[2] for k in pieces})
-        data = dsa.block([[[pieces[(t, y, x)] for x in xs] for y in ys] for t in ts])
+        for i, entry in enumerate(info["blocks"]):
+            *field, t0, t1, y0, y1, x0, x1 = entry
+            delayed = dask.delayed(_decode_one)(g[str(i)], predictor, basis)
+            pieces.setdefault(field[0] if field else 0, {})[(t0, y0, x0)] = dsa.from_delayed(
+                delayed, shape=(t1 - t0, y1 - y0, x1 - x0), dtype=np.float32
+            )
+        fields = [_assemble(pieces[f]) for f in sorted(pieces)]
+        shape = info["shape"]
+        data = fields[0] if len(shape) == 3 else dsa.stack(fields, axis=1).reshape(shape)
         var = xr.Variable(info["dims"], data, attrs=info["attrs"])
         var.encoding.update(info["encoding"])
         ds[v] = var
     ds = ds[[*meta["variables"], *(n for n in ds.data_vars if n not in meta["variables"])]]
     ds.attrs.pop(MARKER, None)
     return xr.decode_cf(ds)
+
+
+def _assemble(pieces: dict):
+    """One field's ``(t, y, x)`` dask array from its blocks keyed by ``(t0, y0, x0)``."""
+    import dask.array as dsa
+
+    ts, ys, xs = (sorted({k[i] for k in pieces}) for i in range(3))
+    return dsa.block([[[pieces[(t, y, x)] for x in xs] for y in ys] for t in ts])
 
 
 def _predictor_for(path: str, meta: dict, checkpoint: str | None):
@@ -473,7 +514,7 @@ def decompress(path: str, out: str, *, overwrite: bool = False, time: slice | No
     if time is not None:
         ds = ds.isel({first.dims[0]: time})
     if region is not None:
-        ds = _in_region(ds, first.dims[1], first.dims[2], region, path)
+        ds = _in_region(ds, first.dims[-2], first.dims[-1], region, path)
     if claim_output(out, inputs=[path], overwrite=overwrite, ours=is_decompressed,
                     what="decompressed dataset"):  # fmt: skip
         remove_output(out)
