@@ -36,6 +36,23 @@ def test_bundled_checkpoint_matches_the_sample_cube():
     assert ckpt.training is None or ckpt.training.optimizer is None, "exported for inference"
 
 
+def test_bundled_compressor_is_a_small_inference_only_compressor(tmp_path):
+    """`faextract compress` without --checkpoint uses it; decompress finds it by itself."""
+    from faextract.checkpoint import load_checkpoint
+    from faextract.compress.container import CompressOptions, compress, decompress
+    from faextract.paths import SAMPLE_COMPRESSOR
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    assert SAMPLE_COMPRESSOR.exists() and SAMPLE_COMPRESSOR.stat().st_size <= 5 * 2**20
+    ckpt = load_checkpoint(SAMPLE_COMPRESSOR)
+    assert ckpt.kind == "compressor" and ckpt.training is None
+    src = tmp_path / "in.nc"
+    write_netcdf(synthetic_cube(nt=8, nlat=16, nlon=32, variables=("t2m",), seed=9), src)
+    opts = CompressOptions(rel_error=1e-2, checkpoint=str(SAMPLE_COMPRESSOR))
+    compress([str(src)], str(tmp_path / "c.zarr"), opts)
+    assert decompress(str(tmp_path / "c.zarr"), str(tmp_path / "d.nc"))
+
+
 def test_a_wheel_carries_what_an_installed_faextract_needs(tmp_path):
     """`pip install .` (not editable) must work too: the kernels' C sources, and the sample,
     configs and SLURM templates as data files under share/faextract."""
@@ -65,7 +82,8 @@ def test_a_wheel_carries_what_an_installed_faextract_needs(tmp_path):
     for folder, pattern in (("configs", "*.yaml"), ("slurm", "*.sbatch")):
         for path in (PROJECT_ROOT / folder).glob(pattern):
             assert f"{folder}/{path.name}" in shared
-    assert {"sample_data/sample_cube.nc", "sample_data/sample_model.pt"} <= set(shared)
+    assert {"sample_data/sample_cube.nc", "sample_data/sample_model.pt",
+            "sample_data/sample_compressor.pt"} <= set(shared)
 
 
 def test_installed_data_folders_are_found_without_a_source_tree(tmp_path, monkeypatch):
