@@ -231,16 +231,16 @@ def main() -> None:
             ours = [measure("faextract nrmse", x, rel)["nrmse"] for x in fields.values()]
             jobs = [(name, None) for name in codecs] + [("SZ3", ours), ("SPERR", ours)]
             for name, matched in jobs:
-                label = name if matched is None else f"{name} at faextract nrmse's NRMSE"
+                row_name = name if matched is None else f"{name} at faextract nrmse's NRMSE"
                 try:
                     res = [measure(name, x, rel, matched[i] if matched else None)
                            for i, x in enumerate(fields.values())]  # fmt: skip
                 except Exception as err:  # noqa: BLE001 - a codec that fails is reported
-                    rows.append({"bound": f"{rel:g}", "codec": label, "note": str(err)[:50]})
+                    rows.append({"bound": f"{rel:g}", "codec": row_name, "note": str(err)[:50]})
                     continue
                 med = {k: statistics.median(r[k] for r in res) for k in res[0]}
                 rows.append({
-                    "bound": f"{rel:g}", "codec": label, "ratio": f"{med['ratio']:.2f}",
+                    "bound": f"{rel:g}", "codec": row_name, "ratio": f"{med['ratio']:.2f}",
                     "max err / E": f"{max(r['max_err'] for r in res):.3f}",
                     "NRMSE": f"{med['nrmse']:.2e}", "PSNR": f"{med['psnr']:.1f}",
                     "compress MB/s": f"{med['c_mbs']:.1f}", "decompress MB/s": f"{med['d_mbs']:.1f}",
