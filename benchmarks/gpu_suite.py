@@ -6,8 +6,9 @@
 Prints, each comparison measured in its own process (one process per row, so no row inherits
 another's allocator state or compiled code):
 
-1. cells forward+backward: ConvLSTM2D (cuDNN) against FAConvLSTM2D eager and compiled, fp32
-   and bf16 autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters);
+1. cells forward+backward: ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (with the Triton
+   LSTM step when triton is installed, and with the PyTorch step) and compiled, fp32 and bf16
+   autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters);
    ratios against ConvLSTM2D of the same dtype and size;
 2. the scan cells (``bench_scan.py``) and embed end to end against the model alone
    (``bench_embed.py``), on the same device;
@@ -32,15 +33,21 @@ sys.path.insert(0, str(HERE))
 
 SIZES = [(4, 64, 64), (32, 64, 64), (4, 181, 360)]  # (B, H, W)
 SMOKE_SIZES = [(2, 16, 16)]
-VARIANTS = [  # (cell, compiled)
-    ("ConvLSTM2D", False),
-    ("FAConvLSTM2D", False),
-    ("FAConvLSTM2D", True),
+VARIANTS = [  # (cell, mode): eager uses the Triton LSTM step on CUDA when triton is installed
+    ("ConvLSTM2D", "eager"),
+    ("FAConvLSTM2D", "eager, PyTorch step"),
+    ("FAConvLSTM2D", "eager"),
+    ("FAConvLSTM2D", "compiled"),
 ]
 
 
-def child(cell: str, compiled: bool, dtype: str, B: int, H: int, W: int, device: str, repeat: int):
+def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str, repeat: int):
     """Forward+backward frames/s of one cell (T=12, C=8, 64 filters; smoke: T=4, 8 filters)."""
+    import os
+
+    if mode == "eager, PyTorch step":
+        os.environ["FAEXTRACT_TRITON"] = "0"
+    compiled = mode == "compiled"
     import torch
     from _common import timeit
 
@@ -75,20 +82,19 @@ def cells_table(device: str, sizes, repeat: int) -> str:
     for B, H, W in sizes:
         for dtype in ("fp32", "bf16"):
             base = None
-            for cell, compiled in VARIANTS:
-                argv = [__file__, "--child", cell, str(int(compiled)), dtype, str(B), str(H),
+            for cell, mode in VARIANTS:
+                argv = [__file__, "--child", cell, mode, dtype, str(B), str(H),
                         str(W), device, str(repeat)]  # fmt: skip
                 try:
                     rate = in_child(argv)["frames_per_s"]
                 except subprocess.CalledProcessError as err:  # report, do not lose the run
                     tail = (err.stderr or "").strip().splitlines()[-1:] or ["failed"]
-                    rows.append(dict(size=f"B={B} {H}x{W}", dtype=dtype, cell=cell,
-                                     mode="compiled" if compiled else "eager", note=tail[0][:60]))  # fmt: skip
+                    rows.append(dict(size=f"B={B} {H}x{W}", dtype=dtype, cell=cell, mode=mode,
+                                     note=tail[0][:60]))  # fmt: skip
                     continue
                 base = base or rate
                 rows.append(dict(
-                    size=f"B={B} {H}x{W}", dtype=dtype, cell=cell,
-                    mode="compiled" if compiled else "eager",
+                    size=f"B={B} {H}x{W}", dtype=dtype, cell=cell, mode=mode,
                     **{"fwd+bwd frames/s": f"{rate:,.0f}", "vs ConvLSTM2D": f"{rate / base:.2f}x"},
                 ))  # fmt: skip
     cols = ["size", "dtype", "cell", "mode", "fwd+bwd frames/s", "vs ConvLSTM2D", "note"]
@@ -114,7 +120,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         c = args.child
-        return child(c[0], bool(int(c[1])), c[2], *map(int, c[3:6]), c[6], int(c[7]))
+        return child(c[0], c[1], c[2], *map(int, c[3:6]), c[6], int(c[7]))
     import torch
 
     device = "cpu" if args.smoke else "cuda"

@@ -30,6 +30,31 @@ def test_cells_on_cuda_bf16_match_cpu(name):
     np.testing.assert_allclose(out.float().cpu().detach().numpy(), ref.detach().numpy(), atol=0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_lstm_step_on_cuda_matches_the_reference(dtype):
+    """The compiled Triton kernels (not the interpreter) on the GPU, forward and backward."""
+    pytest.importorskip("triton")
+    from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
+    from faextract.models.triton_step import covers
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 4 * 8, 33, 47, device="cuda", dtype=dtype, requires_grad=True)
+    c = torch.randn(2, 8, 33, 47, device="cuda", dtype=dtype, requires_grad=True)
+    peep = torch.randn(3, 8, 1, 1, device="cuda", requires_grad=True)
+    bias = torch.randn(32, device="cuda", requires_grad=True)
+    assert covers(z, c)
+    h, cn = lstm_pointwise(z, c, peep, bias)
+    zf, cf = z.detach().float().requires_grad_(), c.detach().float().requires_grad_()
+    h_r, cn_r = lstm_pointwise_reference(zf, cf, peep, bias)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(h.float(), h_r, **tol)
+    torch.testing.assert_close(cn.float(), cn_r, **tol)
+    g = torch.autograd.grad((h.float() + cn.float()).sum(), [z, c, peep, bias])
+    g_r = torch.autograd.grad((h_r + cn_r).sum(), [zf, cf, peep, bias])
+    for a, b in zip(g, g_r, strict=True):
+        torch.testing.assert_close(a.float(), b, **(tol if a.dtype == dtype else dict(rtol=1e-3, atol=1e-3)))
+
+
 def test_embed_on_cuda_matches_cpu(tmp_path):
     from faextract.embed import EmbedOptions, embed
     from faextract.paths import SAMPLE_CHECKPOINT, SAMPLE_CUBE

@@ -6,8 +6,10 @@ cell on the CPU (``benchmarks/bench_cells.py``). Two implementations of the same
 
 - float32 on the CPU: the C kernels of :mod:`faextract.models.kernels`, one pass forward and one
   backward (the backward recomputes the activations from ``z`` and ``c``);
-- everywhere else (CUDA, other dtypes, no C compiler): a PyTorch Function that computes the step
-  in a few passes and writes its own backward from the saved activations.
+- float32 or bfloat16 on CUDA with triton installed: the same two passes as Triton kernels
+  (:mod:`faextract.models.triton_step`; ``FAEXTRACT_TRITON=0`` turns them off);
+- everywhere else (other dtypes, no C compiler, no triton): a PyTorch Function that computes the
+  step in a few passes and writes its own backward from the saved activations.
 
 Numerically both are the textbook update; :func:`lstm_pointwise_reference` is the unfused form
 they are tested against.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from faextract.models import kernels
+from faextract.models import kernels, triton_step
 
 
 def lstm_pointwise_reference(
@@ -146,6 +148,8 @@ def lstm_pointwise(
     """
     if kernels.covers(z, c, peep, bias):
         return _LSTMPointwiseCPU.apply(z, c, peep, bias)
+    if z.is_cuda and triton_step.covers(z, c):
+        return triton_step.LSTMPointwiseTriton.apply(z, c, peep, bias)
     if bias is not None:
         z = z + bias.view(1, -1, 1, 1)
     return _LSTMPointwise.apply(z, c, peep)

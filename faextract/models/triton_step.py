@@ -1,0 +1,198 @@
+"""The fused LSTM pointwise step as Triton kernels: the CUDA path of
+:func:`faextract.models.fused.lstm_pointwise` when triton is installed.
+
+One launch forward (bias, peepholes, gates, the new cell state and output) and one backward
+(the activations recomputed from ``z`` and ``c``, so only those and ``c_new`` are saved; the
+bias and peephole gradients as per-program partial sums reduced once), the same function as
+the C kernels compute on the CPU and :func:`~faextract.models.fused.lstm_pointwise_reference`
+states. Loads are widened to float32 (state and arithmetic in float32 for bfloat16 inputs);
+outputs take the input's dtype.
+
+Developed and tested without a GPU: with ``TRITON_INTERPRET=1`` set before this module is
+imported, the kernels run on CPU tensors (``tests/test_triton.py``). Program grid:
+``(B * F, ceil(H * W / BLOCK))``; shapes as in :mod:`faextract.models.fused`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # an optional extra: `pip install "faextract[triton]"`
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is absent
+    triton = None
+
+BLOCK = 256
+#: Partial sums per program in the backward: bias (i, f, c, o), then peepholes (i, f, o).
+SUMS = 7
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def covers(z: torch.Tensor, c: torch.Tensor) -> bool:
+    """The Triton path takes CUDA tensors (CPU ones only under the interpreter) of float32 or
+    bfloat16, outside torch.compile's tracing (which generates its own kernels), unless
+    ``FAEXTRACT_TRITON=0``."""
+    if triton is None or os.environ.get("FAEXTRACT_TRITON") == "0" or torch.compiler.is_compiling():
+        return False
+    if z.dtype not in (torch.float32, torch.bfloat16) or c.dtype != z.dtype:
+        return False
+    return z.is_cuda or (interpreted() and z.device.type == "cpu")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sigmoid(x):
+        return 1.0 / (1.0 + tl.exp(-x))
+
+    @triton.jit
+    def _tanh(x):  # libdevice's tanh is missing in the interpreter
+        return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+    @triton.jit
+    def _forward_kernel(z_ptr, b_ptr, c_ptr, p_ptr, h_ptr, cn_ptr, F, HW,
+                        HAS_PEEP: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        row = tl.program_id(0)  # b * F + f
+        blk = tl.program_id(1)
+        b = row // F
+        f = row % F
+        offs = blk * BLOCK + tl.arange(0, BLOCK)
+        m = offs < HW
+        zrow = b * 4 * F * HW + f * HW  # gate k of channel f: z[b, k * F + f]
+        zi = tl.load(z_ptr + zrow + offs, mask=m, other=0.0).to(tl.float32)
+        zf = tl.load(z_ptr + zrow + F * HW + offs, mask=m, other=0.0).to(tl.float32)
+        zc = tl.load(z_ptr + zrow + 2 * F * HW + offs, mask=m, other=0.0).to(tl.float32)
+        zo = tl.load(z_ptr + zrow + 3 * F * HW + offs, mask=m, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + row * HW + offs, mask=m, other=0.0).to(tl.float32)
+        zi += tl.load(b_ptr + f).to(tl.float32)
+        zf += tl.load(b_ptr + F + f).to(tl.float32)
+        zc += tl.load(b_ptr + 2 * F + f).to(tl.float32)
+        zo += tl.load(b_ptr + 3 * F + f).to(tl.float32)
+        if HAS_PEEP:
+            zi += tl.load(p_ptr + f).to(tl.float32) * c
+            zf += tl.load(p_ptr + F + f).to(tl.float32) * c
+        cn = _sigmoid(zf) * c + _sigmoid(zi) * _tanh(zc)
+        if HAS_PEEP:
+            zo += tl.load(p_ptr + 2 * F + f).to(tl.float32) * cn
+        h = _sigmoid(zo) * _tanh(cn)
+        tl.store(h_ptr + row * HW + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+        tl.store(cn_ptr + row * HW + offs, cn.to(cn_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _backward_kernel(z_ptr, b_ptr, c_ptr, cn_ptr, p_ptr, dh_ptr, dcn_ptr, dz_ptr, dc_ptr,
+                         sums_ptr, F, HW, NBLK, HAS_PEEP: tl.constexpr,
+                         BLOCK: tl.constexpr):  # fmt: skip
+        row = tl.program_id(0)
+        blk = tl.program_id(1)
+        b = row // F
+        f = row % F
+        offs = blk * BLOCK + tl.arange(0, BLOCK)
+        m = offs < HW
+        zrow = b * 4 * F * HW + f * HW
+        zi = tl.load(z_ptr + zrow + offs, mask=m, other=0.0).to(tl.float32)
+        zf = tl.load(z_ptr + zrow + F * HW + offs, mask=m, other=0.0).to(tl.float32)
+        zc = tl.load(z_ptr + zrow + 2 * F * HW + offs, mask=m, other=0.0).to(tl.float32)
+        zo = tl.load(z_ptr + zrow + 3 * F * HW + offs, mask=m, other=0.0).to(tl.float32)
+        c = tl.load(c_ptr + row * HW + offs, mask=m, other=0.0).to(tl.float32)
+        cn = tl.load(cn_ptr + row * HW + offs, mask=m, other=0.0).to(tl.float32)
+        dh = tl.load(dh_ptr + row * HW + offs, mask=m, other=0.0).to(tl.float32)
+        dcn = tl.load(dcn_ptr + row * HW + offs, mask=m, other=0.0).to(tl.float32)
+        zi += tl.load(b_ptr + f).to(tl.float32)
+        zf += tl.load(b_ptr + F + f).to(tl.float32)
+        zc += tl.load(b_ptr + 2 * F + f).to(tl.float32)
+        zo += tl.load(b_ptr + 3 * F + f).to(tl.float32)
+        po = 0.0
+        if HAS_PEEP:
+            pi = tl.load(p_ptr + f).to(tl.float32)
+            pf = tl.load(p_ptr + F + f).to(tl.float32)
+            po = tl.load(p_ptr + 2 * F + f).to(tl.float32)
+            zi += pi * c
+            zf += pf * c
+            zo += po * cn
+        i = _sigmoid(zi)
+        fg = _sigmoid(zf)
+        g = _tanh(zc)
+        o = _sigmoid(zo)
+        tc = _tanh(cn)
+        dzo = dh * tc * o * (1.0 - o)
+        dct = dh * o * (1.0 - tc * tc) + dcn + dzo * po
+        dzi = dct * g * i * (1.0 - i)
+        dzf = dct * c * fg * (1.0 - fg)
+        dzc = dct * i * (1.0 - g * g)
+        dc = dct * fg
+        if HAS_PEEP:
+            dc += dzi * pi + dzf * pf
+        ty = dz_ptr.dtype.element_ty
+        tl.store(dz_ptr + zrow + offs, dzi.to(ty), mask=m)
+        tl.store(dz_ptr + zrow + F * HW + offs, dzf.to(ty), mask=m)
+        tl.store(dz_ptr + zrow + 2 * F * HW + offs, dzc.to(ty), mask=m)
+        tl.store(dz_ptr + zrow + 3 * F * HW + offs, dzo.to(ty), mask=m)
+        tl.store(dc_ptr + row * HW + offs, dc.to(dc_ptr.dtype.element_ty), mask=m)
+        # masked lanes hold zeros (loads with other=0 give dh = dcn = 0, so every gradient is 0)
+        s = sums_ptr + (row * NBLK + blk) * 7
+        tl.store(s, tl.sum(dzi, axis=0))
+        tl.store(s + 1, tl.sum(dzf, axis=0))
+        tl.store(s + 2, tl.sum(dzc, axis=0))
+        tl.store(s + 3, tl.sum(dzo, axis=0))
+        tl.store(s + 4, tl.sum(dzi * c, axis=0))
+        tl.store(s + 5, tl.sum(dzf * c, axis=0))
+        tl.store(s + 6, tl.sum(dzo * cn, axis=0))
+
+
+def _params(c: torch.Tensor, peep, bias, F_: int):
+    """Peepholes and bias as contiguous float32 vectors (zeros when absent)."""
+    zeros = torch.zeros(7 * F_, dtype=torch.float32, device=c.device)
+    p = zeros[: 3 * F_] if peep is None else peep.detach().reshape(3 * F_).float().contiguous()
+    b = zeros[3 * F_ :] if bias is None else bias.detach().float().contiguous()
+    return p, b
+
+
+class LSTMPointwiseTriton(torch.autograd.Function):
+    """``(h, c_new)`` from ``z (B, 4F, H, W)``, ``c (B, F, H, W)``, ``peep (3, F, 1, 1)`` or
+    None, ``bias (4F,)`` or None; gradients for all four."""
+
+    @staticmethod
+    def forward(ctx, z, c, peep, bias):
+        B, F_ = c.shape[:2]
+        HW = c[0, 0].numel()
+        z, c = z.contiguous(), c.contiguous()
+        p, b = _params(c, peep, bias, F_)
+        h, c_new = torch.empty_like(c), torch.empty_like(c)
+        grid = (B * F_, triton.cdiv(HW, BLOCK))
+        _forward_kernel[grid](z, b, c, p, h, c_new, F_, HW, HAS_PEEP=peep is not None, BLOCK=BLOCK)
+        ctx.save_for_backward(z, b, c, c_new, p)
+        ctx.has_peep = peep is not None
+        ctx.peep_like = None if peep is None else (peep.shape, peep.dtype)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return h, c_new
+
+    @staticmethod
+    def backward(ctx, dh, dc_new):
+        z, b, c, c_new, p = ctx.saved_tensors
+        B, F_ = c.shape[:2]
+        HW = c[0, 0].numel()
+        dh = torch.zeros_like(c) if dh is None else dh.contiguous()
+        dc_new = torch.zeros_like(c) if dc_new is None else dc_new.contiguous()
+        dz, dc = torch.empty_like(z), torch.empty_like(c)
+        nblk = triton.cdiv(HW, BLOCK)
+        sums = torch.empty(B * F_ * nblk * SUMS, dtype=torch.float32, device=c.device)
+        _backward_kernel[(B * F_, nblk)](z, b, c, c_new, p, dh, dc_new, dz, dc, sums, F_, HW, nblk,
+                                         HAS_PEEP=ctx.has_peep, BLOCK=BLOCK)  # fmt: skip
+        sums = sums.view(B, F_, nblk, SUMS).sum(dim=(0, 2)).T  # (7, F)
+        dpeep = dbias = None
+        if ctx.has_peep and ctx.needs_input_grad[2]:
+            shape, dtype = ctx.peep_like
+            dpeep = sums[4:].reshape(shape).to(dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+            dbias = sums[:4].reshape(4 * F_).to(ctx.bias_dtype)
+        return dz, dc, dpeep, dbias
