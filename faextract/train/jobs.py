@@ -16,16 +16,66 @@ checkpoint records. The config's ``job`` key picks one (:func:`make_job`).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Protocol
 
+import torch
 import xarray as xr
 
 from faextract.checkpoint import Checkpoint, TrainingState, a_kind
 from faextract.config import Config
 from faextract.data.dataset import WindowDataset, make_loader
+from faextract.data.tiling import TileSpec
 from faextract.errors import DataError, FaextractError
 from faextract.train.data import TrainingData, statistics
 from faextract.train.metrics import METRIC_FIELDS
 from faextract.train.plan import check_resume_compatible, model_args, tile_spec
+
+
+@dataclass
+class ModelRecord:
+    """What a job's checkpoint records about its model (the loop adds weights, config, data
+    facts and the training state): :class:`~faextract.checkpoint.Checkpoint`'s fields."""
+
+    kind: str
+    model_args: dict
+    stats: xr.Dataset
+    tiles: TileSpec | None
+
+
+class Job(Protocol):
+    """What the loop asks of a job (``kind``, ``model``, ``items``/``unit``/``rate`` for the
+    log lines, ``metrics`` for ``metrics.csv``'s columns, ``find_unused_parameters`` for DDP)."""
+
+    kind: str
+    model: torch.nn.Module
+
+    def autocast(self, device): ...
+    def compile(self, mode: str) -> None: ...
+    def datasets(self, per_rank_batch: int, info, pin: bool): ...
+    def start_epoch(self, epoch: int, loader, device, amp, info) -> None: ...
+    def losses(self, net, batch): ...
+    def validate(self, loader, device, info, amp) -> tuple[float, dict]: ...
+    def restore(self, state: TrainingState) -> None: ...
+    def record(self) -> ModelRecord: ...
+
+
+def _datasets(data: TrainingData, make, per_rank_batch: int, info, tc, pin: bool, items: str):
+    """The training dataset (shuffled, the same number of batches on every rank) and the
+    validation loader (None without a validation range); ``make(source, cube, **kw)`` builds
+    one dataset."""
+    src, cube = data.part(data.train_range)
+    train_ds = make(src, cube, shuffle=True, seed=tc.seed, rank=info.rank,
+                    world_size=info.world_size, drop_uneven=True, batch_size=per_rank_batch)  # fmt: skip
+    if train_ds.num_batches() == 0:
+        raise DataError(
+            f"no training {items}: the training range is shorter than one {items} per process"
+        )
+    if data.val_range is None:
+        return train_ds, None
+    src, cube = data.part(data.val_range)
+    val_ds = make(src, cube, rank=info.rank, world_size=info.world_size, batch_size=per_rank_batch)
+    return train_ds, make_loader(val_ds, num_workers=tc.num_workers, pin_memory=pin)
 
 
 class EncoderJob:
@@ -57,24 +107,10 @@ class EncoderJob:
         self.model.compile_cells(mode)
 
     def datasets(self, per_rank_batch: int, info, pin: bool):
-        tc = self.config.train
-        src, cube = self.data.part(self.data.train_range)
-        train_ds = WindowDataset(
-            src, self.stats, self.spec, shuffle=True, seed=tc.seed, rank=info.rank,
-            world_size=info.world_size, drop_uneven=True, batch_size=per_rank_batch, cube=cube,
-        )  # fmt: skip
-        if train_ds.num_batches() == 0:
-            raise DataError(
-                "no training window: the training range is shorter than one window per process"
-            )
-        if self.data.val_range is None:
-            return train_ds, None
-        src, cube = self.data.part(self.data.val_range)
-        val_ds = WindowDataset(
-            src, self.stats, self.spec, rank=info.rank, world_size=info.world_size,
-            batch_size=per_rank_batch, cube=cube,
-        )  # fmt: skip
-        return train_ds, make_loader(val_ds, num_workers=tc.num_workers, pin_memory=pin)
+        def make(src, cube, **kw):
+            return WindowDataset(src, self.stats, self.spec, cube=cube, **kw)
+
+        return _datasets(self.data, make, per_rank_batch, info, self.config.train, pin, "window")
 
     def start_epoch(self, epoch: int, loader, device, amp, info) -> None:
         """The clustering term starts at ``cluster_start_epoch`` (k-means on first use)."""
@@ -101,10 +137,12 @@ class EncoderJob:
         if self.model.cluster is not None:
             self.model.cluster.initialized = bool(state.cluster_initialized)
 
-    def checkpoint_fields(self) -> dict:
-        cluster = self.model.cluster
-        return dict(model_args=self.args, stats=self.stats, tiles=self.spec, kind=self.kind,
-                    cluster_initialized=bool(cluster is not None and cluster.initialized))  # fmt: skip
+    @property
+    def cluster_initialized(self) -> bool:
+        return bool(self.model.cluster is not None and self.model.cluster.initialized)
+
+    def record(self) -> ModelRecord:
+        return ModelRecord(self.kind, self.args, self.stats, self.spec)
 
 
 class CompressorJob:
@@ -137,20 +175,10 @@ class CompressorJob:
     def datasets(self, per_rank_batch: int, info, pin: bool):
         from faextract.compress.training import CodecBlocks
 
-        tc, crop = self.config.train, self.config.codec.crop
-        src, cube = self.data.part(self.data.train_range)
-        train_ds = CodecBlocks(
-            src, crop=crop, cube=cube, shuffle=True, seed=tc.seed, rank=info.rank,
-            world_size=info.world_size, drop_uneven=True, batch_size=per_rank_batch,
-        )  # fmt: skip
-        if train_ds.num_batches() == 0:
-            raise DataError("no training block: the training range is shorter than one block per process")
-        if self.data.val_range is None:
-            return train_ds, None
-        src, cube = self.data.part(self.data.val_range)
-        val_ds = CodecBlocks(src, crop=crop, cube=cube, rank=info.rank,
-                             world_size=info.world_size, batch_size=per_rank_batch)  # fmt: skip
-        return train_ds, make_loader(val_ds, num_workers=tc.num_workers, pin_memory=pin)
+        def make(src, cube, **kw):
+            return CodecBlocks(src, crop=self.config.codec.crop, cube=cube, **kw)
+
+        return _datasets(self.data, make, per_rank_batch, info, self.config.train, pin, "block")
 
     def start_epoch(self, epoch: int, loader, device, amp, info) -> None:
         pass
@@ -169,8 +197,10 @@ class CompressorJob:
     def restore(self, state: TrainingState) -> None:
         pass
 
-    def checkpoint_fields(self) -> dict:
-        return dict(model_args=self.args, stats=self.stats, tiles=None, kind=self.kind)
+    cluster_initialized = False
+
+    def record(self) -> ModelRecord:
+        return ModelRecord(self.kind, self.args, self.stats, None)
 
 
 def _check_codec_resume(ckpt: Checkpoint, args: dict, channels) -> None:
@@ -184,8 +214,6 @@ def _check_codec_resume(ckpt: Checkpoint, args: dict, channels) -> None:
 
 
 def torch_autocast(device, bf16: bool):
-    import torch
-
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
 
 

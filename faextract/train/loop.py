@@ -294,10 +294,12 @@ class _Run:
     def checkpoint(self, batch_in_epoch: int = 0) -> Checkpoint:
         """The run as it stands, ``batch_in_epoch`` batches into the current epoch."""
         cube, (t0, t1) = self.data.cube, self.data.train_range
-        fields = self.job.checkpoint_fields()
-        cluster_initialized = fields.pop("cluster_initialized", False)
+        rec = self.job.record()
         return Checkpoint(
-            **fields,
+            kind=rec.kind,
+            model_args=rec.model_args,
+            stats=rec.stats,
+            tiles=rec.tiles,
             state_dict=self.model.state_dict(),
             config=self.config.to_dict(),
             channels=tuple(cube.channels),
@@ -314,7 +316,7 @@ class _Run:
                 batch_in_epoch=batch_in_epoch,
                 best_val=self.best_val,
                 bad_epochs=self.bad_epochs,
-                cluster_initialized=cluster_initialized,
+                cluster_initialized=self.job.cluster_initialized,
                 optimizer=self.optim.state_dict(),
                 scheduler=self.sched.state_dict(),
                 rng=rng_state(),
