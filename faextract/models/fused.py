@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from faextract.models import kernels, triton_step
+from faextract.models import kernels
 
 
 def lstm_pointwise_reference(
@@ -148,8 +148,11 @@ def lstm_pointwise(
     """
     if kernels.covers(z, c, peep, bias):
         return _LSTMPointwiseCPU.apply(z, c, peep, bias)
-    if z.is_cuda and triton_step.covers(z, c):
-        return triton_step.LSTMPointwiseTriton.apply(z, c, peep, bias)
+    if z.is_cuda:
+        from faextract.models import triton_step  # imports triton (0.15 s): only on CUDA
+
+        if triton_step.covers(z, c):
+            return triton_step.LSTMPointwiseTriton.apply(z, c, peep, bias)
     if bias is not None:
         z = z + bias.view(1, -1, 1, 1)
     return _LSTMPointwise.apply(z, c, peep)
