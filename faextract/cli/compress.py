@@ -28,7 +28,7 @@ def compress(
         typer.Option("--nrmse", help="RMSE of every 8x8 patch, times each variable's range."),
     ] = None,
     variables: Annotated[
-        str | None, typer.Option("--variables", help="Comma-separated (time, y, x) variables.")
+        str | None, typer.Option("--variables", help="Comma-separated variables (default: every one with time and a grid).")
     ] = None,
     checkpoint: Annotated[
         str | None,
@@ -48,7 +48,7 @@ def compress(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
-    """Store (time, y, x) variables within an error bound (every valid point, or every patch's
+    """Store (time, [level, ...,] y, x) variables within an error bound (every valid point, or every patch's
     RMSE); NaN masks kept exactly. A learned compressor predicts each block (kept only where
     it makes the block smaller than the block mean would), the correction carries the rest.
     Restartable: run it again with the same options to finish an interrupted store."""
