@@ -15,19 +15,19 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
 - :mod:`~faextract.compress.codec`: one block to a sealed byte stream and back (mask, prediction,
   correction, entropy coding); the prediction is the network's reconstruction from its coded
   latents (``LearnedPredictor``: float64 decoder side, a digest of the reconstruction checked)
-  or, without a model, the block's mean (a plain error-bounded quantizer);
+  or the block's mean (a plain error-bounded quantizer), whichever codes the block shorter;
 - :mod:`~faextract.compress.latent`: the network's latents coded with scales snapped to a
   fixed table (a decoder whose scales snap elsewhere stops with an error) and the
   hyper-latent with integer tables made once from the model's prior;
 - :mod:`~faextract.compress.container`: the compressed Zarr store (the input's coordinates and
-  attributes as xarray writes them, one uint8 array per block stream), ``compress``,
-  ``decompress`` and the lazy ``open_compressed``;
+  attributes as xarray writes them, one uint8 array per block stream, the model's sha256),
+  ``compress`` (restartable, sharded across a job array), ``decompress`` (a time range or a
+  region decodes only its blocks) and the lazy ``open_compressed``;
 - :mod:`~faextract.compress.model`: the network (2-D/3-D VAE encoder, mean-scale hyperprior
   with a factorized prior, 3-D/2-D decoder with a ConvNeXt + pixel-shuffle super-resolution
-  module) and its rate-distortion loss.
+  module) and its rate-distortion loss;
+- :mod:`~faextract.compress.training`: what ``faextract train`` (``job: compressor``) feeds the
+  network: block crops prepared as the container prepares blocks, and the validation.
 
-Not yet here: training the network through ``faextract train`` and a bundled pretrained
-compressor (so the commands still predict with the block mean), ``--shard`` and resuming a
-partly written store, ``--region`` for decompress, and the benchmark against SZ3, ZFP and
-SPERR.
+``benchmarks/bench_compress.py`` measures it against SZ3, ZFP, SPERR and BitRound + zstd.
 """
