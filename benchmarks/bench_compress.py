@@ -16,8 +16,9 @@ range): compression ratio (float32 values + a NaN mask, against every stored byt
 
 The other codecs see NaN filled with the variable's mean and pay for a deflated NaN mask, as a
 user storing masked fields would. The ratios are medians over the variables. faextract runs
-model-free (the block mean predicts) and with the learned compressor ("+model": the bundled
-one or ``--checkpoint``; each block keeps the shorter of its two codings); with
+model-free (each block keeps the shorter of the block mean's and the closed-loop
+interpolation's coding; "block mean only" leaves the interpolation out) and with the learned
+compressor ("+model": the bundled one or ``--checkpoint``, a third candidate per block); with
 ``--finetune STEPS`` the compressor is also fine-tuned on the sample's first year and the
 second year compressed (the issue's protocol).
 """
@@ -44,7 +45,7 @@ BOUNDS = (1e-2, 1e-3, 1e-4)
 PREDICTOR = {}
 
 
-def _faextract(mode: str, model: bool = False):
+def _faextract(mode: str, model: bool = False, interpolation: bool = True):
     """As ``faextract compress`` codes a variable (its blocks; in patch mode one shared
     basis per variable, counted in the stored bytes), with the learned compressor when
     ``model`` (the grid is periodic: the generated cubes and the sample are global)."""
@@ -60,7 +61,8 @@ def _faextract(mode: str, model: bool = False):
         for b in blocks:
             streams.append(encode_block(x[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1], E, mode,
                                         basis=basis, predictor=predictor,
-                                        periodic=b.x1 - b.x0 == x.shape[-1]))  # fmt: skip
+                                        periodic=b.x1 - b.x0 == x.shape[-1],
+                                        interpolation=interpolation))  # fmt: skip
         t_c = time.perf_counter() - t
         t = time.perf_counter()
         out = np.empty_like(x)
@@ -143,6 +145,7 @@ def _bitround(x, E):
 
 
 CODECS = {
+    "faextract pointwise, block mean only": _faextract("pointwise", interpolation=False),
     "faextract pointwise": _faextract("pointwise"),
     "faextract nrmse": _faextract("patches"),
     "faextract+model pointwise": _faextract("pointwise", model=True),

@@ -8,11 +8,16 @@ and entropy coded (a plain error-bounded quantizer, the codec's floor). Stream
 (little-endian)::
 
     magic "FXB1" | kind u8 (0 data, 1 constant, 2 missing) | mode u8 (0 pointwise, 1 patches)
-    | predictor u8 (0 mean, 1 learned) | bound f64 | value f64 | t, h, w u32 | n_parts u32
+    | predictor u8 (0 mean, 1 learned, 2 interpolation) | bound f64 | value f64 | t, h, w u32
+    | n_parts u32
     | n_parts x (length u64, bytes) | crc32 u32
 
 With the learned predictor the parts after the mask are: the latents' shapes and the
-normalization, the hyper-latent, the latent, a crc32 of ``x_hat``, then the correction. The
+normalization, the hyper-latent, the latent, a crc32 of ``x_hat``, then the correction. With
+the interpolation predictor (:mod:`~faextract.compress.interpolation`: closed loop, each point
+predicted from reconstructed ones) they are its codes and exceptions; its stream meets the
+pointwise bound, so it also serves a patch-mode block (a pointwise error <= E bounds every
+patch's RMSE by E). The
 decoder side of the network (hyper-decoder and decoder) runs in float64 on the CPU, which
 gave the same ``x_hat`` for any thread count; a decoder that computes another ``x_hat``
 (other arithmetic) stops with an error instead of applying the correction to it.
@@ -30,6 +35,7 @@ import numpy as np
 
 from faextract.compress.entropy import decode_integers, encode_integers, seal, unseal
 from faextract.compress.guarantee import PointwiseCodes, pointwise_decode, pointwise_encode
+from faextract.compress.interpolation import interpolation_decode, interpolation_encode
 from faextract.compress.mask import decode_mask, encode_mask
 from faextract.compress.patches import PatchCodes, patch_decode, patch_encode
 from faextract.errors import DataError
@@ -38,6 +44,8 @@ MAGIC = b"FXB1"
 _HEAD = struct.Struct("<4sBBBddIIII")
 KINDS = ("data", "constant", "missing")
 MODES = ("pointwise", "patches")
+#: The predictor byte of a stream.
+MEAN, LEARNED, INTERPOLATION = 0, 1, 2
 
 
 def _pack(parts: list[bytes]) -> bytes:
@@ -143,6 +151,7 @@ def encode_block(
     basis: np.ndarray | None = None,
     periodic: bool = False,
     always_model: bool = False,
+    interpolation: bool = True,
 ) -> bytes:
     """``values (t, h, w)`` float32 (NaN = missing) -> bytes within ``bound`` (absolute, data
     units; ``mode="patches"``: the RMSE of every 8x8 patch instead of every point). With a
@@ -151,7 +160,8 @@ def encode_block(
     ``basis``: the patch mode's shared basis (:func:`~faextract.compress.patches.fit_basis`),
     which the decoder must be given too; ``periodic``: the block spans the whole width of a
     periodic longitude axis (the network's padding wraps around); ``always_model``: keep the
-    prediction's stream even when the block mean's is shorter (to measure the model)."""
+    prediction's stream even when another is shorter (to measure the model); ``interpolation``:
+    False leaves that predictor out (to measure the others)."""
     if mode not in MODES:
         raise DataError(f"unknown error-bound mode {mode!r}; choose from {', '.join(MODES)}")
     values = np.asarray(values, dtype=np.float32)
@@ -165,12 +175,19 @@ def encode_block(
     else:
         kind, value = 0, float(values[valid].astype(np.float64).mean())
         x_mean = np.full(values.shape, value, dtype=np.float32)
-        parts = [mask_bytes, *_correction(values, x_mean, valid, bound, mode, basis)]
+        candidates = [(MEAN, [mask_bytes, *_correction(values, x_mean, valid, bound, mode, basis)])]
+        if interpolation:
+            q, index, exact, _ = interpolation_encode(values, valid, bound, value)
+            candidates.append((INTERPOLATION, [mask_bytes, encode_integers(q),
+                               encode_integers(np.diff(index, prepend=0)), exact.astype("<f4").tobytes()]))  # fmt: skip
         if predictor is not None:
             extra, x_hat = predictor.encode(values, periodic)
             with_model = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode, basis)]
-            if always_model or sum(map(len, with_model)) < sum(map(len, parts)):
-                learned, parts = 1, with_model
+            candidates.append((LEARNED, with_model))
+        if always_model and predictor is not None:
+            learned, parts = candidates[-1]
+        else:
+            learned, parts = min(candidates, key=lambda c: sum(map(len, c[1])))
     head = _HEAD.pack(MAGIC, kind, MODES.index(mode), learned, float(bound), value, t, h, w, len(parts))
     return seal(head + _pack(parts))
 
@@ -199,7 +216,7 @@ def decode_block(
         magic, kind, mode, learned, bound, value, t, h, w, n = _HEAD.unpack_from(data, 0)
     except struct.error:
         raise DataError("a compressed block does not decode (too short)") from None
-    if magic != MAGIC or kind >= len(KINDS) or mode >= len(MODES):
+    if magic != MAGIC or kind >= len(KINDS) or mode >= len(MODES) or learned > INTERPOLATION:
         raise DataError("not a faextract compressed block")
     parts = _unpack(data, _HEAD.size, n)
     valid = decode_mask(parts[0], (t, h, w))
@@ -209,7 +226,12 @@ def decode_block(
     if kind == 1:
         return np.where(valid, x_hat, np.nan).astype(np.float32)
     parts = parts[1:]
-    if learned:
+    if learned == INTERPOLATION:
+        q, idx, vals = parts[:3]
+        recon = interpolation_decode(decode_integers(q), np.cumsum(decode_integers(idx)),
+                                     np.frombuffer(vals, "<f4"), valid, bound, value)  # fmt: skip
+        return np.where(valid, recon, np.nan).astype(np.float32)
+    if learned == LEARNED:
         if predictor is None:
             raise DataError("this block was compressed with a model: give the compressor's checkpoint")
         x_hat, parts = predictor.decode(parts[:4], valid), parts[4:]
