@@ -4,7 +4,8 @@ same), its residual quantized in bins of 2E, and the reconstruction used for the
 
 The block ``(t, y, x)`` is refined level by level (after the multilevel interpolation of SZ3,
 Liang et al. 2022/2023, written here from the description): a coarse grid of stride ``s``
-(a power of two) is known; along each axis in turn the midpoints at ``s/2`` are predicted by
+(a power of two) is known; along each axis in turn (the grid's, then time) the midpoints at
+``s/2`` are predicted by
 cubic interpolation of the four nearest known points on that axis (linear, or the nearest
 one, at the edges), until the stride is 1. Every step is a vectorized numpy operation over
 all the points of that step; the arithmetic is elementwise float64 rounded to float32, so any
@@ -20,22 +21,31 @@ from __future__ import annotations
 import numpy as np
 
 
+#: The order in which each level refines the axes of a ``(t, y, x)`` block: the grid first,
+#: then time between the refined frames (on generated daily fields at 72x144 this stored
+#: 10% less than time first: 17.3 against 15.6 at 1e-2 of the range).
+AXIS_ORDER = (1, 2, 0)
+
+
 def _steps(shape: tuple[int, ...]):
     """The refinement steps ``(axis, stride, index tuple of the targets)``, coarse to fine; the
     anchors (every ``s``-th point on every axis) come first as axis -1."""
+    order = AXIS_ORDER if len(shape) == 3 else tuple(range(len(shape)))
     s = 1
     while s < max(shape):
         s *= 2
     yield -1, s, tuple(slice(0, None, s) for _ in shape)
     while s > 1:
         half = s // 2
-        for axis in range(len(shape)):
-            # axes before this one are already refined to ``half``, the others still at ``s``
+        done: set[int] = set()
+        for axis in order:
+            # axes refined earlier in this level are at ``half`` already, the others at ``s``
             idx = tuple(
-                slice(half, None, s) if a == axis else slice(0, None, half if a < axis else s)
+                slice(half, None, s) if a == axis else slice(0, None, half if a in done else s)
                 for a in range(len(shape))
             )
             yield axis, s, idx
+            done.add(axis)
         s = half
 
 
