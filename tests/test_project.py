@@ -37,9 +37,14 @@ def test_bundled_checkpoint_matches_the_sample_cube():
 
 
 def test_bundled_compressor_is_a_small_inference_only_compressor(tmp_path):
-    """`faextract compress` without --checkpoint uses it; decompress finds it by itself."""
-    from faextract.checkpoint import load_checkpoint
-    from faextract.compress.container import CompressOptions, compress, decompress
+    """`faextract compress --checkpoint bundled` uses it; decompress finds it by itself."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from faextract.checkpoint import load_checkpoint, sha256
+    from faextract.cli import app
+    from faextract.outputs import zarr_attrs
     from faextract.paths import SAMPLE_COMPRESSOR
     from faextract.testing import synthetic_cube, write_netcdf
 
@@ -48,9 +53,14 @@ def test_bundled_compressor_is_a_small_inference_only_compressor(tmp_path):
     assert ckpt.kind == "compressor" and ckpt.training is None
     src = tmp_path / "in.nc"
     write_netcdf(synthetic_cube(nt=8, nlat=16, nlon=32, variables=("t2m",), seed=9), src)
-    opts = CompressOptions(rel_error=1e-2, checkpoint=str(SAMPLE_COMPRESSOR))
-    compress([str(src)], str(tmp_path / "c.zarr"), opts)
-    assert decompress(str(tmp_path / "c.zarr"), str(tmp_path / "d.nc"))
+    out = tmp_path / "c.zarr"
+    res = CliRunner().invoke(app, ["compress", str(src), "--out", str(out), "--rel-error", "0.01",
+                                   "--checkpoint", "bundled"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = json.loads(zarr_attrs(out)["faextract_compressed"])
+    assert meta["predictor"] == "learned" and meta["model_sha256"] == sha256(SAMPLE_COMPRESSOR)
+    res = CliRunner().invoke(app, ["decompress", str(out), "--out", str(tmp_path / "d.nc")])
+    assert res.exit_code == 0, res.output
 
 
 def test_a_wheel_carries_what_an_installed_faextract_needs(tmp_path):

@@ -34,8 +34,9 @@ def compress(
         str | None,
         typer.Option(
             "--checkpoint",
-            help="Compressor checkpoint (faextract train, job: compressor); default: the bundled "
-            "one; 'none': no model (the block mean predicts).",
+            help="A learned compressor (faextract train, job: compressor; 'bundled': the bundled "
+            "one) as one more prediction per block; default: none (the block mean and the "
+            "interpolation predictor).",
         ),
     ] = None,
     shard: Annotated[
@@ -48,10 +49,10 @@ def compress(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
-    """Store (time, [level, ...,] y, x) variables within an error bound (every valid point, or every patch's
-    RMSE); NaN masks kept exactly. A learned compressor predicts each block (kept only where
-    it makes the block smaller than the block mean would), the correction carries the rest.
-    Restartable: run it again with the same options to finish an interrupted store."""
+    """Store (time, [level, ...,] y, x) variables within an error bound (every valid point, or
+    every patch's RMSE); NaN masks kept exactly. Each block keeps the shortest of its codings:
+    the block mean, a closed-loop interpolation, and with --checkpoint a learned compressor's
+    prediction. Restartable: run it again with the same options to finish an interrupted store."""
     from faextract.compress.container import CompressOptions
     from faextract.compress.container import compress as run
     from faextract.embed import parse_shard
@@ -59,10 +60,8 @@ def compress(
     from faextract.runtime.progress import Progress
 
     names = _names(variables)
-    if checkpoint is None:
-        checkpoint = str(SAMPLE_COMPRESSOR) if SAMPLE_COMPRESSOR.exists() else None
-    elif checkpoint.lower() == "none":
-        checkpoint = None
+    if checkpoint is not None and checkpoint.lower() == "bundled":
+        checkpoint = str(SAMPLE_COMPRESSOR)
     options = CompressOptions(
         max_abs_error=max_abs_error, rel_error=rel_error, nrmse=nrmse,
         variables=tuple(names) if names else None, overwrite=overwrite, checkpoint=checkpoint,
