@@ -108,6 +108,35 @@ def render_embed(
     )
 
 
+def render_compress(
+    inputs: list[str],
+    out: str,
+    tasks: int,
+    cluster: ClusterOptions,
+    compress_args: list[str] | None = None,
+    job_name: str = "faextract-compress",
+) -> str:
+    """The job-array script: ``tasks`` array tasks sharing one compressed store (``--shard``);
+    a task near its time limit is stopped and requeued, and resumes from the block ledger."""
+    if tasks < 1:
+        raise FaextractError(f"--tasks must be >= 1, got {tasks}")
+    _check_time(cluster.time)
+    _check_scheduler_options(cluster, job_name)
+    return _template("compress").substitute(
+        job_name=job_name,
+        last_task=tasks - 1,
+        time=cluster.time,
+        cpus=cluster.cpus,
+        log_dir=cluster.log_dir,
+        signal_seconds=cluster.signal_seconds,
+        sbatch_extra=_sbatch_lines(cluster, "--gres=gpu:{n}"),
+        python=shlex.quote(cluster.python),
+        inputs=" ".join(shlex.quote(i) for i in inputs),
+        out=shlex.quote(out),
+        compress_args=" ".join(shlex.quote(a) for a in compress_args or []),
+    )
+
+
 def render_train(
     run_dir: str,
     config: str | None,

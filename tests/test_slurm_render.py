@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from faextract.cli import app
 from faextract.errors import FaextractError
 from faextract.runtime.signals import EXIT_STOPPED, StopFlag
-from faextract.slurm import ClusterOptions, render_embed, render_train
+from faextract.slurm import ClusterOptions, render_compress, render_embed, render_train
 
 runner = CliRunner()
 
@@ -28,6 +28,19 @@ def test_embed_script_is_an_array_with_shards():
     assert '--shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}"' in s
     assert "'a b.nc'" in s, "paths are shell-quoted"
     assert subprocess.run(["bash", "-n"], input=s, text=True).returncode == 0
+
+
+def test_compress_script_is_an_array_of_shards_that_requeues():
+    s = render_compress(["in $(x).nc"], "o.zarr", 3, ClusterOptions(account="proj"),
+                        ["--rel-error", "1e-3"])  # fmt: skip
+    assert "#SBATCH --array=0-2" in s and "#SBATCH --account=proj" in s
+    assert "-m faextract compress 'in $(x).nc' --out o.zarr" in s
+    assert '--shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}" --rel-error 1e-3' in s
+    assert "scontrol requeue" in s and "--signal=B:USR1@300" in s
+    assert subprocess.run(["bash", "-n"], input=s, text=True).returncode == 0
+    result = runner.invoke(app, ["slurm", "compress", "x.nc", "--out", "o.zarr", "--tasks", "2",
+                                 "--compress-arg=--nrmse", "--compress-arg=1e-2"])  # fmt: skip
+    assert result.exit_code == 0 and "--nrmse 1e-2" in result.output
 
 
 def test_train_script_uses_srun_torchrun_and_resumes():

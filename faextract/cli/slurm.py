@@ -1,4 +1,4 @@
-"""``faextract slurm embed|train``: batch scripts for SLURM clusters."""
+"""``faextract slurm embed|compress|train``: batch scripts for SLURM clusters."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from faextract.cli.common import (
 from faextract.errors import FaextractError
 
 slurm_app = typer.Typer(
-    help="Render (and optionally submit) SLURM batch jobs for train and embed.",
+    help="Render (and optionally submit) SLURM batch jobs for train, embed and compress.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -95,6 +95,36 @@ def slurm_embed(
 
     cluster = _cluster(partition, account, time, cpus, gpus, log_dir, sbatch)
     _emit(render_embed(inputs, checkpoint, out, tasks, cluster, embed_arg), write, submit, log_dir)
+
+
+@slurm_app.command("compress")
+@user_errors
+def slurm_compress(
+    inputs: Inputs,
+    out: Annotated[
+        str, typer.Option("--out", "-o", help="Compressed Zarr store (shared by all tasks).")
+    ],
+    tasks: Annotated[int, typer.Option(help="Array tasks; each takes every N-th block.")] = 4,
+    partition: PartitionOpt = None,
+    account: AccountOpt = None,
+    time: TimeOpt = "04:00:00",
+    cpus: CpusOpt = 4,
+    gpus: Annotated[int, typer.Option(help="GPUs per task.")] = 0,
+    log_dir: LogOpt = "logs",
+    sbatch: ExtraOpt = None,
+    compress_arg: Annotated[
+        list[str] | None,
+        typer.Option("--compress-arg", help="Argument for faextract compress, e.g. the bound "
+                     "(repeatable: --compress-arg=--rel-error --compress-arg=1e-3)."),
+    ] = None,
+    write: WriteOpt = None,
+    submit: SubmitOpt = False,
+):
+    """A compress job array: task I of N runs `faextract compress --shard I/N` into one store."""
+    from faextract.slurm import render_compress
+
+    cluster = _cluster(partition, account, time, cpus, gpus, log_dir, sbatch)
+    _emit(render_compress(inputs, out, tasks, cluster, compress_arg), write, submit, log_dir)
 
 
 @slurm_app.command("train")
