@@ -86,6 +86,26 @@ def test_embed_job_array_equals_one_process(slurm, sample_part, tmp_path):
             assert np.array_equal(ds[name].values, want[name].values, equal_nan=True), name
 
 
+def test_compress_job_array_equals_one_process(slurm, sample_part, tmp_path):
+    """Three array tasks share one compressed store; it decodes to what one process writes."""
+    from faextract.compress.container import CompressOptions, compress, open_compressed
+
+    out = tmp_path / "array.zarr"
+    script = _render(
+        tmp_path,
+        ["compress", str(sample_part), "--out", str(out), "--tasks", "3", "--cpus", "1",
+         "--time", "00:10:00", "--compress-arg=--rel-error", "--compress-arg=1e-3"],
+    )  # fmt: skip
+    res = slurm.sbatch_wait(script, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr + _logs(tmp_path)
+    assert out.exists() and not (tmp_path / "array.zarr.partial").exists()
+    ref = tmp_path / "ref.zarr"
+    compress([str(sample_part)], str(ref), CompressOptions(rel_error=1e-3))
+    got, want = open_compressed(str(out)), open_compressed(str(ref))
+    for name in want.data_vars:
+        assert np.array_equal(got[name].values, want[name].values, equal_nan=True), name
+
+
 def test_ddp_train_job_then_resume(slurm, sample_part, tmp_path):
     run = tmp_path / "run"
     common = [
