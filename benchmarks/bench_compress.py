@@ -50,7 +50,7 @@ def _faextract(mode: str, model: bool = False, interpolation: bool = True):
     basis per variable, counted in the stored bytes), with the learned compressor when
     ``model`` (the grid is periodic: the generated cubes and the sample are global)."""
     from faextract.compress.blocks import plan_blocks
-    from faextract.compress.codec import decode_block, encode_block
+    from faextract.compress.codec import decode_block, encode_block, needs_shared_basis
     from faextract.compress.container import shared_basis
 
     def run(x, E):
@@ -68,7 +68,8 @@ def _faextract(mode: str, model: bool = False, interpolation: bool = True):
         out = np.empty_like(x)
         for b, s in zip(blocks, streams, strict=True):
             out[b.t0 : b.t1, b.y0 : b.y1, b.x0 : b.x1] = decode_block(s, predictor, basis)
-        size = sum(map(len, streams)) + (basis.nbytes if basis is not None else 0)
+        used = basis is not None and any(map(needs_shared_basis, streams))
+        size = sum(map(len, streams)) + (basis.nbytes if used else 0)  # stored when used
         return size, out, t_c, time.perf_counter() - t
 
     return run

@@ -598,3 +598,27 @@ def test_variables_with_levels_are_compressed_level_by_level(tmp_path):
     rows = (a["lat"].values >= -30) & (a["lat"].values <= 30)
     cols = (a["lon"].values >= 100) & (a["lon"].values <= 200)
     np.testing.assert_array_equal(box["t2m"].values, back["t2m"].values[:, :, rows][..., cols])
+
+
+def test_an_unused_shared_basis_is_not_stored(tmp_path):
+    """--nrmse fits a basis per variable; when no block was coded with it (the interpolation
+    won them all) the completed store drops it, and every block still decodes within bound."""
+    import xarray as xr
+    import zarr
+
+    from faextract.compress.container import CompressOptions, compress, open_compressed
+
+    rng = np.random.default_rng(8)
+    smooth = _field(rng, (16, 24, 48), rough=False)
+    rough = rng.normal(0, 1, (16, 24, 48)).astype(np.float32)
+    ds = xr.Dataset({"smooth": (("time", "lat", "lon"), smooth),
+                     "rough": (("time", "lat", "lon"), rough)})  # fmt: skip
+    src = tmp_path / "in.nc"
+    ds.to_netcdf(src)
+    compress([str(src)], str(tmp_path / "c.zarr"), CompressOptions(nrmse=3e-2))
+    root = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert "basis" not in root["streams/smooth"] and "basis" in root["streams/rough"]
+    back = open_compressed(str(tmp_path / "c.zarr"))
+    for v, x in (("smooth", smooth), ("rough", rough)):
+        E = 3e-2 * float(x.max() - x.min())
+        assert (_patch_rmse(back[v].values, x, np.isfinite(x)) <= E).all()

@@ -206,6 +206,19 @@ def _correction(x, x_hat, valid, bound, mode, basis=None) -> list[bytes]:
     ]  # fmt: skip
 
 
+def needs_shared_basis(data: bytes) -> bool:
+    """Whether the block :func:`encode_block` wrote decodes only with its variable's shared
+    patch basis (a patch-coded block without a basis of its own)."""
+    data = unseal(data, "a compressed block")
+    magic, kind, mode, learned, *_rest, n = _HEAD.unpack_from(data, 0)
+    if kind != 0 or MODES[mode] != "patches" or learned == INTERPOLATION:
+        return False
+    parts = _unpack(data, _HEAD.size, n)[1:]
+    if learned == LEARNED:
+        parts = parts[4:]
+    return len(parts[3]) == 0  # the block's own basis: empty when it used the shared one
+
+
 def decode_block(
     data: bytes, predictor: LearnedPredictor | None = None, basis: np.ndarray | None = None
 ) -> np.ndarray:

@@ -171,6 +171,7 @@ def compress(inputs, out: str, options: CompressOptions, progress=None,
         with _held(tmp):
             complete = os.path.exists(tmp) and _all_done(tmp, names)
             if complete:
+                _drop_unused_bases(tmp, names)
                 os.replace(tmp, out)
     finally:
         ds.close()
@@ -318,6 +319,21 @@ def _all_done(tmp: str, names) -> bool:
         if not all(_done(group, i) for i in range(len(group.attrs["blocks"]))):
             return False
     return True
+
+
+def _drop_unused_bases(tmp: str, names) -> None:
+    """Remove a variable's shared patch basis (16 KB) when none of its blocks was coded with
+    it (the interpolation, say, won every block)."""
+    from faextract.compress.codec import needs_shared_basis
+
+    root = zarr.open_group(tmp, mode="r+")
+    for v in names:
+        group = root[f"streams/{v}"]
+        if "basis" not in group:
+            continue
+        n = len(group.attrs["blocks"])
+        if not any(needs_shared_basis(np.asarray(group[str(i)][:]).tobytes()) for i in range(n)):
+            del group["basis"]
 
 
 def _basis(group) -> np.ndarray | None:
