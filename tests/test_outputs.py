@@ -184,3 +184,24 @@ def test_a_path_that_exists_is_not_a_glob(tmp_path):
     write_netcdf(ds, decoy)
     assert resolve_paths([str(literal)]) == [str(literal)]
     assert resolve_paths([str(tmp_path / "data[12].nc")]) == [str(decoy)]
+
+
+def test_a_lock_with_wait_takes_over_once_its_holder_lets_go(tmp_path):
+    """``Lock(wait=...)`` waits for a live holder instead of refusing at once, and still
+    refuses, naming the holder, when the holder keeps it past the wait."""
+    import threading
+
+    from faextract.errors import FaextractError
+    from faextract.runtime.locks import Lock
+
+    path = tmp_path / "x.lock"
+    first = Lock(path, "the store x")
+    first.acquire()
+    with pytest.raises(FaextractError, match="in use by process"):
+        Lock(path, "the store x", wait=0.3).acquire()
+    threading.Timer(0.3, first.release).start()
+    second = Lock(path, "the store x", wait=10.0)
+    second.acquire()
+    assert second.held
+    second.release()
+    assert not path.exists()

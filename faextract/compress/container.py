@@ -165,10 +165,10 @@ def compress(inputs, out: str, options: CompressOptions, progress=None,
             "block": [options.block.time, options.block.tile], "variables": names,
             "inputs": [os.path.abspath(p) for p in paths],
         }  # fmt: skip
-        with _held(tmp):
+        with _lock(tmp):
             _prepare(ds, names, tmp, plan, options)
         written = _write_blocks(ds, names, tmp, options, predictor, progress, shard)
-        with _held(tmp):
+        with _lock(tmp):
             complete = os.path.exists(tmp) and _all_done(tmp, names)
             if complete:
                 _drop_unused_bases(tmp, names)
@@ -195,31 +195,12 @@ def _input_bytes(ds: xr.Dataset, names) -> int:
     return n * 4 + n // 8
 
 
-class _held:
+def _lock(tmp: str):
     """A short critical section on ``OUT.partial`` (making it, completing it) among the tasks
-    of a job array: waits up to ``timeout`` seconds for the others."""
+    of a job array, waiting up to two minutes for the others."""
+    from faextract.runtime.locks import Lock
 
-    def __init__(self, tmp: str, timeout: float = 120.0):
-        from faextract.runtime.locks import Lock
-
-        self.lock = Lock(f"{tmp}.lock", f"the compressed store {tmp}")
-        self.timeout = timeout
-
-    def __enter__(self):
-        import time
-
-        start = time.monotonic()
-        while True:
-            try:
-                self.lock.acquire()
-                return self
-            except FaextractError:
-                if time.monotonic() - start > self.timeout:
-                    raise
-                time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        self.lock.release()
+    return Lock(f"{tmp}.lock", f"the compressed store {tmp}", wait=120.0)
 
 
 def _prepare(ds, names, tmp, plan, options) -> None:

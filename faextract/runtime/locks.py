@@ -29,14 +29,29 @@ def _alive(pid: int) -> bool:
 
 
 class Lock:
-    """``with Lock(path, "the run directory runs/x"):`` -- held for the block's duration."""
+    """``with Lock(path, "the run directory runs/x"):`` -- held for the block's duration.
 
-    def __init__(self, path: str | os.PathLike, what: str):
-        self.path, self.what = Path(path), what
+    ``wait``: seconds to wait for a live holder to let go (a short critical section shared by
+    the tasks of a job array) before refusing; 0 refuses at once.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str, wait: float = 0.0):
+        self.path, self.what, self.wait = Path(path), what, float(wait)
         self.mine = {"host": socket.gethostname(), "pid": os.getpid()}
         self.held = False
 
     def acquire(self) -> None:
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                self._try_acquire()
+                return
+            except FaextractError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _try_acquire(self) -> None:
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
