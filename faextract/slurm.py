@@ -76,6 +76,32 @@ def _check_time(value: str) -> None:
         )
 
 
+def _array_job(template: str, job_name: str, inputs: list[str], out: str, tasks: int,
+               cluster: ClusterOptions, **fields) -> str:  # fmt: skip
+    """A job-array script whose ``tasks`` tasks share one output (``--shard`` I of N)."""
+    if tasks < 1:
+        raise FaextractError(f"--tasks must be >= 1, got {tasks}")
+    _check_time(cluster.time)
+    _check_scheduler_options(cluster, job_name)
+    return _template(template).substitute(
+        job_name=job_name,
+        last_task=tasks - 1,
+        time=cluster.time,
+        cpus=cluster.cpus,
+        log_dir=cluster.log_dir,
+        signal_seconds=cluster.signal_seconds,
+        sbatch_extra=_sbatch_lines(cluster, "--gres=gpu:{n}"),
+        python=shlex.quote(cluster.python),
+        inputs=" ".join(shlex.quote(i) for i in inputs),
+        out=shlex.quote(out),
+        **fields,
+    )
+
+
+def _words(args: list[str] | None) -> str:
+    return " ".join(shlex.quote(a) for a in args or [])
+
+
 def render_embed(
     inputs: list[str],
     checkpoint: str,
@@ -86,26 +112,13 @@ def render_embed(
     job_name: str = "faextract-embed",
 ) -> str:
     """The job-array script: ``tasks`` array tasks sharing one output store."""
-    if tasks < 1:
-        raise FaextractError(f"--tasks must be >= 1, got {tasks}")
-    _check_time(cluster.time)
-    _check_scheduler_options(cluster, job_name)
-    return _template("embed").substitute(
-        job_name=job_name,
-        last_task=tasks - 1,
-        time=cluster.time,
-        cpus=cluster.cpus,
-        log_dir=cluster.log_dir,
-        signal_seconds=cluster.signal_seconds,
-        sbatch_extra=_sbatch_lines(cluster, "--gres=gpu:{n}"),
-        python=shlex.quote(cluster.python),
-        inputs=" ".join(shlex.quote(i) for i in inputs),
+    return _array_job(
+        "embed", job_name, inputs, out, tasks, cluster,
         checkpoint=shlex.quote(checkpoint),
-        out=shlex.quote(out),
         # Quoted once as a whole word: $(...) or a space in --out stays part of the file name.
         stop_prefix=shlex.quote(f"{out}.stop-"),
-        embed_args=" ".join(shlex.quote(a) for a in embed_args or []),
-    )
+        embed_args=_words(embed_args),
+    )  # fmt: skip
 
 
 def render_compress(
@@ -118,23 +131,8 @@ def render_compress(
 ) -> str:
     """The job-array script: ``tasks`` array tasks sharing one compressed store (``--shard``);
     a task near its time limit is stopped and requeued, and resumes from the block ledger."""
-    if tasks < 1:
-        raise FaextractError(f"--tasks must be >= 1, got {tasks}")
-    _check_time(cluster.time)
-    _check_scheduler_options(cluster, job_name)
-    return _template("compress").substitute(
-        job_name=job_name,
-        last_task=tasks - 1,
-        time=cluster.time,
-        cpus=cluster.cpus,
-        log_dir=cluster.log_dir,
-        signal_seconds=cluster.signal_seconds,
-        sbatch_extra=_sbatch_lines(cluster, "--gres=gpu:{n}"),
-        python=shlex.quote(cluster.python),
-        inputs=" ".join(shlex.quote(i) for i in inputs),
-        out=shlex.quote(out),
-        compress_args=" ".join(shlex.quote(a) for a in compress_args or []),
-    )
+    return _array_job("compress", job_name, inputs, out, tasks, cluster,
+                      compress_args=_words(compress_args))  # fmt: skip
 
 
 def render_train(
@@ -165,5 +163,5 @@ def render_train(
         stop_prefix=shlex.quote(f"{run_dir}/STOP-"),
         last_checkpoint=shlex.quote(f"{run_dir}/last.pt"),
         config_arg=f"--config {shlex.quote(config)}" if config else "",
-        train_args=" ".join(shlex.quote(a) for a in train_args or []),
+        train_args=_words(train_args),
     )
