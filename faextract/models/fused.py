@@ -48,6 +48,29 @@ def lstm_pointwise_reference(
     return h, c_new
 
 
+def remember_parameters(ctx, peep: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+    """Keep the peepholes' and bias's dtypes for :func:`parameter_grads`."""
+    ctx.param_dtypes = tuple(None if t is None else t.dtype for t in (peep, bias))
+
+
+def backward_buffers(z: torch.Tensor, c: torch.Tensor, dh, dc_new):
+    """A fused backward's inputs and outputs: the gradients reaching ``h`` and ``c_new``
+    (zeros for an output unused downstream), contiguous, and empty ``dz``, ``dc``."""
+    dh = torch.zeros_like(c) if dh is None else dh.contiguous()
+    dc_new = torch.zeros_like(c) if dc_new is None else dc_new.contiguous()
+    return dh, dc_new, torch.empty_like(z), torch.empty_like(c)
+
+
+def parameter_grads(ctx, sums: torch.Tensor):
+    """``(dpeep (3, F, 1, 1), dbias (4F,))`` in the parameters' dtypes from the per-channel sums
+    ``(7, F)`` (bias i, f, c, o; peepholes i, f, o); None where no gradient is asked for."""
+    F_ = sums.shape[1]
+    peep_dtype, bias_dtype = ctx.param_dtypes
+    dpeep = sums[4:].reshape(3, F_, 1, 1).to(peep_dtype) if ctx.needs_input_grad[2] else None
+    dbias = sums[:4].reshape(4 * F_).to(bias_dtype) if ctx.needs_input_grad[3] else None
+    return dpeep, dbias
+
+
 class _LSTMPointwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, c, peep):
@@ -114,6 +137,7 @@ class _LSTMPointwiseCPU(torch.autograd.Function):
         ptrs = (t.data_ptr() for t in (z, b, c, p, h, c_new))
         kernels.run_rows(lib.faex_lstm_forward, B * F_, *ptrs, F_, HW, work=c.numel())
         ctx.save_for_backward(z, b, c, c_new, p)
+        remember_parameters(ctx, peep, bias)
         return h, c_new
 
     @staticmethod
@@ -121,18 +145,13 @@ class _LSTMPointwiseCPU(torch.autograd.Function):
         z, b, c, c_new, p = ctx.saved_tensors
         B, F_ = c.shape[:2]
         HW = c[0, 0].numel()
-        dh = torch.zeros_like(c) if dh is None else dh.contiguous()
-        dc_new = torch.zeros_like(c) if dc_new is None else dc_new.contiguous()
-        dz, dc = torch.empty_like(z), torch.empty_like(c)
+        dh, dc_new, dz, dc = backward_buffers(z, c, dh, dc_new)
         sums = torch.empty(B * F_, 7, dtype=torch.float64)
         ptrs = (t.data_ptr() for t in (z, b, c, c_new, p, dh, dc_new, dz, dc, sums))
         kernels.run_rows(
             kernels.library().faex_lstm_backward, B * F_, *ptrs, F_, HW, work=c.numel()
         )
-        sums = sums.view(B, F_, 7).sum(0).T.to(c.dtype)  # (7, F): bias i, f, c, o; peep i, f, o
-        dpeep = sums[4:].reshape(3, F_, 1, 1) if ctx.needs_input_grad[2] else None
-        dbias = sums[:4].reshape(4 * F_) if ctx.needs_input_grad[3] else None
-        return dz, dc, dpeep, dbias
+        return (dz, dc, *parameter_grads(ctx, sums.view(B, F_, 7).sum(0).T))
 
 
 def lstm_pointwise(

@@ -19,6 +19,8 @@ import os
 
 import torch
 
+from faextract.models.fused import backward_buffers, parameter_grads, remember_parameters
+
 try:  # an optional extra: `pip install "faextract[triton]"`
     import triton
     import triton.language as tl
@@ -172,8 +174,7 @@ class LSTMPointwiseTriton(torch.autograd.Function):
         _forward_kernel[grid](z, b, c, p, h, c_new, F_, HW, HAS_PEEP=peep is not None, BLOCK=BLOCK)
         ctx.save_for_backward(z, b, c, c_new, p)
         ctx.has_peep = peep is not None
-        ctx.peep_like = None if peep is None else (peep.shape, peep.dtype)
-        ctx.bias_dtype = None if bias is None else bias.dtype
+        remember_parameters(ctx, peep, bias)
         return h, c_new
 
     @staticmethod
@@ -181,18 +182,9 @@ class LSTMPointwiseTriton(torch.autograd.Function):
         z, b, c, c_new, p = ctx.saved_tensors
         B, F_ = c.shape[:2]
         HW = c[0, 0].numel()
-        dh = torch.zeros_like(c) if dh is None else dh.contiguous()
-        dc_new = torch.zeros_like(c) if dc_new is None else dc_new.contiguous()
-        dz, dc = torch.empty_like(z), torch.empty_like(c)
+        dh, dc_new, dz, dc = backward_buffers(z, c, dh, dc_new)
         nblk = triton.cdiv(HW, BLOCK)
         sums = torch.empty(B * F_ * nblk * SUMS, dtype=torch.float32, device=c.device)
         _backward_kernel[(B * F_, nblk)](z, b, c, c_new, p, dh, dc_new, dz, dc, sums, F_, HW, nblk,
                                          HAS_PEEP=ctx.has_peep, BLOCK=BLOCK)  # fmt: skip
-        sums = sums.view(B, F_, nblk, SUMS).sum(dim=(0, 2)).T  # (7, F)
-        dpeep = dbias = None
-        if ctx.has_peep and ctx.needs_input_grad[2]:
-            shape, dtype = ctx.peep_like
-            dpeep = sums[4:].reshape(shape).to(dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
-            dbias = sums[:4].reshape(4 * F_).to(ctx.bias_dtype)
-        return dz, dc, dpeep, dbias
+        return (dz, dc, *parameter_grads(ctx, sums.view(B, F_, nblk, SUMS).sum(dim=(0, 2)).T))
