@@ -340,6 +340,8 @@ def validate(config: Config) -> Config:
     _need(tr.compile_mode in modes, "train.compile_mode", " or ".join(modes), tr.compile_mode)
     check_device(tr.device, "train.device")
     _need(config.job in JOBS, "job", " or ".join(JOBS), config.job)
+    _need(not (config.job == "compressor" and tr.compile), "train.compile",
+          "false with job: compressor (it compiles the encoder's cells)", tr.compile)  # fmt: skip
     c = config.codec
     ok = isinstance(c.widths, list) and len(c.widths) == 4
     ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in c.widths)

@@ -94,6 +94,18 @@ def test_train_init_fine_tunes_from_a_checkpoint_of_the_same_kind(codec_run, tin
         train(load_config(None, wider), tmp_path / "y", plain_progress=True)
 
 
+def test_compressor_config_errors_are_one_line_before_anything_runs():
+    from faextract.config import load_config
+    from faextract.errors import ConfigError
+
+    for bad, match in ((["job=other"], "job: expected encoder or compressor"),
+                       (["job=compressor", "train.compile=true"], "train.compile"),
+                       (["codec.widths=[8,16]"], "codec.widths"),
+                       (["codec.crop=40"], "codec.crop"), (["codec.lam=0"], "codec.lam")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            load_config(None, bad)
+
+
 def test_codec_blocks_are_prepared_crops_in_a_seeded_order(codec_run):
     from faextract.compress.training import CodecBlocks
     from faextract.data.dataset import CubeSource

@@ -29,7 +29,13 @@ from faextract.data.tiling import TileSpec
 from faextract.errors import DataError, FaextractError
 from faextract.train.data import TrainingData, statistics
 from faextract.train.metrics import METRIC_FIELDS
-from faextract.train.plan import check_resume_compatible, model_args, tile_spec
+from faextract.train.plan import (
+    check_resume_compatible,
+    check_same_model,
+    first_difference,
+    model_args,
+    tile_spec,
+)  # fmt: skip
 
 
 @dataclass
@@ -162,7 +168,7 @@ class CompressorJob:
         c = config.codec
         self.args = {"widths": tuple(c.widths), "sr_blocks": c.sr_blocks}
         if ckpt is not None:
-            _check_codec_resume(ckpt, self.args, data.cube.channels)
+            check_same_model(ckpt, self.args, "codec")
         self.model = BlockCodec(**self.args)
         self.stats = xr.Dataset()
 
@@ -203,16 +209,6 @@ class CompressorJob:
         return ModelRecord(self.kind, self.args, self.stats, None)
 
 
-def _check_codec_resume(ckpt: Checkpoint, args: dict, channels) -> None:
-    old = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.model_args.items()}
-    for key in sorted(set(old) | set(args)):
-        if old.get(key) != args.get(key):
-            raise FaextractError(
-                f"--resume: checkpoint is incompatible with the config: codec {key} is "
-                f"{old.get(key)!r} in the checkpoint, {args.get(key)!r} now"
-            )
-
-
 def torch_autocast(device, bf16: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and bf16)
 
@@ -224,14 +220,13 @@ def init_weights(job, path: str, say) -> None:
     """Load the weights of the checkpoint ``path`` into ``job``'s model (fine-tuning): the same
     kind of model with the same architecture, or a one-line error naming the difference."""
     ckpt = Checkpoint.load(path).require(job.kind, path, "train.init")
-    ours = {k: tuple(v) if isinstance(v, list) else v for k, v in job.args.items()}
-    theirs = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt.model_args.items()}
-    for key in sorted(set(ours) | set(theirs)):
-        if ours.get(key) != theirs.get(key) and key != "causal_embedding":
-            raise FaextractError(
-                f"train.init: {path} has model {key} {theirs.get(key)!r}, the config builds "
-                f"{ours.get(key)!r}"
-            )
+    # (a model trained before z_t was causal has the same weights)
+    diff = first_difference(ckpt.model_args, job.args, ignore=("causal_embedding",))
+    if diff is not None:
+        key, theirs, ours = diff
+        raise FaextractError(
+            f"train.init: {path} has model {key} {theirs!r}, the config builds {ours!r}"
+        )
     job.model.load_state_dict(ckpt.state_dict)
     say(f"starting from the weights of {path}")
 

@@ -103,17 +103,35 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
+def first_difference(old: dict, new: dict, ignore=()) -> tuple[str, object, object] | None:
+    """``(key, old value, new value)`` of the first argument (in key order) two models differ
+    in, or None; a list and a tuple of the same values (a config's and a checkpoint's) agree."""
+
+    def same(v):
+        return tuple(v) if isinstance(v, list) else v
+
+    for key in sorted(set(old) | set(new)):
+        if key not in ignore and same(old.get(key)) != same(new.get(key)):
+            return key, old.get(key), new.get(key)
+    return None
+
+
+def check_same_model(ckpt: Checkpoint, args: dict, what: str = "model") -> None:
+    """Refuse to resume ``ckpt`` under a config that builds another network."""
+    diff = first_difference(ckpt.model_args, args)
+    if diff is not None:
+        key, old, new = diff
+        raise FaextractError(
+            f"--resume: checkpoint is incompatible with the config: {what} {key} is "
+            f"{old!r} in the checkpoint, {new!r} now"
+        )
+
+
 def check_resume_compatible(ckpt: Checkpoint, args: dict, channels, select: dict) -> None:
     """Refuse to resume ``ckpt`` under a config that builds another model or reads other data."""
     from faextract.data.selection import parse_select
 
-    old = ckpt.model_args
-    for key in sorted(set(old) | set(args)):
-        if old.get(key) != args.get(key):
-            raise FaextractError(
-                f"--resume: checkpoint is incompatible with the config: model {key} is "
-                f"{old.get(key)!r} in the checkpoint, {args.get(key)!r} now"
-            )
+    check_same_model(ckpt, args)
     if list(ckpt.channels) != list(channels):
         raise FaextractError(
             f"--resume: checkpoint channels {list(ckpt.channels)} differ from the data's {list(channels)}"
