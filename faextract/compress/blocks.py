@@ -71,6 +71,14 @@ class Prepared:
     scale: float
 
 
+def padded_shape(shape: tuple[int, int, int], spec: BlockSpec = BlockSpec()) -> tuple[int, int, int]:
+    """The network's shape of a ``(t, h, w)`` block: ``t`` up to a multiple of 4, ``h`` and
+    ``w`` of 16."""
+    t, h, w = shape
+    return (t + -t % spec.time_multiple, h + -h % spec.space_multiple,
+            w + -w % spec.space_multiple)  # fmt: skip
+
+
 def prepare(values: np.ndarray, periodic: bool = False, spec: BlockSpec = BlockSpec()) -> Prepared:
     """``values (t, h, w)`` (NaN = missing) -> :class:`Prepared`. ``periodic``: the block spans
     the whole grid of a global, periodic longitude axis (pad by wrapping around)."""
@@ -84,8 +92,7 @@ def prepare(values: np.ndarray, periodic: bool = False, spec: BlockSpec = BlockS
     offset, scale = float(v.mean()), hi - lo
     x = np.where(valid, (values.astype(np.float64) - offset) / scale, 0.0).astype(np.float32)
     t, h, w = x.shape
-    pt = -t % spec.time_multiple
-    ph, pw = -h % spec.space_multiple, -w % spec.space_multiple
+    pt, ph, pw = (n - m for n, m in zip(padded_shape(x.shape, spec), x.shape, strict=True))
     x = np.pad(x, ((0, pt), (0, 0), (0, 0)), mode="edge")
     x = np.pad(x, ((0, 0), (0, ph), (0, 0)), mode="reflect" if h > 1 else "edge")
     x = np.pad(x, ((0, 0), (0, 0), (0, pw)), mode="wrap" if periodic else ("reflect" if w > 1 else "edge"))

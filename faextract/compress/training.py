@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from faextract.compress.blocks import BlockSpec, prepare
+from faextract.compress.blocks import BlockSpec, padded_shape, prepare
 from faextract.compress.model import rate_distortion
 from faextract.data.cube import Cube
 from faextract.data.dataset import CubeItems, CubeSource, EpochBatches
@@ -104,16 +104,11 @@ class CodecBlocks(CubeItems, EpochBatches):
         x0 = int(rng.integers(0, W - cw + 1)) if self.shuffle else (W - cw) // 2
         crop = values[:, y0 : y0 + ch, x0 : x0 + cw]
         prep = prepare(crop, periodic=self.periodic and cw == W, spec=self.spec)
-        shape = _padded(crop.shape, self.spec)
+        shape = padded_shape(crop.shape, self.spec)
         x = prep.x if prep.kind == "data" else np.zeros(shape, np.float32)
         valid = np.zeros(shape, dtype=bool)
         valid[:T, :ch, :cw] = prep.valid if prep.kind == "data" else False
         return x, valid
-
-
-def _padded(shape: tuple[int, int, int], spec: BlockSpec) -> tuple[int, int, int]:
-    t, h, w = shape
-    return (t + -t % spec.time_multiple, h + -h % spec.space_multiple, w + -w % spec.space_multiple)
 
 
 def codec_losses(net, batch: CodecBatch, lam: float):
