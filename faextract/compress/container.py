@@ -10,7 +10,8 @@ Layout of ``X.zarr``::
     streams/<var>     attrs: the variable's dims, shape, dtype, attributes and encoding, its
                       bound and block list; ``basis`` (the patch mode's shared basis)
     streams/<var>/<i> attrs ``crc32``, written after the stream: the ledger a restarted or
-                      sharded run reads to skip the blocks done
+                      sharded run reads to skip the blocks done (with a shared basis, also
+                      ``shared_basis``: whether the block was coded with it)
 
 Plain uint8 arrays are used for the streams (Zarr v3's variable-length bytes type is marked
 unstable and not portable across Zarr implementations). Variables of shape ``(time, y, x)``
@@ -35,7 +36,7 @@ import zarr
 
 from faextract import __version__
 from faextract.compress.blocks import BlockSpec, plan_blocks
-from faextract.compress.codec import decode_block, encode_block
+from faextract.compress.codec import decode_block, encode_block, needs_shared_basis
 from faextract.errors import DataError, FaextractError
 
 FORMAT_VERSION = 1
@@ -281,7 +282,10 @@ def _write_blocks(ds, names, tmp, options, predictor, progress, shard) -> int:
         arr = group.create_array(str(i), shape=(len(data),), dtype="uint8",
                                  chunks=(max(1, len(data)),), overwrite=True)  # fmt: skip
         arr[:] = np.frombuffer(data, dtype=np.uint8)
-        arr.attrs["crc32"] = zlib.crc32(data)  # the ledger: written after the stream
+        ledger = {"crc32": zlib.crc32(data)}  # the ledger: written after the stream
+        if basis[v] is not None:
+            ledger["shared_basis"] = needs_shared_basis(data)
+        arr.attrs.update(ledger)
         if task is not None:
             progress.advance(task, 1)
     if task is not None:
@@ -304,16 +308,14 @@ def _all_done(tmp: str, names) -> bool:
 
 def _drop_unused_bases(tmp: str, names) -> None:
     """Remove a variable's shared patch basis (16 KB) when none of its blocks was coded with
-    it (the interpolation, say, won every block)."""
-    from faextract.compress.codec import needs_shared_basis
-
+    it (the interpolation, say, won every block), as each block's ledger records."""
     root = zarr.open_group(tmp, mode="r+")
     for v in names:
         group = root[f"streams/{v}"]
         if "basis" not in group:
             continue
         n = len(group.attrs["blocks"])
-        if not any(needs_shared_basis(np.asarray(group[str(i)][:]).tobytes()) for i in range(n)):
+        if not any(group[str(i)].attrs["shared_basis"] for i in range(n)):
             del group["basis"]
 
 
