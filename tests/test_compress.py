@@ -55,6 +55,68 @@ def test_a_stream_decodes_the_same_in_another_process_with_other_threads(tmp_pat
     np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), v)
 
 
+@pytest.mark.parametrize(
+    "values", [[0], [127], [128], [300, 1, 2**14, 2**21 - 1], [2**40, 2**63 - 1, 0, 5]]
+)
+def test_varints_roundtrip_and_take_7_bits_a_byte(values):
+    from faextract.compress.entropy import read_varints, varints
+
+    data = varints(values)
+    expected = sum(max(1, -(-int(v).bit_length() // 7)) for v in values)
+    assert len(data) == expected
+    decoded, end = read_varints(b"xx" + data + b"tail", 2, len(values))
+    assert decoded.tolist() == values and end == 2 + len(data)
+    with pytest.raises(ValueError, match="truncated"):
+        read_varints(data[:-1] + bytes([data[-1] | 128]), 0, len(values))
+
+
+def test_an_empty_stream_costs_nothing_inside_a_block_and_a_few_bytes_alone():
+    from faextract.compress.entropy import decode_bare, encode_bare
+
+    assert encode_bare(np.zeros(0, np.int64)) == b""
+    assert decode_bare(b"").size == 0
+    assert len(encode_integers(np.zeros(0, np.int64))) <= 9
+    # a small stream's header and table stay small: 1000 symbols of 3 values
+    v = np.random.default_rng(0).integers(-1, 2, 1000)
+    p = np.bincount(v + 1) / v.size
+    assert len(encode_bare(v)) < 1000 * -(p * np.log2(p)).sum() / 8 + 24
+
+
+def test_streams_and_blocks_of_the_first_format_still_decode():
+    """Stores written before the compact format (FXE1 streams, FXB1 blocks, made by the
+    version before it and kept in tests/data) decode to exactly what that version decoded."""
+    from pathlib import Path
+
+    from faextract.compress.codec import decode_block
+
+    old = np.load(Path(__file__).parent / "data" / "codec_format1.npz")
+    stream = old["integers_stream"].tobytes()
+    assert stream[:4] == b"FXE1"
+    np.testing.assert_array_equal(decode_integers(stream), old["integers"])
+    for kind in ("interpolation", "mean", "patches", "constant"):
+        block = old[f"block_{kind}"].tobytes()
+        assert block[:4] == b"FXB1"
+        np.testing.assert_array_equal(decode_block(block), old[f"decoded_{kind}"])
+
+
+def test_the_compact_block_is_smaller_than_the_first_format():
+    from pathlib import Path
+
+    from faextract.compress.codec import decode_block, encode_block
+
+    old = np.load(Path(__file__).parent / "data" / "codec_format1.npz")
+    x = old["values"]
+    for kind, args in (("interpolation", {}), ("mean", {"interpolation": False})):
+        new = encode_block(x, 1e-2, **args)
+        assert new[:4] == b"FXB2"
+        assert len(new) < len(old[f"block_{kind}"]) - 40
+        out = decode_block(new)
+        assert np.array_equal(np.isnan(out), np.isnan(x))
+        assert np.nanmax(np.abs(out - x)) <= 1e-2
+    constant = encode_block(np.where(np.isnan(x), np.nan, 2.5).astype(np.float32), 1e-2)
+    assert len(constant) <= len(old["block_constant"]) - 24  # a masked constant block
+
+
 @pytest.mark.parametrize("damage", ["truncate", "flip", "magic"])
 def test_a_damaged_stream_is_an_error_not_other_numbers(damage):
     v = np.rint(np.random.default_rng(2).normal(0, 5, 10_000)).astype(np.int64)

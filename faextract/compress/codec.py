@@ -5,12 +5,16 @@ The prediction ``x_hat`` is what the decoder can rebuild before any correction: 
 network's reconstruction from its coded latents (:class:`LearnedPredictor`), or, without a
 model, the block's mean: the correction then carries the whole block, quantized in bins of 2E
 and entropy coded (a plain error-bounded quantizer, the codec's floor). Stream
-(little-endian)::
+(little-endian; counts and lengths as LEB128 varints)::
 
-    magic "FXB1" | kind u8 (0 data, 1 constant, 2 missing) | mode u8 (0 pointwise, 1 patches)
-    | predictor u8 (0 mean, 1 learned, 2 interpolation) | bound f64 | value f64 | t, h, w u32
-    | n_parts u32
-    | n_parts x (length u64, bytes) | crc32 u32
+    magic "FXB2" | kind u8 (0 data, 1 constant, 2 missing) | mode u8 (0 pointwise, 1 patches)
+    | predictor u8 (0 mean, 1 learned, 2 interpolation) | bound f64 | value f64
+    | t, h, w, n_parts | n_parts x length | the parts' bytes | crc32 u32
+
+The block's checksum covers its parts, which are bodies without checksums of their own (the
+mask's kind byte and bits, :func:`~faextract.compress.entropy.encode_bare` integer streams;
+an empty one is zero bytes). Blocks of the first format (``"FXB1"``: u32 sizes, u64 lengths,
+each part sealed) still decode.
 
 With the learned predictor the parts after the mask are: the latents' shapes and the
 normalization, the hyper-latent, the latent, a crc32 of ``x_hat``, then the correction. With
@@ -30,38 +34,88 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 
-from faextract.compress.entropy import decode_integers, encode_integers, seal, unseal
+from faextract.compress.entropy import (
+    decode_bare,
+    decode_integers,
+    encode_bare,
+    read_varints,
+    seal,
+    unseal,
+    varints,
+)
 from faextract.compress.guarantee import PointwiseCodes, pointwise_decode, pointwise_encode
 from faextract.compress.interpolation import interpolation_decode, interpolation_encode
 from faextract.compress.mask import decode_mask, encode_mask
 from faextract.compress.patches import PatchCodes, patch_decode, patch_encode
 from faextract.errors import DataError
 
-MAGIC = b"FXB1"
-_HEAD = struct.Struct("<4sBBBddIIII")
+MAGIC = b"FXB2"
+MAGIC_V1 = b"FXB1"
+_HEAD = struct.Struct("<4sBBBdd")  # then varints t, h, w, n_parts and the parts' lengths
+_HEAD_V1 = struct.Struct("<4sBBBddIIII")
 KINDS = ("data", "constant", "missing")
 MODES = ("pointwise", "patches")
 #: The predictor byte of a stream.
 MEAN, LEARNED, INTERPOLATION = 0, 1, 2
 
 
-def _pack(parts: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<Q", len(p)) + p for p in parts)
+@dataclass
+class _Block:
+    """A parsed block: its head's fields and its parts (``v1``: the first format's sealed
+    parts, else bodies)."""
+
+    kind: int
+    mode: int
+    predictor: int
+    bound: float
+    value: float
+    shape: tuple[int, int, int]
+    parts: list[bytes]
+    v1: bool
+
+    def integers(self, part: bytes) -> np.ndarray:
+        return decode_integers(part) if self.v1 else decode_bare(part)
+
+    def mask(self) -> np.ndarray:
+        return decode_mask(self.parts[0], self.shape, sealed=self.v1)
 
 
-def _unpack(data: bytes, pos: int, n: int) -> list[bytes]:
-    parts = []
-    for _ in range(n):
-        (length,) = struct.unpack_from("<Q", data, pos)
-        pos += 8
-        parts.append(data[pos : pos + length])
-        pos += length
-    if pos != len(data):
+def _write(kind, mode, predictor, bound, value, shape, parts: list[bytes]) -> bytes:
+    head = _HEAD.pack(MAGIC, kind, mode, predictor, float(bound), float(value))
+    sizes = varints([*shape, len(parts), *map(len, parts)])
+    return seal(b"".join([head, sizes, *parts]))
+
+
+def _parse(data: bytes) -> _Block:
+    data = unseal(data, "a compressed block")
+    try:
+        if data[:4] == MAGIC_V1:
+            magic, kind, mode, pred, bound, value, t, h, w, n = _HEAD_V1.unpack_from(data, 0)
+            at, starts, lengths = _HEAD_V1.size, [], []
+            for _ in range(n):
+                lengths.append(struct.unpack_from("<Q", data, at)[0])
+                starts.append(at + 8)
+                at += 8 + lengths[-1]
+        else:
+            magic, kind, mode, pred, bound, value = _HEAD.unpack_from(data, 0)
+            (t, h, w, n), at = read_varints(data, _HEAD.size, 4)
+            n = int(n)
+            lengths, at = read_varints(data, at, n)
+            lengths = [int(v) for v in lengths]
+            starts = [int(at + sum(lengths[:i])) for i in range(n)]
+    except (struct.error, ValueError):
+        raise DataError("a compressed block does not decode (too short)") from None
+    if magic not in (MAGIC, MAGIC_V1) or kind >= len(KINDS) or mode >= len(MODES) or pred > INTERPOLATION:
+        raise DataError("not a faextract compressed block")
+    end = starts[-1] + lengths[-1] if n else len(data)
+    if end != len(data):
         raise DataError("a compressed block does not decode (its parts do not add up)")
-    return parts
+    parts = [data[a : a + k] for a, k in zip(starts, lengths, strict=True)]
+    return _Block(kind, mode, pred, bound, value, (int(t), int(h), int(w)), parts, magic == MAGIC_V1)
 
 
 class LearnedPredictor:
@@ -165,7 +219,7 @@ def encode_block(
     if mode not in MODES:
         raise DataError(f"unknown error-bound mode {mode!r}; choose from {', '.join(MODES)}")
     values = np.asarray(values, dtype=np.float32)
-    mask_bytes, valid = encode_mask(values, what)
+    mask_bytes, valid = encode_mask(values, what, sealed=False)
     t, h, w = values.shape
     learned = 0
     if not valid.any():
@@ -178,8 +232,8 @@ def encode_block(
         candidates = [(MEAN, [mask_bytes, *_correction(values, x_mean, valid, bound, mode, basis)])]
         if interpolation:
             q, index, exact, _ = interpolation_encode(values, valid, bound, value)
-            candidates.append((INTERPOLATION, [mask_bytes, encode_integers(q),
-                               encode_integers(np.diff(index, prepend=0)), exact.astype("<f4").tobytes()]))  # fmt: skip
+            candidates.append((INTERPOLATION, [mask_bytes, encode_bare(q),
+                               encode_bare(np.diff(index, prepend=0)), exact.astype("<f4").tobytes()]))  # fmt: skip
         if predictor is not None:
             extra, x_hat = predictor.encode(values, periodic)
             with_model = [mask_bytes, *extra, *_correction(values, x_hat, valid, bound, mode, basis)]
@@ -188,33 +242,31 @@ def encode_block(
             learned, parts = candidates[-1]
         else:
             learned, parts = min(candidates, key=lambda c: sum(map(len, c[1])))
-    head = _HEAD.pack(MAGIC, kind, MODES.index(mode), learned, float(bound), value, t, h, w, len(parts))
-    return seal(head + _pack(parts))
+    return _write(kind, MODES.index(mode), learned, bound, value, (t, h, w), parts)
 
 
 def _correction(x, x_hat, valid, bound, mode, basis=None) -> list[bytes]:
     if mode == "pointwise":
         c, _ = pointwise_encode(x, x_hat, valid, bound)
-        return [encode_integers(c.q), encode_integers(np.diff(c.exception_index, prepend=0)),
+        return [encode_bare(c.q), encode_bare(np.diff(c.exception_index, prepend=0)),
                 c.exception_value.astype("<f4").tobytes()]  # fmt: skip
     c, _ = patch_encode(x, x_hat, valid, bound, basis)
     return [
-        encode_integers(np.diff(c.patches, prepend=0)), encode_integers(c.keep),
-        encode_integers(c.coefficients), c.basis.astype("<f4").tobytes(),
-        encode_integers(c.exact), encode_integers(c.exact_q),
-        encode_integers(np.diff(c.lossless, prepend=0)), c.values.astype("<f4").tobytes(),
+        encode_bare(np.diff(c.patches, prepend=0)), encode_bare(c.keep),
+        encode_bare(c.coefficients), c.basis.astype("<f4").tobytes(),
+        encode_bare(c.exact), encode_bare(c.exact_q),
+        encode_bare(np.diff(c.lossless, prepend=0)), c.values.astype("<f4").tobytes(),
     ]  # fmt: skip
 
 
 def needs_shared_basis(data: bytes) -> bool:
     """Whether the block :func:`encode_block` wrote decodes only with its variable's shared
     patch basis (a patch-coded block without a basis of its own)."""
-    data = unseal(data, "a compressed block")
-    magic, kind, mode, learned, *_rest, n = _HEAD.unpack_from(data, 0)
-    if kind != 0 or MODES[mode] != "patches" or learned == INTERPOLATION:
+    block = _parse(data)
+    if block.kind != 0 or MODES[block.mode] != "patches" or block.predictor == INTERPOLATION:
         return False
-    parts = _unpack(data, _HEAD.size, n)[1:]
-    if learned == LEARNED:
+    parts = block.parts[1:]
+    if block.predictor == LEARNED:
         parts = parts[4:]
     return len(parts[3]) == 0  # the block's own basis: empty when it used the shared one
 
@@ -223,45 +275,36 @@ def decode_block(
     data: bytes, predictor: LearnedPredictor | None = None, basis: np.ndarray | None = None
 ) -> np.ndarray:
     """The ``(t, h, w)`` float32 block :func:`encode_block` wrote (with the same predictor and
-    shared basis)."""
-    data = unseal(data, "a compressed block")
-    try:
-        magic, kind, mode, learned, bound, value, t, h, w, n = _HEAD.unpack_from(data, 0)
-    except struct.error:
-        raise DataError("a compressed block does not decode (too short)") from None
-    if magic != MAGIC or kind >= len(KINDS) or mode >= len(MODES) or learned > INTERPOLATION:
-        raise DataError("not a faextract compressed block")
-    parts = _unpack(data, _HEAD.size, n)
-    valid = decode_mask(parts[0], (t, h, w))
-    if kind == 2:
-        return np.full((t, h, w), np.nan, dtype=np.float32)
-    x_hat = np.full((t, h, w), value, dtype=np.float32)
-    if kind == 1:
+    shared basis), in either block format."""
+    block = _parse(data)
+    shape, ints = block.shape, block.integers
+    valid = block.mask()
+    if block.kind == 2:
+        return np.full(shape, np.nan, dtype=np.float32)
+    x_hat = np.full(shape, block.value, dtype=np.float32)
+    if block.kind == 1:
         return np.where(valid, x_hat, np.nan).astype(np.float32)
-    parts = parts[1:]
-    if learned == INTERPOLATION:
+    parts = block.parts[1:]
+    if block.predictor == INTERPOLATION:
         q, idx, vals = parts[:3]
-        recon = interpolation_decode(decode_integers(q), np.cumsum(decode_integers(idx)),
-                                     np.frombuffer(vals, "<f4"), valid, bound, value)  # fmt: skip
+        recon = interpolation_decode(ints(q), np.cumsum(ints(idx)), np.frombuffer(vals, "<f4"),
+                                     valid, block.bound, block.value)  # fmt: skip
         return np.where(valid, recon, np.nan).astype(np.float32)
-    if learned == LEARNED:
+    if block.predictor == LEARNED:
         if predictor is None:
             raise DataError("this block was compressed with a model: give the compressor's checkpoint")
         x_hat, parts = predictor.decode(parts[:4], valid), parts[4:]
-    if MODES[mode] == "pointwise":
+    if MODES[block.mode] == "pointwise":
         q, idx, vals = parts[:3]
-        codes = PointwiseCodes(
-            decode_integers(q), np.cumsum(decode_integers(idx)), np.frombuffer(vals, "<f4")
-        )
-        return pointwise_decode(x_hat, valid, codes, bound)
+        codes = PointwiseCodes(ints(q), np.cumsum(ints(idx)), np.frombuffer(vals, "<f4"))
+        return pointwise_decode(x_hat, valid, codes, block.bound)
     pi, keep, coef, own, exact, exact_q, lossless, lvals = parts[:8]
     own = np.frombuffer(own, "<f4")  # the block's own basis (empty: the variable's shared one)
     codes = PatchCodes(
-        np.cumsum(decode_integers(pi)), decode_integers(keep), decode_integers(coef),
+        np.cumsum(ints(pi)), ints(keep), ints(coef),
         own.reshape(64, 64) if own.size else np.zeros((0, 0), np.float32),
-        decode_integers(exact), decode_integers(exact_q),
-        np.cumsum(decode_integers(lossless)), np.frombuffer(lvals, "<f4"),
+        ints(exact), ints(exact_q), np.cumsum(ints(lossless)), np.frombuffer(lvals, "<f4"),
     )  # fmt: skip
     if not codes.basis.size and codes.patches.size and basis is None:
         raise DataError("this block was coded with its variable's shared basis: it is missing")
-    return patch_decode(x_hat, valid, codes, bound, basis)
+    return patch_decode(x_hat, valid, codes, block.bound, basis)

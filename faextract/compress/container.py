@@ -39,7 +39,7 @@ from faextract.compress.blocks import BlockSpec, plan_blocks
 from faextract.compress.codec import decode_block, encode_block, needs_shared_basis
 from faextract.errors import DataError, FaextractError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: compact blocks (FXB2); blocks of format 1 still decode
 MARKER = "faextract_compressed"
 DECOMPRESSED = "faextract_decompressed_from"
 

@@ -8,7 +8,6 @@ from one step to the next costs almost nothing once deflated. ``inf`` is not a m
 
 from __future__ import annotations
 
-import struct
 import zlib
 
 import numpy as np
@@ -16,38 +15,46 @@ import numpy as np
 from faextract.compress.entropy import seal, unseal
 from faextract.errors import DataError
 
-_HEADER = struct.Struct("<4sB")
 MAGIC = b"FXM1"
 
 
-def encode_mask(values: np.ndarray, what: str = "the input") -> tuple[bytes, np.ndarray]:
+def encode_mask(
+    values: np.ndarray, what: str = "the input", sealed: bool = True
+) -> tuple[bytes, np.ndarray]:
     """``(bytes, valid)``: the mask of finite values of ``values`` (any shape) and the bytes
-    that :func:`decode_mask` turns back into it."""
+    that :func:`decode_mask` turns back into it; ``sealed=False``: the body alone (kind byte
+    and deflated bits, inside a stream with a checksum of its own)."""
     if np.isinf(values).any():
         raise DataError(f"{what} holds infinite values; replace them (e.g. by NaN) first")
     valid = ~np.isnan(values)
     if valid.all():
-        payload = _HEADER.pack(MAGIC, 1)
+        body = bytes([1])
     elif not valid.any():
-        payload = _HEADER.pack(MAGIC, 2)
+        body = bytes([2])
     else:
-        payload = _HEADER.pack(MAGIC, 0) + zlib.compress(np.packbits(valid, axis=None).tobytes(), 6)
-    return seal(payload), valid
+        body = bytes([0]) + zlib.compress(np.packbits(valid, axis=None).tobytes(), 6)
+    return (seal(MAGIC + body) if sealed else body), valid
 
 
-def decode_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """The boolean mask (True = valid) of ``shape`` that :func:`encode_mask` wrote."""
-    data = unseal(data, "a compressed mask")
+def decode_mask(data: bytes, shape: tuple[int, ...], sealed: bool = True) -> np.ndarray:
+    """The boolean mask (True = valid) of ``shape`` that :func:`encode_mask` wrote (with the
+    same ``sealed``)."""
+    if sealed:
+        data = unseal(data, "a compressed mask")
     try:
-        magic, kind = _HEADER.unpack_from(data, 0)
-        if magic != MAGIC:
-            raise ValueError("not a mask stream")
+        if sealed:
+            if data[:4] != MAGIC:
+                raise ValueError("not a mask stream")
+            data = data[4:]
+        kind = data[0]
         if kind in (1, 2):
             return np.full(shape, kind == 1, dtype=bool)
-        bits = np.frombuffer(zlib.decompress(data[_HEADER.size :]), dtype=np.uint8)
+        if kind != 0:
+            raise ValueError("unknown mask kind")
+        bits = np.frombuffer(zlib.decompress(data[1:]), dtype=np.uint8)
         n = int(np.prod(shape))
         if bits.size != -(-n // 8):
             raise ValueError("wrong size")
         return np.unpackbits(bits, count=n).astype(bool).reshape(shape)
-    except (ValueError, struct.error, zlib.error) as err:
+    except (ValueError, IndexError, zlib.error) as err:
         raise DataError(f"a compressed mask does not decode ({err})") from None
