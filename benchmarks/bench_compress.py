@@ -8,7 +8,8 @@ In one run, on the bundled sample, a longer generated cube and any files given, 
 range): compression ratio (float32 values + a NaN mask, against every stored byte), max error
 / E, NRMSE (RMSE / range), PSNR and compress / decompress MB/s, for
 
-- faextract pointwise (``--rel-error r``) and patch-wise (``--nrmse r``) on blocks of 8 steps;
+- faextract pointwise (``--rel-error r``) and patch-wise (``--nrmse r``) on the store's blocks
+  (64 steps);
 - SZ3 (``pysz``, absolute bound E), ZFP (``zfpy``, fixed accuracy E), SPERR (``hdf5plugin``,
   absolute E, ``swap=True``), BitRound (keeping the mantissa bits that meet E) + zstd;
 - SZ3 and SPERR again with their bound searched to give the NRMSE faextract's patch mode gave
@@ -49,13 +50,13 @@ def _faextract(mode: str, model: bool = False, interpolation: bool = True):
     """As ``faextract compress`` codes a variable (its blocks; in patch mode one shared
     basis per variable, counted in the stored bytes), with the learned compressor when
     ``model`` (the grid is periodic: the generated cubes and the sample are global)."""
-    from faextract.compress.blocks import plan_blocks
+    from faextract.compress.blocks import BlockSpec, plan_blocks
     from faextract.compress.codec import decode_block, encode_block, needs_shared_basis
-    from faextract.compress.container import shared_basis
+    from faextract.compress.container import STORE_BLOCK_STEPS, shared_basis
 
     def run(x, E):
         predictor = PREDICTOR.get("model") if model else None
-        blocks, streams = plan_blocks(x.shape), []
+        blocks, streams = plan_blocks(x.shape, BlockSpec(time=STORE_BLOCK_STEPS)), []
         t = time.perf_counter()
         basis = shared_basis(x, blocks) if mode == "patches" else None
         for b in blocks:

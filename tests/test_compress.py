@@ -492,13 +492,15 @@ def test_compress_and_decompress_roundtrip_a_real_looking_file(tmp_path):
     the input is untouched; a slice in time decodes only what it needs and equals the rest."""
     import xarray as xr
 
+    from faextract.compress.blocks import BlockSpec
     from faextract.compress.container import CompressOptions, compress, decompress, open_compressed
     from faextract.testing import synthetic_cube, write_netcdf
 
     src = tmp_path / "in.nc"
     write_netcdf(synthetic_cube(nt=20, nlat=12, nlon=24, variables=("sst", "t2m"), seed=2), src)
     before = src.read_bytes()
-    result = compress([str(src)], str(tmp_path / "c.zarr"), CompressOptions(rel_error=1e-3))
+    result = compress([str(src)], str(tmp_path / "c.zarr"),
+                      CompressOptions(rel_error=1e-3, block=BlockSpec(time=8)))  # fmt: skip
     assert result.variables == ["sst", "t2m"] and result.ratio > 1
     assert src.read_bytes() == before
     a = xr.open_dataset(src)
@@ -524,6 +526,7 @@ def test_compress_and_decompress_roundtrip_a_real_looking_file(tmp_path):
 
 
 def test_compress_and_decompress_refuse_bad_input_in_one_line(tmp_path):
+    import zarr
     from typer.testing import CliRunner
 
     from faextract.cli import app
@@ -547,8 +550,12 @@ def test_compress_and_decompress_refuse_bad_input_in_one_line(tmp_path):
                               "--shard", "2/2"), "--shard: need 0 <= I < N")  # fmt: skip
     assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01",
                               "--checkpoint", str(src)), "not a PyTorch checkpoint")  # fmt: skip
+    assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01",
+                              "--block-steps", "0"), "--block-steps must be at least 1")  # fmt: skip
     assert not (tmp_path / "c.zarr").exists() and not (tmp_path / "x.nc").exists()
-    assert run("compress", str(src), "--out", out, "--rel-error", "0.01").exit_code == 0
+    assert run("compress", str(src), "--out", out, "--rel-error", "0.01", "--block-steps", "3").exit_code == 0
+    blocks = zarr.open_group(out, mode="r")["streams/t2m"].attrs["blocks"]
+    assert [b[:2] for b in blocks] == [[0, 3], [3, 6], [6, 8]]
     assert_one_line_error(run("compress", str(src), "--out", out, "--rel-error", "0.01"), "exists")
 
 
@@ -586,13 +593,14 @@ def test_an_interrupted_compression_resumes_and_shards_share_one_store(tmp_path,
     completes it); both equal a single uninterrupted run. Other options on the unfinished
     store are refused in one line."""
     import faextract.compress.container as container
+    from faextract.compress.blocks import BlockSpec
     from faextract.compress.container import CompressOptions, compress
     from faextract.errors import FaextractError
     from faextract.testing import synthetic_cube, write_netcdf
 
     src = tmp_path / "in.nc"
     write_netcdf(synthetic_cube(nt=20, nlat=12, nlon=24, variables=("sst", "t2m"), seed=6), src)
-    opts = CompressOptions(rel_error=1e-3)
+    opts = CompressOptions(rel_error=1e-3, block=BlockSpec(time=8))  # 3 blocks a variable
     whole = compress([str(src)], str(tmp_path / "whole.zarr"), opts)
     assert whole.complete and whole.blocks_written == 6
 
@@ -636,6 +644,7 @@ def test_variables_with_levels_are_compressed_level_by_level(tmp_path):
     variable's bound, NaN exact, dims and coordinates back; a region of a 4-D variable."""
     import xarray as xr
 
+    from faextract.compress.blocks import BlockSpec
     from faextract.compress.container import CompressOptions, compress, decompress
     from faextract.testing import synthetic_cube, write_netcdf
 
@@ -643,7 +652,8 @@ def test_variables_with_levels_are_compressed_level_by_level(tmp_path):
     ds = synthetic_cube(nt=10, nlat=12, nlon=24, variables=("sst", "t2m"), levels=[1000, 850, 500],
                         seed=7)  # fmt: skip
     write_netcdf(ds, src)
-    res = compress([str(src)], str(tmp_path / "c.zarr"), CompressOptions(rel_error=1e-3))
+    res = compress([str(src)], str(tmp_path / "c.zarr"),
+                   CompressOptions(rel_error=1e-3, block=BlockSpec(time=8)))  # fmt: skip
     assert res.variables == ["sst", "t2m"] and res.blocks_written == 2 + 2 * 3
     back = xr.open_dataset(decompress(str(tmp_path / "c.zarr"), str(tmp_path / "d.nc")))
     a = xr.open_dataset(src)

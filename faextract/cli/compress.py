@@ -47,12 +47,21 @@ def compress(
             "the store).",
         ),
     ] = None,
+    block_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--block-steps",
+            help="Time steps per block (default 64): longer blocks store less, a --time range "
+            "of shorter ones decodes with less work.",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
 ):
     """Store (time, [level, ...,] y, x) variables within an error bound (every valid point, or
     every patch's RMSE); NaN masks kept exactly. Each block keeps the shortest of its codings:
     the block mean, a closed-loop interpolation, and with --checkpoint a learned compressor's
     prediction. Restartable: run it again with the same options to finish an interrupted store."""
+    from faextract.compress.blocks import BlockSpec
     from faextract.compress.container import CompressOptions
     from faextract.compress.container import compress as run
     from faextract.embed import parse_shard
@@ -65,6 +74,7 @@ def compress(
     options = CompressOptions(
         max_abs_error=max_abs_error, rel_error=rel_error, nrmse=nrmse,
         variables=tuple(names) if names else None, overwrite=overwrite, checkpoint=checkpoint,
+        **({"block": BlockSpec(time=block_steps)} if block_steps is not None else {}),
     )  # fmt: skip
     parts = parse_shard(shard) if shard else None
     with Progress(unit="blocks") as progress:
