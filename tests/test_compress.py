@@ -169,7 +169,12 @@ def test_the_interpolation_predictor_keeps_the_bound_and_decodes_what_it_encoded
     valid point within E (bounds below float32's spacing included: exceptions), a mask that
     changes in time costs nothing; on smooth fields it beats the block mean's quantizer."""
     from faextract.compress.codec import encode_block
-    from faextract.compress.interpolation import interpolation_decode, interpolation_encode
+    from faextract.compress.interpolation import (
+        interpolation_decode,
+        interpolation_encode,
+        join_codes,
+        split_codes,
+    )
 
     rng = np.random.default_rng(hash((shape, rough, rel)) % 2**32)
     x = _field(rng, shape, rough)
@@ -183,10 +188,35 @@ def test_the_interpolation_predictor_keeps_the_bound_and_decodes_what_it_encoded
     assert q.size == valid.sum()
     out = interpolation_decode(q, idx, vals, valid, E, fill)
     np.testing.assert_array_equal(out, recon)
+    grouped = split_codes(q, valid)
+    assert len(grouped) == 6 and sum(g.size for g in grouped) == q.size
+    np.testing.assert_array_equal(join_codes(grouped, valid), q)
     assert (np.abs(out[valid].astype(np.float64) - x[valid]) <= E).all()
     if not rough and rel == 1e-2 and shape[1] > 1:
         plain = encode_block(x, E, interpolation=False)
         assert len(encode_block(x, E)) < 0.7 * len(plain)
+
+
+def test_interpolation_codes_in_groups_of_their_own_store_less_and_must_fit_the_mask():
+    """Daily-like fields (smooth in space, red noise in time): the finest level's residuals
+    along time are wider than along the grid, so their own tables pay; groups that do not fit
+    the block's mask are an error."""
+    from faextract.compress.codec import _interpolation_codes, decode_block, encode_block
+    from faextract.compress.entropy import encode_bare
+    from faextract.compress.interpolation import interpolation_encode, join_codes, split_codes
+
+    rng = np.random.default_rng(3)
+    y, x = np.meshgrid(np.linspace(0, 3, 24), np.linspace(0, 6, 48), indexing="ij")
+    red = np.cumsum(rng.normal(size=(64, 1, 1)), axis=0) * 0.3
+    field = (np.sin(x + y)[None] + red + 0.05 * rng.normal(size=(64, 24, 48))).astype(np.float32)
+    valid = np.ones(field.shape, bool)
+    E = 1e-2 * float(np.ptp(field))
+    q, *_ = interpolation_encode(field, valid, E, float(field.mean()))
+    assert len(_interpolation_codes(q, valid)) < 0.98 * len(encode_bare(q))
+    assert np.nanmax(np.abs(decode_block(encode_block(field, E)) - field)) <= E
+    grouped = split_codes(q, valid)
+    with pytest.raises(ValueError, match="do not match"):
+        join_codes([grouped[0][:-1], *grouped[1:]], valid)
 
 
 def test_a_non_positive_bound_is_refused():

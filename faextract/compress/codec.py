@@ -48,7 +48,12 @@ from faextract.compress.entropy import (
     varints,
 )
 from faextract.compress.guarantee import PointwiseCodes, pointwise_decode, pointwise_encode
-from faextract.compress.interpolation import interpolation_decode, interpolation_encode
+from faextract.compress.interpolation import (
+    interpolation_decode,
+    interpolation_encode,
+    join_codes,
+    split_codes,
+)
 from faextract.compress.mask import decode_mask, encode_mask
 from faextract.compress.patches import PatchCodes, patch_decode, patch_encode
 from faextract.errors import DataError
@@ -232,7 +237,7 @@ def encode_block(
         candidates = [(MEAN, [mask_bytes, *_correction(values, x_mean, valid, bound, mode, basis)])]
         if interpolation:
             q, index, exact, _ = interpolation_encode(values, valid, bound, value)
-            candidates.append((INTERPOLATION, [mask_bytes, encode_bare(q),
+            candidates.append((INTERPOLATION, [mask_bytes, _interpolation_codes(q, valid),
                                encode_bare(np.diff(index, prepend=0)), exact.astype("<f4").tobytes()]))  # fmt: skip
         if predictor is not None:
             extra, x_hat = predictor.encode(values, periodic)
@@ -243,6 +248,30 @@ def encode_block(
         else:
             learned, parts = min(candidates, key=lambda c: sum(map(len, c[1])))
     return _write(kind, MODES.index(mode), learned, bound, value, (t, h, w), parts)
+
+
+def _interpolation_codes(q: np.ndarray, valid: np.ndarray) -> bytes:
+    """The interpolation's codes as one stream or dealt into their groups
+    (:func:`~faextract.compress.interpolation.split_codes`), whichever is shorter:
+    ``G | G lengths | G streams`` (varints)."""
+    options = [[encode_bare(q)], [encode_bare(g) for g in split_codes(q, valid)]]
+    streams = min(options, key=lambda o: sum(map(len, o)))
+    return varints([len(streams), *map(len, streams)]) + b"".join(streams)
+
+
+def _interpolation_uncodes(data: bytes, valid: np.ndarray) -> np.ndarray:
+    try:
+        (g,), pos = read_varints(data, 0, 1)
+        lengths, pos = read_varints(data, pos, int(g))
+        streams = []
+        for n in lengths.tolist():
+            streams.append(decode_bare(data[pos : pos + n]))
+            pos += n
+        if pos != len(data):
+            raise ValueError("trailing bytes")
+        return streams[0] if len(streams) == 1 else join_codes(streams, valid)
+    except ValueError as err:
+        raise DataError(f"a compressed block does not decode ({err})") from None
 
 
 def _correction(x, x_hat, valid, bound, mode, basis=None) -> list[bytes]:
@@ -287,7 +316,8 @@ def decode_block(
     parts = block.parts[1:]
     if block.predictor == INTERPOLATION:
         q, idx, vals = parts[:3]
-        recon = interpolation_decode(ints(q), np.cumsum(ints(idx)), np.frombuffer(vals, "<f4"),
+        codes = ints(q) if block.v1 else _interpolation_uncodes(q, valid)
+        recon = interpolation_decode(codes, np.cumsum(ints(idx)), np.frombuffer(vals, "<f4"),
                                      valid, block.bound, block.value)  # fmt: skip
         return np.where(valid, recon, np.nan).astype(np.float32)
     if block.predictor == LEARNED:
