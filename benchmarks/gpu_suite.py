@@ -7,7 +7,8 @@ Prints, each comparison measured in its own process (one process per row, so no 
 another's allocator state or compiled code):
 
 1. cells forward+backward: ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (with the Triton
-   LSTM step when triton is installed, and with the PyTorch step) and compiled, fp32 and bf16
+   LSTM step and spatial-mixing kernels when triton is installed, and without them) and
+   compiled, fp32 and bf16
    autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters);
    ratios against ConvLSTM2D of the same dtype and size;
 2. the scan cells (``bench_scan.py``) and embed end to end against the model alone
@@ -33,9 +34,9 @@ sys.path.insert(0, str(HERE))
 
 SIZES = [(4, 64, 64), (32, 64, 64), (4, 181, 360)]  # (B, H, W)
 SMOKE_SIZES = [(2, 16, 16)]
-VARIANTS = [  # (cell, mode): eager uses the Triton LSTM step on CUDA when triton is installed
+VARIANTS = [  # (cell, mode): eager uses the Triton kernels on CUDA when triton is installed
     ("ConvLSTM2D", "eager"),
-    ("FAConvLSTM2D", "eager, PyTorch step"),
+    ("FAConvLSTM2D", "eager, no Triton"),
     ("FAConvLSTM2D", "eager"),
     ("FAConvLSTM2D", "compiled"),
 ]
@@ -45,7 +46,7 @@ def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
     """Forward+backward frames/s of one cell (T=12, C=8, 64 filters; smoke: T=4, 8 filters)."""
     import os
 
-    if mode == "eager, PyTorch step":
+    if mode == "eager, no Triton":
         os.environ["FAEXTRACT_TRITON"] = "0"
     compiled = mode == "compiled"
     import torch

@@ -55,6 +55,40 @@ def test_triton_lstm_step_on_cuda_matches_the_reference(dtype):
         torch.testing.assert_close(a.float(), b, **(tol if a.dtype == dtype else dict(rtol=1e-3, atol=1e-3)))
 
 
+@pytest.mark.parametrize("periodic", [False, True])
+def test_triton_mixing_on_cuda_matches_the_pytorch_path(periodic):
+    """The compiled mixing kernel (not the interpreter) in a whole FAConvLSTM2D on the GPU:
+    outputs and gradients equal the PyTorch convolutions' (``FAEXTRACT_TRITON=0``)."""
+    pytest.importorskip("triton")
+    import os
+
+    from faextract.models import FAConvLSTM2D
+
+    torch.manual_seed(0)
+    cell = FAConvLSTM2D(16, 3, padding="same", data_format="channels_first", in_channels=4,
+                        return_sequences=True, embedding_dim=0, periodic=periodic).cuda()  # fmt: skip
+    x = torch.randn(2, 5, 4, 33, 47, device="cuda")
+    results, tf32 = [], torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # cuDNN's depthwise convolutions in full fp32
+    try:
+        for flag in ("1", "0"):
+            os.environ["FAEXTRACT_TRITON"] = flag
+            xx = x.clone().requires_grad_()
+            y = cell(xx)
+            grads = torch.autograd.grad(y.square().mean(), [xx, *cell.parameters()],
+                                        allow_unused=True)  # fmt: skip
+            results.append((y, grads))
+    finally:
+        os.environ.pop("FAEXTRACT_TRITON", None)
+        torch.backends.cudnn.allow_tf32 = tf32
+    (y1, g1), (y0, g0) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
+    for a, b in zip(g1, g0, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
 def test_embed_on_cuda_matches_cpu(tmp_path):
     from faextract.embed import EmbedOptions, embed
     from faextract.paths import SAMPLE_CHECKPOINT, SAMPLE_CUBE

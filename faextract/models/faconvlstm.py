@@ -43,6 +43,8 @@ Defaults (the paper does not fix them):
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -226,13 +228,34 @@ class FAConvLSTM2D(RecurrentConv2D):
 
     # -- computation ----------------------------------------------------------------------
     def _mix(self, u: torch.Tensor) -> torch.Tensor:
-        """Spatial mixing of the gate features ``(N, ch, H, W)``."""
+        """Spatial mixing of the gate features ``(N, ch, H, W)``: on CUDA with triton (and
+        under Triton's interpreter) the shared and dilated stencils and the squeeze-and-
+        excitation sums in one kernel (:mod:`faextract.models.triton_mix`)."""
+        if self.factorized and (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            from faextract.models import triton_mix  # imports triton: only where it may run
+
+            if triton_mix.mix_covers(u):
+                return self._mix_triton(u, triton_mix)
         m = self.shared_dw(u) if self.factorized else u
         if self.multiscale:
             for s, branch in zip(self.branch_scale, self.branches, strict=True):
                 m = m + s * branch(u)
         if self.se:
             m = self.se_block(m)
+        return m
+
+    def _mix_triton(self, u: torch.Tensor, triton_mix) -> torch.Tensor:
+        if self.multiscale:  # the branches exist for the dilations > 1, in order
+            weights, scales = [b.conv.weight for b in self.branches], self.branch_scale
+            dilations = tuple(d for d in self.dilations if d > 1)
+        else:
+            weights, scales, dilations = [], [], ()
+        m, total = triton_mix.multiscale_mix(
+            u, self.shared_dw.conv.weight, weights, scales, dilations, self.periodic
+        )
+        if self.se:
+            mean = (total / (u.shape[-2] * u.shape[-1]))[:, :, None, None]
+            m = m * self.se_block.gains(mean.to(m.dtype))
         return m
 
     def _step(self, xin_t: torch.Tensor, hr: torch.Tensor, c: torch.Tensor):

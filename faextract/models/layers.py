@@ -252,6 +252,9 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean(dim=(2, 3), keepdim=True)
+        return x * self.gains(x.mean(dim=(2, 3), keepdim=True))
+
+    def gains(self, mean: torch.Tensor) -> torch.Tensor:
+        """``(N, C, 1, 1)`` channel gains from the spatial mean ``(N, C, 1, 1)``."""
         # SiLU, not ReLU: with a handful of hidden units a dead ReLU would silence the block.
-        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(s))))
+        return torch.sigmoid(self.fc2(F.silu(self.fc1(mean))))
