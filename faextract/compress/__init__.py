@@ -9,13 +9,14 @@ Rangarajan & Ranka, arXiv 2412.17184), built in slices:
   hence NRMSE), a PCA basis over the residual patches with the shortest prefix of quantized
   coefficients, checked on the float32 result;
 - :mod:`~faextract.compress.mask`: missing values (NaN masks that change in time), lossless;
-- :mod:`~faextract.compress.blocks`: a variable cut into blocks of 8 steps x 256 x 256 cells
-  (or the whole grid), each normalized, filled, padded for the network and restored after;
+- :mod:`~faextract.compress.blocks`: a variable cut into blocks of steps x 256 x 256 cells
+  (64 steps in a store, 8 in the network's training crops; or the whole grid), each normalized, filled, padded for the network and restored after;
   constant and all-missing blocks told apart (stored as a value);
 - :mod:`~faextract.compress.codec`: one block to a sealed byte stream and back (mask, prediction,
   correction, entropy coding); the prediction is the network's reconstruction from its coded
   latents (``LearnedPredictor``: float64 decoder side, a digest of the reconstruction checked)
-  or the block's mean (a plain error-bounded quantizer), whichever codes the block shorter;
+  the closed-loop interpolation (:mod:`~faextract.compress.interpolation`) or the block's mean
+  (a plain error-bounded quantizer), whichever codes the block shorter;
 - :mod:`~faextract.compress.latent`: the network's latents coded with scales snapped to a
   fixed table (a decoder whose scales snap elsewhere stops with an error) and the
   hyper-latent with integer tables made once from the model's prior;
