@@ -276,6 +276,39 @@ def test_the_patch_bound_holds_for_every_patch(shape, rough, rel):
         assert (_patch_rmse(out, x, valid) <= E).all()
 
 
+@pytest.mark.parametrize("shape", [(9, 20, 30), (3, 8, 8)])
+def test_the_patch_mode_interpolates_within_a_looser_bound_and_fixes_the_patches_over(shape, monkeypatch):
+    """``--nrmse E`` through the interpolation: points may be off by up to PATCH_SLACK E, every
+    patch's RMSE stays within E (the few over it corrected pointwise, checked here on a field
+    where some are), and the stream is shorter than coding every point within E."""
+    import faextract.compress.codec as codec
+    from faextract.compress.patches import patch_fix_decode, patch_fix_encode
+
+    rng = np.random.default_rng(11)
+    x = _field(rng, shape, rough=True)
+    x[rng.random(shape) < 0.1] = np.nan
+    valid = np.isfinite(x)
+    E = 1e-2 * float(np.nanmax(x) - np.nanmin(x))
+    data = codec.encode_block(x, E, "patches")
+    out = codec.decode_block(data)
+    np.testing.assert_array_equal(np.isnan(out), ~valid)
+    assert (_patch_rmse(out, x, valid) <= E).all()
+    err = np.abs(out[valid].astype(np.float64) - x[valid])
+    assert err.max() <= codec.PATCH_SLACK * E
+    if x.size > 1000:
+        assert err.max() > E, "the looser pointwise bound is used"
+        monkeypatch.setattr(codec, "PATCH_SLACK", 1.0)
+        assert len(data) < 0.95 * len(codec.encode_block(x, E, "patches"))
+    # the fix itself: a prediction off by 3 E on one patch and exact elsewhere
+    x_hat = np.where(valid, x, np.nan).astype(np.float32)
+    x_hat[0, :8, :8] += 3 * E
+    over, fix, fixed = patch_fix_encode(x, x_hat, valid, E)
+    assert over.tolist() == [0] and fix.q.size == valid[0, :8, :8].sum()
+    again = patch_fix_decode(x_hat, valid, over, fix, E)
+    np.testing.assert_array_equal(again, fixed)
+    assert (_patch_rmse(fixed, x, valid) <= E).all()
+
+
 def test_the_patch_bound_keeps_few_coefficients_for_a_good_predictor():
     """Smooth residuals need few basis vectors: the patch mode stores far fewer numbers than
     there are points (what makes it cheaper than the pointwise bound)."""
