@@ -7,7 +7,7 @@ Prints, each comparison measured in its own process (one process per row, so no 
 another's allocator state or compiled code):
 
 1. cells forward+backward: ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (with the Triton
-   LSTM step and spatial-mixing kernels when triton is installed, and without them) and
+   mixing and gate-path kernels when triton is installed, and without them) and
    compiled, fp32 and bf16
    autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters);
    ratios against ConvLSTM2D of the same dtype and size;

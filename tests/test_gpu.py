@@ -56,9 +56,9 @@ def test_triton_lstm_step_on_cuda_matches_the_reference(dtype):
 
 
 @pytest.mark.parametrize("periodic", [False, True])
-def test_triton_mixing_on_cuda_matches_the_pytorch_path(periodic):
-    """The compiled mixing kernel (not the interpreter) in a whole FAConvLSTM2D on the GPU:
-    outputs and gradients equal the PyTorch convolutions' (``FAEXTRACT_TRITON=0``)."""
+def test_triton_cell_kernels_on_cuda_match_the_pytorch_path(periodic):
+    """The compiled mixing and gate-path kernels (not the interpreter) in a whole FAConvLSTM2D
+    on the GPU: outputs and gradients equal the PyTorch path's (``FAEXTRACT_TRITON=0``)."""
     pytest.importorskip("triton")
     import os
 

@@ -1,4 +1,4 @@
-"""The Triton kernels (the LSTM step, FAConvLSTM2D's spatial mixing) against the PyTorch
+"""The Triton kernels (the LSTM step, FAConvLSTM2D's spatial mixing and gate path) against the PyTorch
 reference, run by Triton's interpreter on the CPU (a subprocess: ``TRITON_INTERPRET=1`` must be
 set before the kernels are defined)."""
 
@@ -72,17 +72,49 @@ for (N, C, H, W) in [(2, 3, 16, 16), (2, 2, 5, 7)]:  # an odd grid exercises the
 print("ok")
 """
 
+GATES_CHECK = r"""
+import torch
+from faextract.models.fused import lstm_pointwise_reference
+from faextract.models.triton_gates import gates_lstm
+
+torch.manual_seed(0)
+for (N, Bn, F, H, W) in [(2, 8, 3, 16, 16), (2, 5, 2, 5, 7)]:  # 5 channels: a padded block
+    for peephole in (True, False):
+        m = torch.randn(N, Bn, H, W, requires_grad=True)
+        gains = torch.rand(N, Bn, requires_grad=True)
+        weight = torch.randn(4 * F, Bn, requires_grad=True)
+        bias = torch.randn(4 * F, requires_grad=True)
+        peep = torch.randn(3, F, 1, 1, requires_grad=True) if peephole else None
+        c = torch.randn(N, F, H, W, requires_grad=True)
+        h, cn = gates_lstm(m, gains, weight, bias, peep, c)
+        z = torch.einsum("kb,nbhw->nkhw", weight, m * gains[:, :, None, None])
+        h_r, cn_r = lstm_pointwise_reference(z, c, peep, bias)
+        torch.testing.assert_close(h, h_r, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cn, cn_r, rtol=1e-5, atol=1e-5)
+        dh, dcn = torch.randn_like(h), torch.randn_like(cn)
+        inputs = [t for t in (m, gains, weight, bias, peep, c) if t is not None]
+        got = torch.autograd.grad((h * dh).sum() + (cn * dcn).sum(), inputs)
+        want = torch.autograd.grad((h_r * dh).sum() + (cn_r * dcn).sum(), inputs)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-4)
+print("ok")
+"""
+
 CELL_CHECK = r"""
 import os, torch
-from faextract.models import triton_mix
+from faextract.models import triton_gates, triton_mix
 from faextract.models.faconvlstm import FAConvLSTM2D
 
-calls = {"n": 0}
-real = triton_mix.StencilMixTriton.apply
+calls = {"n": 0, "gates": 0}
+real, real_gates = triton_mix.StencilMixTriton.apply, triton_gates.GatesTriton.apply
 def counted(*a):
     calls["n"] += 1
     return real(*a)
+def counted_gates(*a):
+    calls["gates"] += 1
+    return real_gates(*a)
 triton_mix.StencilMixTriton.apply = counted
+triton_gates.GatesTriton.apply = counted_gates
 torch.manual_seed(0)
 for kw in [dict(), dict(se=False), dict(multiscale=False), dict(periodic=True, attention=False)]:
     cell = FAConvLSTM2D(6, 3, padding="same", data_format="channels_first", in_channels=3,
@@ -94,7 +126,8 @@ for kw in [dict(), dict(se=False), dict(multiscale=False), dict(periodic=True, a
         before = calls["n"]
         xx = x.clone().requires_grad_()
         y = cell(xx)
-        assert (calls["n"] - before == 4) == (flag == "1"), "one kernel call a step"
+        assert (calls["n"] - before == 4) == (flag == "1"), "one mixing call a step"
+        assert calls["gates"] == calls["n"], "and one gate-path call"
         weight = torch.linspace(-1, 1, y.numel()).view_as(y)
         outs.append(y)
         grads.append(torch.autograd.grad((y * weight).sum(), [xx, *cell.parameters()],
@@ -129,8 +162,15 @@ def test_triton_mixing_matches_the_depthwise_branches_forward_and_backward():
     _interpreted(MIX_CHECK)
 
 
-def test_faconvlstm_with_the_triton_mixing_equals_the_pytorch_path():
+def test_triton_gate_path_matches_gains_projection_and_lstm_step():
+    """Squeeze-and-excitation gains x the 1x1 projection to the gates + bias + the peephole
+    LSTM update in one kernel (a power-of-two channel count and a padded one, an odd grid):
+    outputs and the gradients of every input within 1e-5 of the PyTorch composition."""
+    _interpreted(GATES_CHECK)
+
+
+def test_faconvlstm_with_the_triton_kernels_equals_the_pytorch_path():
     """The whole cell (with and without squeeze-and-excitation and the dilated branches,
-    periodic or not), one mixing kernel call per step: outputs and every parameter's gradient
-    equal the PyTorch path's."""
+    periodic or not), the mixing kernel and the gate-path kernel once per step: outputs and
+    every parameter's gradient equal the PyTorch path's."""
     _interpreted(CELL_CHECK)

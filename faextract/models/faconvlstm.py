@@ -231,11 +231,9 @@ class FAConvLSTM2D(RecurrentConv2D):
         """Spatial mixing of the gate features ``(N, ch, H, W)``: on CUDA with triton (and
         under Triton's interpreter) the shared and dilated stencils and the squeeze-and-
         excitation sums in one kernel (:mod:`faextract.models.triton_mix`)."""
-        if self.factorized and (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            from faextract.models import triton_mix  # imports triton: only where it may run
-
-            if triton_mix.mix_covers(u):
-                return self._mix_triton(u, triton_mix)
+        if self._triton_covers(u):
+            m, gains = self._mix_triton(u)
+            return m if gains is None else m * gains[:, :, None, None].to(m.dtype)
         m = self.shared_dw(u) if self.factorized else u
         if self.multiscale:
             for s, branch in zip(self.branch_scale, self.branches, strict=True):
@@ -244,7 +242,20 @@ class FAConvLSTM2D(RecurrentConv2D):
             m = self.se_block(m)
         return m
 
-    def _mix_triton(self, u: torch.Tensor, triton_mix) -> torch.Tensor:
+    def _triton_covers(self, u: torch.Tensor) -> bool:
+        """Whether the factorized gate path runs as Triton kernels for ``u``: CUDA tensors with
+        triton installed (CPU ones under Triton's interpreter), see
+        :func:`~faextract.models.triton_step.covers`."""
+        if not self.factorized or not (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            return False
+        from faextract.models import triton_mix  # imports triton: only where it may run
+
+        return triton_mix.mix_covers(u)
+
+    def _mix_triton(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(m, squeeze-and-excitation gains (N, b) or None)``: the mixing as one kernel."""
+        from faextract.models import triton_mix
+
         if self.multiscale:  # the branches exist for the dilations > 1, in order
             weights, scales = [b.conv.weight for b in self.branches], self.branch_scale
             dilations = tuple(d for d in self.dilations if d > 1)
@@ -253,16 +264,25 @@ class FAConvLSTM2D(RecurrentConv2D):
         m, total = triton_mix.multiscale_mix(
             u, self.shared_dw.conv.weight, weights, scales, dilations, self.periodic
         )
-        if self.se:
-            mean = (total / (u.shape[-2] * u.shape[-1]))[:, :, None, None]
-            m = m * self.se_block.gains(mean.to(m.dtype))
-        return m
+        if not self.se:
+            return m, None
+        mean = (total / (u.shape[-2] * u.shape[-1]))[:, :, None, None]
+        return m, self.se_block.gains(mean).flatten(1)
 
     def _step(self, xin_t: torch.Tensor, hr: torch.Tensor, c: torch.Tensor):
         """One update ``(h, c)`` from the input's share of the gates ``xin_t`` and ``h_{t-1}``."""
         peep = self.peep if self.peephole else None
         if self.factorized:
             u = xin_t + pointwise_conv(hr, self.h_to_b.weight)
+            if self._fused and self._triton_covers(u):
+                # mixing, then gains x projection x bias x LSTM update: two kernels a step
+                from faextract.models.triton_gates import gates_lstm
+
+                m, gains = self._mix_triton(u)
+                if gains is None:
+                    gains = torch.ones(m.shape[:2], device=m.device)
+                weight = self.b_to_gates.weight.flatten(1)  # (4F, b)
+                return gates_lstm(m, gains, weight, self.bias, peep, c)
             z = pointwise_conv(self._mix(u), self.b_to_gates.weight)
         else:
             kh, kw = self.kernel_size

@@ -62,6 +62,57 @@ if triton is not None:
         return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
 
     @triton.jit
+    def lstm_forward(zi, zf, zc, zo, c, p_ptr, f, F, HAS_PEEP: tl.constexpr):
+        """``(h, c_new)`` of channel ``f`` from its biased pre-activations and ``c`` (float32),
+        peepholes ``p (3F,)`` (i, f, o)."""
+        if HAS_PEEP:
+            zi += tl.load(p_ptr + f).to(tl.float32) * c
+            zf += tl.load(p_ptr + F + f).to(tl.float32) * c
+        cn = _sigmoid(zf) * c + _sigmoid(zi) * _tanh(zc)
+        if HAS_PEEP:
+            zo += tl.load(p_ptr + 2 * F + f).to(tl.float32) * cn
+        return _sigmoid(zo) * _tanh(cn), cn
+
+    @triton.jit
+    def lstm_backward(zi, zf, zc, zo, c, cn, dh, dcn, p_ptr, f, F, HAS_PEEP: tl.constexpr):
+        """``(dzi, dzf, dzc, dzo, dc)`` of channel ``f``: the activations recomputed from the
+        biased pre-activations, ``c`` and ``c_new``; ``dh``, ``dcn`` reach ``h`` and ``c_new``."""
+        po = 0.0
+        pi = 0.0
+        pf = 0.0
+        if HAS_PEEP:
+            pi = tl.load(p_ptr + f).to(tl.float32)
+            pf = tl.load(p_ptr + F + f).to(tl.float32)
+            po = tl.load(p_ptr + 2 * F + f).to(tl.float32)
+            zi += pi * c
+            zf += pf * c
+            zo += po * cn
+        i = _sigmoid(zi)
+        fg = _sigmoid(zf)
+        g = _tanh(zc)
+        o = _sigmoid(zo)
+        tc = _tanh(cn)
+        dzo = dh * tc * o * (1.0 - o)
+        dct = dh * o * (1.0 - tc * tc) + dcn + dzo * po
+        dzi = dct * g * i * (1.0 - i)
+        dzf = dct * c * fg * (1.0 - fg)
+        dzc = dct * i * (1.0 - g * g)
+        dc = dct * fg + dzi * pi + dzf * pf
+        return dzi, dzf, dzc, dzo, dc
+
+    @triton.jit
+    def store_sums(s, dzi, dzf, dzc, dzo, c, cn):
+        """This program's 7 partial sums at ``s``: the bias gradients (i, f, c, o), then the
+        peepholes' (i, f, o)."""
+        tl.store(s, tl.sum(dzi, axis=0))
+        tl.store(s + 1, tl.sum(dzf, axis=0))
+        tl.store(s + 2, tl.sum(dzc, axis=0))
+        tl.store(s + 3, tl.sum(dzo, axis=0))
+        tl.store(s + 4, tl.sum(dzi * c, axis=0))
+        tl.store(s + 5, tl.sum(dzf * c, axis=0))
+        tl.store(s + 6, tl.sum(dzo * cn, axis=0))
+
+    @triton.jit
     def _forward_kernel(z_ptr, b_ptr, c_ptr, p_ptr, h_ptr, cn_ptr, F, HW,
                         HAS_PEEP: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         row = tl.program_id(0)  # b * F + f
@@ -80,13 +131,7 @@ if triton is not None:
         zf += tl.load(b_ptr + F + f).to(tl.float32)
         zc += tl.load(b_ptr + 2 * F + f).to(tl.float32)
         zo += tl.load(b_ptr + 3 * F + f).to(tl.float32)
-        if HAS_PEEP:
-            zi += tl.load(p_ptr + f).to(tl.float32) * c
-            zf += tl.load(p_ptr + F + f).to(tl.float32) * c
-        cn = _sigmoid(zf) * c + _sigmoid(zi) * _tanh(zc)
-        if HAS_PEEP:
-            zo += tl.load(p_ptr + 2 * F + f).to(tl.float32) * cn
-        h = _sigmoid(zo) * _tanh(cn)
+        h, cn = lstm_forward(zi, zf, zc, zo, c, p_ptr, f, F, HAS_PEEP)
         tl.store(h_ptr + row * HW + offs, h.to(h_ptr.dtype.element_ty), mask=m)
         tl.store(cn_ptr + row * HW + offs, cn.to(cn_ptr.dtype.element_ty), mask=m)
 
@@ -113,27 +158,7 @@ if triton is not None:
         zf += tl.load(b_ptr + F + f).to(tl.float32)
         zc += tl.load(b_ptr + 2 * F + f).to(tl.float32)
         zo += tl.load(b_ptr + 3 * F + f).to(tl.float32)
-        po = 0.0
-        if HAS_PEEP:
-            pi = tl.load(p_ptr + f).to(tl.float32)
-            pf = tl.load(p_ptr + F + f).to(tl.float32)
-            po = tl.load(p_ptr + 2 * F + f).to(tl.float32)
-            zi += pi * c
-            zf += pf * c
-            zo += po * cn
-        i = _sigmoid(zi)
-        fg = _sigmoid(zf)
-        g = _tanh(zc)
-        o = _sigmoid(zo)
-        tc = _tanh(cn)
-        dzo = dh * tc * o * (1.0 - o)
-        dct = dh * o * (1.0 - tc * tc) + dcn + dzo * po
-        dzi = dct * g * i * (1.0 - i)
-        dzf = dct * c * fg * (1.0 - fg)
-        dzc = dct * i * (1.0 - g * g)
-        dc = dct * fg
-        if HAS_PEEP:
-            dc += dzi * pi + dzf * pf
+        dzi, dzf, dzc, dzo, dc = lstm_backward(zi, zf, zc, zo, c, cn, dh, dcn, p_ptr, f, F, HAS_PEEP)
         ty = dz_ptr.dtype.element_ty
         tl.store(dz_ptr + zrow + offs, dzi.to(ty), mask=m)
         tl.store(dz_ptr + zrow + F * HW + offs, dzf.to(ty), mask=m)
@@ -141,14 +166,7 @@ if triton is not None:
         tl.store(dz_ptr + zrow + 3 * F * HW + offs, dzo.to(ty), mask=m)
         tl.store(dc_ptr + row * HW + offs, dc.to(dc_ptr.dtype.element_ty), mask=m)
         # masked lanes hold zeros (loads with other=0 give dh = dcn = 0, so every gradient is 0)
-        s = sums_ptr + (row * NBLK + blk) * 7
-        tl.store(s, tl.sum(dzi, axis=0))
-        tl.store(s + 1, tl.sum(dzf, axis=0))
-        tl.store(s + 2, tl.sum(dzc, axis=0))
-        tl.store(s + 3, tl.sum(dzo, axis=0))
-        tl.store(s + 4, tl.sum(dzi * c, axis=0))
-        tl.store(s + 5, tl.sum(dzf * c, axis=0))
-        tl.store(s + 6, tl.sum(dzo * cn, axis=0))
+        store_sums(sums_ptr + (row * NBLK + blk) * 7, dzi, dzf, dzc, dzo, c, cn)
 
 
 def _params(c: torch.Tensor, peep, bias, F_: int):
