@@ -19,15 +19,17 @@ each part sealed) still decode.
 With the learned predictor the parts after the mask are: the latents' shapes and the
 normalization, the hyper-latent, the latent, a crc32 of ``x_hat``, then the correction. With
 the interpolation predictor (:mod:`~faextract.compress.interpolation`: closed loop, each point
-predicted from reconstructed ones) they are its codes and exceptions; its stream meets the
-pointwise bound, so it also serves a patch-mode block (a pointwise error <= E bounds every
-patch's RMSE by E). The
-decoder side of the network (hyper-decoder and decoder) runs in float64 on the CPU, which
+predicted from reconstructed ones) they are its codes (one stream, or six by level and axis)
+and exceptions, within E; in patch mode the interpolation works within :data:`PATCH_SLACK` E
+(that bound comes first, f64) and the parts end with the pointwise fix of the few patches left
+over E (:func:`~faextract.compress.patches.patch_fix_encode`: their indices, codes and
+exceptions). The decoder side of the network (hyper-decoder and decoder) runs in float64 on the CPU, which
 gave the same ``x_hat`` for any thread count; a decoder that computes another ``x_hat``
 (other arithmetic) stops with an error instead of applying the correction to it.
 
-``decode_block(encode_block(x, ...))`` equals ``x`` within the bound on every valid point and
-is NaN exactly where ``x`` is; a damaged stream is a one-line error.
+``decode_block(encode_block(x, ...))`` equals ``x`` within the bound on every valid point (on
+every patch's RMSE in patch mode) and is NaN exactly where ``x`` is; a damaged stream is a
+one-line error.
 """
 
 from __future__ import annotations
