@@ -588,6 +588,39 @@ def test_compress_and_decompress_roundtrip_a_real_looking_file(tmp_path):
     np.testing.assert_array_equal(r["t2m"].values, b["t2m"].values[:, rows][:, :, cols])
 
 
+def test_a_packed_input_decompresses_within_the_bound(tmp_path):
+    """int16 + scale_factor inputs: packing the decoded values again would round them by up to
+    half a packing step, past a bound between half a step and a step; such variables come back
+    as float32 within the bound, and under a bound below half a step the packing is kept and
+    the file equals the input's values exactly (they round back to them)."""
+    import xarray as xr
+
+    from faextract.compress.container import CompressOptions, compress, decompress
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    src = tmp_path / "packed.nc"
+    write_netcdf(synthetic_cube(nt=10, nlat=12, nlon=24, variables=("sst", "t2m"), seed=4), src,
+                 packed=True)  # fmt: skip
+    a = xr.open_dataset(src)
+    for factor in (0.7, 0.3):  # times each variable's packing step
+        for v in ("sst", "t2m"):
+            step = float(a[v].encoding["scale_factor"])
+            store, out = tmp_path / f"{v}{factor}.zarr", tmp_path / f"{v}{factor}.nc"
+            compress([str(src)], str(store), CompressOptions(max_abs_error=factor * step,
+                                                              variables=(v,)))  # fmt: skip
+            b = xr.open_dataset(decompress(str(store), str(out)))
+            x, y = a[v].values.astype(np.float64), b[v].values.astype(np.float64)
+            ok = np.isfinite(x)
+            np.testing.assert_array_equal(np.isfinite(y), ok)
+            coded = x.astype(np.float32).astype(np.float64)  # what the codec bounds: float32
+            assert np.abs(y[ok] - coded[ok]).max() <= factor * step
+            if factor < 0.45:
+                assert b[v].encoding["dtype"] == np.int16
+                np.testing.assert_array_equal(y[ok], x[ok])
+            else:
+                assert b[v].encoding["dtype"] == np.float32
+
+
 def test_compress_and_decompress_refuse_bad_input_in_one_line(tmp_path):
     import zarr
     from typer.testing import CliRunner

@@ -380,6 +380,21 @@ def _encoding(da: xr.DataArray) -> dict:
     return {k: v for k, v in da.encoding.items() if k in keep}
 
 
+def _output_encoding(encoding: dict, bound: float, mode: str) -> dict:
+    """The input's encoding for a decompressed variable, less its integer packing where packing
+    again could break the bound. Packing rounds to multiples of ``scale_factor``: values within
+    less than half a step of the input's own packed values (a pointwise bound below 0.45 of a
+    step) round back to exactly those, but a looser bound, or the patch mode, would move a value
+    by up to half a step more than the bound; those are written as float32 instead."""
+    if np.dtype(encoding.get("dtype", "float32")).kind not in "iu":
+        return encoding
+    step = abs(float(encoding.get("scale_factor", 1.0)))
+    if mode == "pointwise" and bound < 0.45 * step:
+        return encoding
+    packing = ("dtype", "scale_factor", "add_offset", "_FillValue")
+    return {k: v for k, v in encoding.items() if k not in packing}
+
+
 def _jsonable(d: dict) -> dict:
     out = {}
     for k, v in d.items():
@@ -437,7 +452,7 @@ def open_compressed(path: str, checkpoint: str | None = None) -> xr.Dataset:
         shape = info["shape"]
         data = fields[0] if len(shape) == 3 else dsa.stack(fields, axis=1).reshape(shape)
         var = xr.Variable(info["dims"], data, attrs=info["attrs"])
-        var.encoding.update(info["encoding"])
+        var.encoding.update(_output_encoding(info["encoding"], info["bound"], meta["mode"]))
         ds[v] = var
     ds = ds[[*meta["variables"], *(n for n in ds.data_vars if n not in meta["variables"])]]
     ds.attrs.pop(MARKER, None)
