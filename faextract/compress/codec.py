@@ -277,8 +277,16 @@ def _interpolated(values, valid, bound: float, mode: str, fill: float) -> list[b
 
 
 def _pointwise_parts(c: PointwiseCodes) -> list[bytes]:
+    """A pointwise correction's three parts: codes, exception index steps, exception values."""
     return [encode_bare(c.q), encode_bare(np.diff(c.exception_index, prepend=0)),
             c.exception_value.astype("<f4").tobytes()]  # fmt: skip
+
+
+def _pointwise_codes(block: _Block, parts: list[bytes]) -> PointwiseCodes:
+    """The correction :func:`_pointwise_parts` wrote, from those three parts of ``block``."""
+    q, idx, vals = parts
+    return PointwiseCodes(block.integers(q), np.cumsum(block.integers(idx)),
+                          np.frombuffer(vals, "<f4"))  # fmt: skip
 
 
 def _interpolation_codes(q: np.ndarray, valid: np.ndarray) -> bytes:
@@ -351,18 +359,15 @@ def decode_block(
         recon = interpolation_decode(codes, np.cumsum(ints(idx)), np.frombuffer(vals, "<f4"),
                                      valid, loose, block.value)  # fmt: skip
         if patches:
-            over, fq, fidx, fvals = parts[4:8]
-            fix = PointwiseCodes(ints(fq), np.cumsum(ints(fidx)), np.frombuffer(fvals, "<f4"))
-            return patch_fix_decode(recon, valid, np.cumsum(ints(over)), fix, block.bound)
+            fix = _pointwise_codes(block, parts[5:8])
+            return patch_fix_decode(recon, valid, np.cumsum(ints(parts[4])), fix, block.bound)
         return np.where(valid, recon, np.nan).astype(np.float32)
     if block.predictor == LEARNED:
         if predictor is None:
             raise DataError("this block was compressed with a model: give the compressor's checkpoint")
         x_hat, parts = predictor.decode(parts[:4], valid), parts[4:]
     if MODES[block.mode] == "pointwise":
-        q, idx, vals = parts[:3]
-        codes = PointwiseCodes(ints(q), np.cumsum(ints(idx)), np.frombuffer(vals, "<f4"))
-        return pointwise_decode(x_hat, valid, codes, block.bound)
+        return pointwise_decode(x_hat, valid, _pointwise_codes(block, parts[:3]), block.bound)
     pi, keep, coef, own, exact, exact_q, lossless, lvals = parts[:8]
     own = np.frombuffer(own, "<f4")  # the block's own basis (empty: the variable's shared one)
     codes = PatchCodes(

@@ -101,23 +101,18 @@ def patch_encode(
     a shared basis (:func:`fit_basis`; the decoder must be given the same one), else one is
     fitted on this block's residual patches and stored in the codes."""
     bound = check_bound(bound)
-    r = np.where(valid, x.astype(np.float64) - x_hat.astype(np.float64), 0.0)
-    rp, shape = _to_patches(r)
-    vp, _ = _to_patches(valid.astype(np.float64))
-    limit = vp.sum(axis=1) * bound**2  # squared error allowed per patch
-    sel = np.nonzero((rp**2).sum(axis=1) > limit)[0]
+    rp, limit = _residual_patches(x, x_hat, valid), _allowed(valid, bound)
+    sel = _over_limit(rp, limit)
     empty = np.zeros(0, dtype=np.int64)
     codes = PatchCodes(sel, empty, empty, np.zeros((0, 0), np.float32), empty, empty)
     if sel.size:
         codes = _correct(rp[sel], limit[sel], sel, bound, basis)
     out = patch_decode(x_hat, valid, codes, bound, basis)
     # the float32 result, checked: patches rounding past the bound are stored as they are
-    err = np.where(valid, out.astype(np.float64) - x, 0.0)
-    ep, _ = _to_patches(err)
-    miss = np.nonzero((ep**2).sum(axis=1) > limit)[0]
+    miss = _over_limit(_residual_patches(x, out, valid), limit)
     if miss.size:
         xp, _ = _to_patches(np.where(valid, x, 0.0).astype(np.float32))
-        codes.lossless, codes.values = miss.astype(np.int64), xp[miss].ravel()
+        codes.lossless, codes.values = miss, xp[miss].ravel()
         out = patch_decode(x_hat, valid, codes, bound, basis)
     return codes, out
 
@@ -177,12 +172,19 @@ def patch_decode(
     return out
 
 
-def _over(x: np.ndarray, x_hat: np.ndarray, valid: np.ndarray, bound: float) -> np.ndarray:
-    """Flat indices of the patches whose RMSE over their valid points exceeds ``bound``."""
-    r = np.where(valid, x.astype(np.float64) - x_hat.astype(np.float64), 0.0)
-    rp, _ = _to_patches(r)
-    vp, _ = _to_patches(valid.astype(np.float64))
-    return np.nonzero((rp**2).sum(axis=1) > vp.sum(axis=1) * bound**2)[0].astype(np.int64)
+def _residual_patches(x: np.ndarray, x_hat: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(N, 64)`` float64 patches of ``x - x_hat`` (0 off ``valid``)."""
+    return _to_patches(np.where(valid, x.astype(np.float64) - x_hat.astype(np.float64), 0.0))[0]
+
+
+def _allowed(valid: np.ndarray, bound: float) -> np.ndarray:
+    """``(N,)`` squared error allowed per patch: its valid points times ``bound**2``."""
+    return _to_patches(valid.astype(np.float64))[0].sum(axis=1) * bound**2
+
+
+def _over_limit(rp: np.ndarray, limit: np.ndarray) -> np.ndarray:
+    """Flat indices of the patches whose squared error exceeds their ``limit``."""
+    return np.nonzero((rp**2).sum(axis=1) > limit)[0].astype(np.int64)
 
 
 def patch_points(patches: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
@@ -202,7 +204,7 @@ def patch_fix_encode(
     a looser bound): ``(the patches that do not, the pointwise correction of their points to
     within bound, the float32 result)``; every patch of the result meets the bound."""
     bound = check_bound(bound)
-    over = _over(x, x_hat, valid, bound)
+    over = _over_limit(_residual_patches(x, x_hat, valid), _allowed(valid, bound))
     fix = valid & patch_points(over, x.shape)
     codes, fixed = pointwise_encode(x, x_hat, fix, bound)
     return over, codes, np.where(fix, fixed, np.where(valid, x_hat, np.nan)).astype(np.float32)

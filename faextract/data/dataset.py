@@ -178,7 +178,8 @@ class EpochBatches:
         self.epoch = int(epoch)
 
     def rank_items(self) -> list:
-        raise NotImplementedError
+        """This rank's items of the epoch, in order: each dataset says what its items are."""
+        raise NotImplementedError  # the datasets that mix this in define it
 
     def _rank_share(self, items: Sequence) -> list:
         """This rank's share of ``items`` in the epoch's order."""
