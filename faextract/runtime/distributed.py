@@ -84,8 +84,13 @@ def setup(device: torch.device | None = None) -> DistInfo:
     return info
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, *, wait: bool = False) -> None:
+    """Destroy the process group; ``wait`` first meets every rank at a barrier (a clean finish:
+    no rank tears its connections down while another still talks to it). Not after an error,
+    where the other ranks may never arrive."""
     if info.enabled and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

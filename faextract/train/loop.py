@@ -16,6 +16,7 @@ the job checkpoint at the next step and stop with status ``"preempted"``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ def train(
     info = distributed.setup(device)
     run_dir = Path(run_dir)
     stack = contextlib.ExitStack()
+    run = None
+    finished = False
     try:
         progress = stack.enter_context(Progress(plain=plain_progress, unit="batches"))
         if info.is_main:
@@ -71,10 +74,15 @@ def train(
             )
         run = _Run(config, run_dir, device, info, progress, resume)
         status = run.fit()
+        finished = True
         return TrainResult(status, run.epoch, run.step, run.best_val, run.last_val, str(run_dir))
     finally:
+        # DDP's reducer holds the process group: free the run (and its threads' work) before the
+        # group goes, or a later collection at interpreter exit aborts gloo's worker threads.
+        del run
+        gc.collect()
         stack.close()
-        distributed.teardown(info)
+        distributed.teardown(info, wait=finished)
 
 
 def _claim_run_dir(config: Config, run_dir: Path, resume: bool, overwrite: bool, stack) -> None:
