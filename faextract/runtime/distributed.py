@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+
+#: Seconds a finished rank waits for the others at shutdown before it goes anyway.
+TEARDOWN_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,13 @@ def teardown(info: DistInfo, *, wait: bool = False) -> None:
     where the other ranks may never arrive."""
     if info.enabled and dist.is_initialized():
         if wait:
-            dist.barrier()
+            try:
+                if dist.get_backend() == "gloo":  # bounded: a rank that never comes is named
+                    dist.monitored_barrier(timeout=timedelta(seconds=TEARDOWN_TIMEOUT_S))
+                else:
+                    dist.barrier()
+            except RuntimeError as err:  # the job's exit status tells; do not hang on it
+                print(f"rank {info.rank}: ranks did not meet before shutdown: {err}", flush=True)
         dist.destroy_process_group()
 
 
