@@ -14,7 +14,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
 #: Seconds a finished rank waits for the others at shutdown before it goes anyway.
 TEARDOWN_TIMEOUT_S = 300
 
