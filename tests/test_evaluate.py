@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import xarray as xr
 from typer.testing import CliRunner
 
 from faextract.cli import app
@@ -218,6 +219,31 @@ def test_cli_end_to_end(stores, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_field_cells_sets_the_grid_of_the_eof_baseline(stores, tmp_path):
+    """The EOF baseline and targets come from the anomaly field at the resolution asked for;
+    the report says which (coarser fields drop small-scale noise: other EOFs, other scores)."""
+    pytest.importorskip("sklearn")
+    cube, root = stores
+    H, W = xr.open_dataset(cube).sst.shape[-2:]
+    reports = {}
+    for cells in (4096, 72):
+        out = tmp_path / f"r{cells}"
+        r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out", str(out),
+                                "--eof-targets", "2", "--folds", "3", "--field-cells", str(cells)])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        reports[cells] = json.loads((out / "report.json").read_text())
+    assert reports[4096]["field_grid"] == [H, W]
+    f = int(np.ceil(np.sqrt(H * W / 72)))
+    h, w = -(-H // f), -(-W // f)
+    assert reports[72]["field_grid"] == [h, w] and h * w <= 72 < H * W
+    assert f"{h} x {w} anomaly field" in (tmp_path / "r72" / "report.md").read_text()
+    fine, coarse = (reports[c]["baselines"]["eof"]["probe"]["sst_pc1"]["0"] for c in (4096, 72))
+    assert fine != coarse
+    bad = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out",
+                              str(tmp_path / "bad"), "--field-cells", "0"])  # fmt: skip
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
 
 
 def test_bad_input_is_one_line(stores, tmp_path):

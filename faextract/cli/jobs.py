@@ -257,6 +257,14 @@ def evaluate(
         int, typer.Option(help="Leading EOF PCs of each variable probed as targets.", min=0)
     ] = 5,
     folds: Annotated[int, typer.Option(help="Contiguous held-out time blocks.", min=2)] = 5,
+    field_cells: Annotated[
+        int,
+        typer.Option(
+            help="At most this many cells per variable (block means) in the anomaly field the "
+            "EOF and random baselines and the EOF targets are computed on.",
+            min=1,
+        ),
+    ] = 4096,
     tiles: Annotated[
         str, typer.Option(help="Tiled embeddings as features: concat or mean over tiles.")
     ] = "concat",
@@ -277,6 +285,7 @@ def evaluate(
         eof_targets=eof_targets,
         folds=folds,
         tiles=tiles,
+        max_cells=field_cells,
         overwrite=overwrite,
     )
     with Progress(unit="steps") as progress:

@@ -63,6 +63,7 @@ class Report:
     baselines: dict[str, FeatureReport]
     stability: dict
     created: str = ""
+    field_grid: tuple[int, int] = (0, 0)  # lat x lon cells per variable of the anomaly field
 
     def to_json(self) -> dict:
         from faextract import __version__
@@ -101,6 +102,7 @@ class Report:
                 "stores": stores,
                 "baselines": baselines,
                 "stability": self.stability,
+                "field_grid": list(self.field_grid),
             }
         )
 
@@ -171,7 +173,9 @@ def markdown(report: Report) -> str:
     text = "# faextract evaluation\n\n"
     text += (
         f"Inputs: {', '.join(report.inputs)}. Held-out R² of ridge probes, {report.folds} "
-        "contiguous time blocks, a gap of one window + lead between training and test rows.\n\n"
+        "contiguous time blocks, a gap of one window + lead between training and test rows. "
+        f"EOF and random baselines and EOF targets on a {report.field_grid[0]} x "
+        f"{report.field_grid[1]} anomaly field per variable.\n\n"
     )
     text += head + "\n".join(rows) + "\n"
     if report.stability.get("paths") and len(report.stability["paths"]) > 1:

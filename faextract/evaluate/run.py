@@ -41,7 +41,7 @@ class EvaluateOptions:
     folds: int = 5
     tiles: str = "concat"  # how spatially tiled embeddings become features: concat or mean
     regimes: tuple[int, ...] = (4, 5, 6, 7, 8)
-    max_cells: int = MAX_CELLS
+    max_cells: int = MAX_CELLS  # cells per variable of the anomaly field (EOFs, baselines)
     overwrite: bool = False
 
 
@@ -178,6 +178,7 @@ def evaluate(
         baselines=baselines,
         stability={"paths": [s.path for s in loaded], "cka": cka if n else []},
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        field_grid=tuple(int(v) for v in data.coarse_shape),
     )
     if present:
         remove_output(out)
@@ -194,6 +195,8 @@ def _check_options(stores: Sequence[str], opts: EvaluateOptions) -> None:
         raise DataError("nothing to probe: give an --index or keep --eof-targets above 0")
     if opts.folds < 2:
         raise DataError(f"--folds must be at least 2, got {opts.folds}")
+    if opts.max_cells < 1:
+        raise DataError(f"--field-cells must be at least 1, got {opts.max_cells}")
 
 
 def _store_report(s, shaken, targets, data, opts: EvaluateOptions) -> StoreReport:
