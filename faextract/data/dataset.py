@@ -13,6 +13,7 @@ the DataLoader passes them on as they are (``batch_size=None``).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import os
@@ -159,7 +160,7 @@ class CubeItems(IterableDataset):
         return items if info is None else items[info.id :: info.num_workers]
 
 
-class EpochBatches:
+class EpochBatches(abc.ABC):
     """How a training dataset walks its items in an epoch: a permutation that is a function
     of ``(seed, epoch)`` when ``shuffle``, shared across distributed ranks (``drop_uneven``
     gives every rank the same number: DDP deadlocks when ranks take different numbers of
@@ -177,9 +178,9 @@ class EpochBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @abc.abstractmethod
     def rank_items(self) -> list:
         """This rank's items of the epoch, in order: each dataset says what its items are."""
-        raise NotImplementedError  # the datasets that mix this in define it
 
     def _rank_share(self, items: Sequence) -> list:
         """This rank's share of ``items`` in the epoch's order."""
