@@ -38,6 +38,7 @@ def test_train_writes_a_self_describing_checkpoint(tmp_path, tiny_config):
     assert {r["kind"] for r in rows} == {"train", "val"}
     val = [r for r in rows if r["kind"] == "val"]
     assert all(float(r["persistence"]) > 0 and float(r["climatology"]) > 0 for r in val)
+    assert all(math.isfinite(float(r["embedding"])) and float(r["embedding"]) > 0 for r in val)
     assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "best.pt").exists()
 
 
@@ -269,3 +270,29 @@ def test_a_second_run_in_a_busy_run_directory_is_refused(tmp_path, tiny_config):
     (run / ".faextract-lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7}))
     assert train(tiny_config("train.epochs=1"), run, plain_progress=True).status == "finished"
     assert not (run / ".faextract-lock").exists()
+
+
+def test_validation_embedding_loss_is_the_training_term(tiny_config):
+    """The validation's ``embedding`` is the objective's embedding term on the same windows
+    (what shows z memorizing a short training range while the spatial decoders improve)."""
+    import contextlib
+
+    from faextract.data.batch import WindowBatch
+    from faextract.models.autoencoder import ClimateAutoencoder
+    from faextract.runtime.distributed import DistInfo
+    from faextract.train.evaluation import validate
+    from faextract.train.losses import compute_losses
+
+    torch.manual_seed(0)
+    model = ClimateAutoencoder(2, filters=8, stem_channels=8, embedding_dim=4, downsample=1,
+                               embedding_grid=(2, 4), embedding_horizon=2).eval()  # fmt: skip
+    B, T, H, W = 2, 5, 8, 16
+    mask = torch.rand(B, T, 2, H, W) > 0.1
+    x = torch.randn(B, T, 2, H, W) * mask
+    batch = WindowBatch(x=x, mask=mask, phase=torch.rand(B, T), time=torch.arange(T).repeat(B, 1),
+                        lat=torch.linspace(-60, 60, H).repeat(B, 1), index=torch.arange(B))  # fmt: skip
+    metrics = validate(model, [batch], torch.device("cpu"), DistInfo(), contextlib.nullcontext())
+    with torch.no_grad():
+        _, parts = compute_losses(model.eval(), batch, tiny_config(), cluster_on=False)
+    assert metrics["embedding"] == pytest.approx(float(parts["embedding"]), rel=1e-5)
+    assert 0 < metrics["embedding"] < 10

@@ -5,19 +5,24 @@ from __future__ import annotations
 import torch
 
 from faextract.runtime import distributed
-from faextract.train.losses import weighted_sse
+from faextract.train.losses import embedding_loss, weighted_sse
 
 
 @torch.no_grad()
 def validate(model, loader, device, info, amp) -> dict:
-    """Validation MSEs of the model and of the climatology and persistence baselines.
+    """Validation MSEs of the model and of the climatology and persistence baselines, and
+    the embedding decoder's loss (``embedding``, as in training: the pooled fields at t .. t+K
+    decoded from z_t alone; on a short record it is what shows z memorizing the training
+    range while the spatial decoders still improve).
 
-    All are computed on steps t >= 1 where both x_t and x_{t-1} are valid, so every number
-    compares the same cells. Climatology predicts 0 in normalized units (the climatological
-    mean, when the statistics include a climatology; otherwise the channel mean).
+    The MSEs are computed on steps t >= 1 where both x_t and x_{t-1} are valid, so every
+    number compares the same cells. Climatology predicts 0 in normalized units (the
+    climatological mean, when the statistics include a climatology; otherwise the channel
+    mean). ``embedding`` is the mean over validation batches.
     """
     model.eval()
     sums = {k: None for k in ("recon", "forecast", "climatology", "persistence", "weight")}
+    emb = torch.zeros(2, device=device)  # sum of batch losses, batches
 
     def add(key, value):
         sums[key] = value if sums[key] is None else sums[key] + value
@@ -37,14 +42,18 @@ def validate(model, loader, device, info, amp) -> dict:
         sse, w = weighted_sse(x[:, :-1], tgt, m, lat)
         add("persistence", sse)
         add("weight", w)
+        emb += torch.stack([embedding_loss(out.coarse.float(), x, mask), emb.new_ones(())])
     model.train()
     if sums["weight"] is None:
         return {}
     keys = [k for k, v in sums.items() if v is not None]
     packed = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys]), info)
+    emb = distributed.all_reduce_sum(emb, info)
     res = dict(zip(keys, packed, strict=True))
     w = res.pop("weight").clamp(min=1e-12)
-    return {k: float((v / w).mean()) for k, v in res.items()}
+    metrics = {k: float((v / w).mean()) for k, v in res.items()}
+    metrics["embedding"] = float(emb[0] / emb[1].clamp(min=1.0))
+    return metrics
 
 
 @torch.no_grad()

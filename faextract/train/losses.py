@@ -69,6 +69,24 @@ def decorrelation(z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.T
     return torch.relu(1.0 - std).mean() + off.pow(2).sum() / x.shape[1]
 
 
+def embedding_loss(coarse: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The embedding decoder's loss: ``coarse (B, T, K + 1, C, gh, gw)``, the fields at t .. t+K
+    decoded from z_t, against ``x (B, T, C, H, W)`` pooled on the same grid (``mask`` alike).
+
+    The present state and the future count half each: with the horizons averaged alike, z kept
+    what is predictable and dropped the rest of the present (leading EOFs of the fields'
+    noise), which users compare."""
+    target, valid = coarse_target(x, mask, tuple(coarse.shape[-2:]))
+    no_area = torch.zeros(x.shape[0], target.shape[-2], device=x.device)  # pooled already
+    T = x.shape[1]
+    horizons = [
+        masked_mse(coarse[:, : T - k, k], target[:, k:], valid[:, k:], no_area)
+        for k in range(min(coarse.shape[2], T))
+    ]
+    now, ahead = horizons[0], horizons[1:]
+    return 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
+
+
 def compute_losses(model, batch, config, cluster_on: bool):
     """Forward one :class:`~faextract.data.batch.WindowBatch`; returns (total loss, dict of
     parts) on the batch's device. ``config`` is the run's :class:`~faextract.config.Config`."""
@@ -83,18 +101,7 @@ def compute_losses(model, batch, config, cluster_on: bool):
     if out.forecast is not None and x.shape[1] > 1:
         parts["forecast"] = masked_mse(out.forecast[:, :-1], x[:, 1:], mask[:, 1:], lat)
         total = total + parts["forecast"]
-    # The embedding decoder: pooled fields at t .. t+K from z_t. The present state and the
-    # future count half each: with the horizons averaged alike, z kept what is predictable and
-    # dropped the rest of the present (leading EOFs of the fields' noise), which users compare.
-    target, valid = coarse_target(x, mask, tuple(out.coarse.shape[-2:]))
-    no_area = torch.zeros(lat.shape[0], target.shape[-2], device=lat.device)  # pooled already
-    T = x.shape[1]
-    horizons = [
-        masked_mse(out.coarse[:, : T - k, k], target[:, k:], valid[:, k:], no_area)
-        for k in range(min(out.coarse.shape[2], T))
-    ]
-    now, ahead = horizons[0], horizons[1:]
-    parts["embedding"] = 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
+    parts["embedding"] = embedding_loss(out.coarse, x, mask)
     total = total + config.model.embedding_loss_weight * parts["embedding"]
     if config.model.decorrelation_weight > 0:
         parts["decorrelation"] = decorrelation(out.embeddings, step_valid)
