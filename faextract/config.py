@@ -77,7 +77,7 @@ class ModelConfig:
     # Pool the last hidden state onto this lat x lon grid (capped at the latent grid) before
     # the linear map to z, so z knows where anomalies are; null = global mean and max pooling,
     # with which a planted ENSO box was not linearly recoverable (held-out R² ~0).
-    head_grid: list[int] | None = field(default_factory=lambda: [8, 16])
+    head_grid: list[int] | None = field(default_factory=lambda: [18, 36])
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
