@@ -1,19 +1,28 @@
 """One command for a short GPU loan: every GPU measurement faextract reports, in one run.
 
-    python benchmarks/gpu_suite.py              # on a GPU node: under ~8 minutes on one H100
-    python benchmarks/gpu_suite.py --smoke      # rehearsal on a CPU: tiny sizes, ~2 minutes
+    python benchmarks/gpu_suite.py              # on a GPU node
+    python benchmarks/gpu_suite.py --smoke      # rehearsal on a CPU: tiny sizes, ~3 minutes
+    python benchmarks/gpu_suite.py --parts tests,cells --budget-s 400   # what a short loan allows
+
+The parts run in the order given (default: tests, cells, scan, embed, compiled: correctness
+first, the costly ``torch.compile`` rows last); a part is not started once ``--budget-s`` has
+passed, and each measured row is also printed as it comes (``row: ...``), so a run cut off at
+its time limit still leaves what it measured in its log.
 
 Prints, each comparison measured in its own process (one process per row, so no row inherits
 another's allocator state or compiled code):
 
-1. cells forward+backward: ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (with the Triton
-   mixing and gate-path kernels when triton is installed, and without them) and
-   compiled, fp32 and bf16
-   autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters);
-   ratios against ConvLSTM2D of the same dtype and size;
-2. the scan cells (``bench_scan.py``) and embed end to end against the model alone
-   (``bench_embed.py``), on the same device;
-3. the GPU tests (``pytest -m gpu``).
+- ``tests``: the GPU tests (``pytest -m gpu``);
+- ``cells``: forward+backward of ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (with the
+  Triton mixing and gate-path kernels when triton is installed, and without them), fp32 and
+  bf16 autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters); ratios
+  against ConvLSTM2D of the same dtype and size;
+- ``profile``: where FAConvLSTM2D's eager step spends its time: the profiler's top kernels
+  (fp32 and bf16, largest size), to choose the next kernel to fuse;
+- ``scan``: the scan cells (``bench_scan.py``); ``embed``: embed end to end against the model
+  alone (``bench_embed.py``), on the same device;
+- ``compiled``: FAConvLSTM2D under ``torch.compile``, same sizes, against the ``cells`` part's
+  ConvLSTM2D (measured again when ``cells`` did not run).
 
 ``--smoke`` runs the same code on the CPU at tiny sizes with one repeat (the fp32 "eager"
 FAConvLSTM2D row through Triton's interpreter, so the kernels run end to end), so that the
@@ -35,12 +44,13 @@ sys.path.insert(0, str(HERE))
 
 SIZES = [(4, 64, 64), (32, 64, 64), (4, 181, 360)]  # (B, H, W)
 SMOKE_SIZES = [(2, 16, 16)]
-VARIANTS = [  # (cell, mode): eager uses the Triton kernels on CUDA when triton is installed
-    ("ConvLSTM2D", "eager"),
-    ("FAConvLSTM2D", "eager, no Triton"),
-    ("FAConvLSTM2D", "eager"),
-    ("FAConvLSTM2D", "compiled"),
-]
+BASE = ("ConvLSTM2D", "eager")
+VARIANTS = {  # part -> (cell, mode); eager uses the Triton kernels on CUDA when triton is there
+    "cells": [BASE, ("FAConvLSTM2D", "eager, no Triton"), ("FAConvLSTM2D", "eager")],
+    "compiled": [("FAConvLSTM2D", "compiled")],
+}
+PARTS = ["tests", "cells", "profile", "scan", "embed", "compiled"]
+ROW_TIMEOUT_S = 240  # one row's process (a torch.compile of 12 steps included)
 
 
 def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str, repeat: int):
@@ -80,28 +90,75 @@ def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
     print(json.dumps({"frames_per_s": B * T / seconds}))
 
 
-def cells_table(device: str, sizes, repeat: int) -> str:
-    from _common import device_label, in_child, table
+def profile(dtype: str, B: int, H: int, W: int, device: str) -> None:
+    """The profiler's top kernels of one FAConvLSTM2D forward+backward (after two warm-ups)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from faextract.models import FAConvLSTM2D
+
+    smoke = device == "cpu"
+    T, C, F = (4, 4, 8) if smoke else (12, 8, 64)
+    layer = FAConvLSTM2D(filters=F, kernel_size=3, padding="same", data_format="channels_first",
+                         return_sequences=True, in_channels=C).to(device)  # fmt: skip
+    x = torch.randn(B, T, C, H, W, device=device)
+    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step():
+        with amp:
+            y = layer(x)
+        y.float().square().mean().backward()
+
+    for _ in range(2):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(f"FAConvLSTM2D eager, {dtype}, B={B} {H}x{W}, T={T}: one forward+backward")
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
+
+
+def measure(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
+            repeat: int) -> float:
+    """Frames/s of one row, measured in its own process."""
+    argv = [__file__, "--child", cell, mode, dtype, str(B), str(H), str(W), device, str(repeat)]
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True,
+                         timeout=ROW_TIMEOUT_S, cwd=ROOT)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])["frames_per_s"]
+
+
+def cells_table(part: str, device: str, sizes, repeat: int, bases: dict) -> str:
+    """One table of ``VARIANTS[part]``; ``bases`` holds ConvLSTM2D's rate per (size, dtype)."""
+    from _common import device_label, table
 
     rows = []
     for B, H, W in sizes:
         for dtype in ("fp32", "bf16"):
-            base = None
-            for cell, mode in VARIANTS:
-                argv = [__file__, "--child", cell, mode, dtype, str(B), str(H),
-                        str(W), device, str(repeat)]  # fmt: skip
+            key = (B, H, W, dtype)
+            variants = VARIANTS[part]
+            if key not in bases and BASE not in variants:
+                variants = [BASE, *variants]
+            for cell, mode in variants:
+                row = dict(size=f"B={B} {H}x{W}", dtype=dtype, cell=cell, mode=mode)
                 try:
-                    rate = in_child(argv)["frames_per_s"]
+                    rate = measure(cell, mode, dtype, B, H, W, device, repeat)
                 except subprocess.CalledProcessError as err:  # report, do not lose the run
                     tail = (err.stderr or "").strip().splitlines()[-1:] or ["failed"]
-                    rows.append(dict(size=f"B={B} {H}x{W}", dtype=dtype, cell=cell, mode=mode,
-                                     note=tail[0][:60]))  # fmt: skip
-                    continue
-                base = base or rate
-                rows.append(dict(
-                    size=f"B={B} {H}x{W}", dtype=dtype, cell=cell, mode=mode,
-                    **{"fwd+bwd frames/s": f"{rate:,.0f}", "vs ConvLSTM2D": f"{rate / base:.2f}x"},
-                ))  # fmt: skip
+                    row["note"] = tail[0][:60]
+                except subprocess.TimeoutExpired:
+                    row["note"] = f"timed out after {ROW_TIMEOUT_S}s"
+                else:
+                    if (cell, mode) == BASE:
+                        bases[key] = rate
+                    base = bases.get(key)
+                    row["fwd+bwd frames/s"] = f"{rate:,.0f}"
+                    row["vs ConvLSTM2D"] = f"{rate / base:.2f}x" if base else ""
+                print("row:", json.dumps(row), flush=True)
+                rows.append(row)
     cols = ["size", "dtype", "cell", "mode", "fwd+bwd frames/s", "vs ConvLSTM2D", "note"]
     return table(rows, cols, f"Cells forward+backward, one process per row ({device_label(device)})")
 
@@ -121,11 +178,23 @@ def run_script(args: list[str], timeout: int) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (a rehearsal)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"comma-separated, run in this order (default {','.join(PARTS)})")  # fmt: skip
+    ap.add_argument("--budget-s", type=float, default=float("inf"),
+                    help="start no further part once this many seconds have passed")  # fmt: skip
     ap.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.profile_child:
+        c = args.profile_child
+        return profile(c[0], *map(int, c[1:4]), c[4])
     if args.child:
         c = args.child
         return child(c[0], c[1], c[2], *map(int, c[3:6]), c[6], int(c[7]))
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; expected some of {', '.join(PARTS)}")
     import torch
 
     device = "cpu" if args.smoke else "cuda"
@@ -133,13 +202,29 @@ def main() -> None:
         sys.exit("gpu_suite: no CUDA device here; use --smoke to rehearse on the CPU")
     start = time.perf_counter()
     if device == "cuda":
-        print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})")
-    print(cells_table(device, SMOKE_SIZES if args.smoke else SIZES, 1 if args.smoke else 10),
-          flush=True)  # fmt: skip
+        print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
     quick = ["--quick"] if args.smoke else []
-    print(run_script(["benchmarks/bench_scan.py", "--device", device, "--rounds", "1", *quick], 240), flush=True)
-    print(run_script(["benchmarks/bench_embed.py", "--device", device, *quick], 300), flush=True)
-    print(run_script(["-m", "pytest", "-q", "-m", "gpu", "tests"], 240), flush=True)
+    sizes, repeat = (SMOKE_SIZES, 1) if args.smoke else (SIZES, 10)
+    bases: dict = {}
+    for part in parts:
+        elapsed = time.perf_counter() - start
+        if elapsed > args.budget_s:
+            print(f"\ngpu_suite: part {part} not started ({elapsed:.0f}s > --budget-s)")
+            continue
+        print(f"\n== {part} ({elapsed:.0f}s)", flush=True)
+        if part in VARIANTS:
+            out = cells_table(part, device, sizes, repeat, bases)
+        elif part == "profile":
+            B, H, W = sizes[-1]
+            out = "".join(run_script([__file__, "--profile-child", dtype, str(B), str(H), str(W),
+                                      device], 120) for dtype in ("fp32", "bf16"))  # fmt: skip
+        elif part == "tests":
+            out = run_script(["-m", "pytest", "-q", "-m", "gpu", "tests"], 240)
+        elif part == "scan":
+            out = run_script(["benchmarks/bench_scan.py", "--device", device, "--rounds", "1", *quick], 240)
+        else:
+            out = run_script(["benchmarks/bench_embed.py", "--device", device, *quick], 300)
+        print(out, flush=True)
     print(f"\ngpu_suite: {time.perf_counter() - start:.0f}s in all")
 
 
