@@ -37,6 +37,9 @@ SUMS = 7
 
 
 if triton is not None:
+    # A kernel reads a module global only when it is a constexpr (the compiler refuses a plain
+    # int; Triton's interpreter does not check this: tests/test_triton_compile.py does).
+    _SUMS = tl.constexpr(SUMS)
 
     @triton.jit
     def _gated(m_ptr, g_ptr, n, Bn, HW, KB: tl.constexpr, BLOCK: tl.constexpr):
@@ -110,7 +113,7 @@ if triton is not None:
             tl.store(rows + F * Bn, tl.sum(gm * dzf[None, :], axis=1), mask=chans)
             tl.store(rows + 2 * F * Bn, tl.sum(gm * dzc[None, :], axis=1), mask=chans)
             tl.store(rows + 3 * F * Bn, tl.sum(gm * dzo[None, :], axis=1), mask=chans)
-            store_sums(sums_ptr + (prog * F + f) * SUMS, dzi, dzf, dzc, dzo, c, cn)
+            store_sums(sums_ptr + (prog * F + f) * _SUMS, dzi, dzf, dzc, dzo, c, cn)
         gains = tl.load(g_ptr + n * Bn + ks, mask=chans, other=0.0).to(tl.float32)
         both = chans[:, None] & cells[None, :]
         tl.store(dm_ptr + n * Bn * HW + ks[:, None] * HW + offs[None, :],
