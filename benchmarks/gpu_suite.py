@@ -13,19 +13,19 @@ Prints, each comparison measured in its own process (one process per row, so no 
 another's allocator state or compiled code):
 
 - ``tests``: the GPU tests (``pytest -m gpu``);
-- ``cells``: forward+backward of ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (with the
-  Triton mixing and gate-path kernels when triton is installed, and without them), fp32 and
+- ``cells``: forward+backward of ConvLSTM2D (cuDNN) against FAConvLSTM2D eager (PyTorch's
+  path, the default, and with the opt-in Triton kernels, ``FAEXTRACT_TRITON=1``), fp32 and
   bf16 autocast, at B=4 and B=32 on 64x64 and B=4 on 181x360 (T=12, C=8, 64 filters); ratios
   against ConvLSTM2D of the same dtype and size;
 - ``profile``: where FAConvLSTM2D's eager step spends its time: the profiler's top kernels
-  (fp32 and bf16, largest size), to choose the next kernel to fuse;
+  (fp32 and bf16, largest size; PyTorch's path, then the Triton kernels in fp32);
 - ``scan``: the scan cells (``bench_scan.py``); ``embed``: embed end to end against the model
   alone (``bench_embed.py``), on the same device;
 - ``compiled``: FAConvLSTM2D under ``torch.compile``, same sizes, against the ``cells`` part's
   ConvLSTM2D (measured again when ``cells`` did not run).
 
-``--smoke`` runs the same code on the CPU at tiny sizes with one repeat (the fp32 "eager"
-FAConvLSTM2D row through Triton's interpreter, so the kernels run end to end), so that the
+``--smoke`` runs the same code on the CPU at tiny sizes with one repeat (the fp32 "eager,
+Triton" FAConvLSTM2D row through Triton's interpreter, so the kernels run end to end), so that the
 suite is known to work before a GPU is spent on it; its numbers mean nothing.
 """
 
@@ -45,8 +45,8 @@ sys.path.insert(0, str(HERE))
 SIZES = [(4, 64, 64), (32, 64, 64), (4, 181, 360)]  # (B, H, W)
 SMOKE_SIZES = [(2, 16, 16)]
 BASE = ("ConvLSTM2D", "eager")
-VARIANTS = {  # part -> (cell, mode); eager uses the Triton kernels on CUDA when triton is there
-    "cells": [BASE, ("FAConvLSTM2D", "eager, no Triton"), ("FAConvLSTM2D", "eager")],
+VARIANTS = {  # part -> (cell, mode); "eager, Triton": FAEXTRACT_TRITON=1 (opt-in kernels)
+    "cells": [BASE, ("FAConvLSTM2D", "eager"), ("FAConvLSTM2D", "eager, Triton")],
     "compiled": [("FAConvLSTM2D", "compiled")],
 }
 PARTS = ["tests", "cells", "profile", "scan", "embed", "compiled"]
@@ -57,9 +57,8 @@ def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
     """Forward+backward frames/s of one cell (T=12, C=8, 64 filters; smoke: T=4, 8 filters)."""
     import os
 
-    if mode == "eager, no Triton":
-        os.environ["FAEXTRACT_TRITON"] = "0"
-    elif mode == "eager" and device == "cpu" and dtype == "fp32":
+    os.environ["FAEXTRACT_TRITON"] = "1" if mode == "eager, Triton" else "0"
+    if mode == "eager, Triton" and device == "cpu" and dtype == "fp32":
         # the rehearsal runs the Triton kernels through the interpreter (which has no bf16)
         os.environ.setdefault("TRITON_INTERPRET", "1")
     compiled = mode == "compiled"
@@ -90,8 +89,13 @@ def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
     print(json.dumps({"frames_per_s": B * T / seconds}))
 
 
-def profile(dtype: str, B: int, H: int, W: int, device: str) -> None:
+def profile(dtype: str, B: int, H: int, W: int, device: str, mode: str) -> None:
     """The profiler's top kernels of one FAConvLSTM2D forward+backward (after two warm-ups)."""
+    import os
+
+    os.environ["FAEXTRACT_TRITON"] = "1" if mode == "Triton" else "0"
+    if mode == "Triton" and device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -118,7 +122,7 @@ def profile(dtype: str, B: int, H: int, W: int, device: str) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    print(f"FAConvLSTM2D eager, {dtype}, B={B} {H}x{W}, T={T}: one forward+backward")
+    print(f"FAConvLSTM2D eager ({mode}), {dtype}, B={B} {H}x{W}, T={T}: one forward+backward")
     print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
 
 
@@ -180,14 +184,16 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (a rehearsal)")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"comma-separated, run in this order (default {','.join(PARTS)})")  # fmt: skip
+    ap.add_argument("--sizes", help="cells sizes as BxHxW,... (default: "
+                    + ",".join("x".join(map(str, s)) for s in SIZES) + ")")  # fmt: skip
     ap.add_argument("--budget-s", type=float, default=float("inf"),
                     help="start no further part once this many seconds have passed")  # fmt: skip
     ap.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
-    ap.add_argument("--profile-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.profile_child:
         c = args.profile_child
-        return profile(c[0], *map(int, c[1:4]), c[4])
+        return profile(c[0], *map(int, c[1:4]), c[4], c[5])
     if args.child:
         c = args.child
         return child(c[0], c[1], c[2], *map(int, c[3:6]), c[6], int(c[7]))
@@ -205,6 +211,13 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})", flush=True)
     quick = ["--quick"] if args.smoke else []
     sizes, repeat = (SMOKE_SIZES, 1) if args.smoke else (SIZES, 10)
+    if args.sizes:
+        try:
+            sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+        except ValueError:
+            sizes = []
+        if not sizes or any(len(size) != 3 for size in sizes):
+            ap.error(f"--sizes {args.sizes!r}: expected BxHxW[,BxHxW...], e.g. 4x181x360")
     bases: dict = {}
     for part in parts:
         elapsed = time.perf_counter() - start
@@ -216,8 +229,9 @@ def main() -> None:
             out = cells_table(part, device, sizes, repeat, bases)
         elif part == "profile":
             B, H, W = sizes[-1]
+            runs = [("fp32", "PyTorch"), ("bf16", "PyTorch"), ("fp32", "Triton")]
             out = "".join(run_script([__file__, "--profile-child", dtype, str(B), str(H), str(W),
-                                      device], 120) for dtype in ("fp32", "bf16"))  # fmt: skip
+                                      device, mode], 120) for dtype, mode in runs)  # fmt: skip
         elif part == "tests":
             out = run_script(["-m", "pytest", "-q", "-m", "gpu", "tests"], 240)
         elif part == "scan":

@@ -31,9 +31,10 @@ def test_cells_on_cuda_bf16_match_cpu(name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_lstm_step_on_cuda_matches_the_reference(dtype):
+def test_triton_lstm_step_on_cuda_matches_the_reference(dtype, monkeypatch):
     """The compiled Triton kernels (not the interpreter) on the GPU, forward and backward."""
     pytest.importorskip("triton")
+    monkeypatch.setenv("FAEXTRACT_TRITON", "1")
     from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
     from faextract.models.triton_step import covers
 
@@ -52,7 +53,10 @@ def test_triton_lstm_step_on_cuda_matches_the_reference(dtype):
     g = torch.autograd.grad((h.float() + cn.float()).sum(), [z, c, peep, bias])
     g_r = torch.autograd.grad((h_r + cn_r).sum(), [zf, cf, peep, bias])
     for a, b in zip(g, g_r, strict=True):
-        torch.testing.assert_close(a.float(), b, **(tol if a.dtype == dtype else dict(rtol=1e-3, atol=1e-3)))
+        if a.dtype == dtype:
+            torch.testing.assert_close(a.float(), b, **tol)
+        else:  # float32 parameter grads: sums over the grid of per-cell bf16-rounded terms
+            assert (a - b).norm() / b.norm() < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.parametrize("periodic", [False, True])

@@ -137,12 +137,16 @@ for kw in [dict(), dict(se=False), dict(multiscale=False), dict(periodic=True, a
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+del os.environ["FAEXTRACT_TRITON"]  # opt-in: unset means the PyTorch path
+before = calls["n"]
+cell(x)
+assert calls["n"] == before, "the kernels run only with FAEXTRACT_TRITON=1"
 print("ok")
 """
 
 
 def _interpreted(code: str) -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FAEXTRACT_TRITON": "1"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

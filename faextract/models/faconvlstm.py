@@ -228,9 +228,9 @@ class FAConvLSTM2D(RecurrentConv2D):
 
     # -- computation ----------------------------------------------------------------------
     def _mix(self, u: torch.Tensor) -> torch.Tensor:
-        """Spatial mixing of the gate features ``(N, ch, H, W)``: on CUDA with triton (and
-        under Triton's interpreter) the shared and dilated stencils and the squeeze-and-
-        excitation sums in one kernel (:mod:`faextract.models.triton_mix`)."""
+        """Spatial mixing of the gate features ``(N, ch, H, W)``: with ``FAEXTRACT_TRITON=1`` on
+        CUDA (and under Triton's interpreter) the shared and dilated stencils and the squeeze-
+        and-excitation sums in one kernel (:mod:`faextract.models.triton_mix`)."""
         if self._triton_covers(u):
             m, gains = self._mix_triton(u)
             return m if gains is None else m * gains[:, :, None, None].to(m.dtype)
@@ -244,9 +244,11 @@ class FAConvLSTM2D(RecurrentConv2D):
 
     def _triton_covers(self, u: torch.Tensor) -> bool:
         """Whether the factorized gate path runs as Triton kernels for ``u``: CUDA tensors with
-        triton installed (CPU ones under Triton's interpreter), see
+        triton installed and ``FAEXTRACT_TRITON=1`` (CPU ones under Triton's interpreter), see
         :func:`~faextract.models.triton_step.covers`."""
-        if not self.factorized or not (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        if not self.factorized or os.environ.get("FAEXTRACT_TRITON") != "1":
+            return False
+        if not (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             return False
         from faextract.models import triton_mix  # imports triton: only where it may run
 

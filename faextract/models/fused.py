@@ -6,8 +6,8 @@ cell on the CPU (``benchmarks/bench_cells.py``). Two implementations of the same
 
 - float32 on the CPU: the C kernels of :mod:`faextract.models.kernels`, one pass forward and one
   backward (the backward recomputes the activations from ``z`` and ``c``);
-- float32 or bfloat16 on CUDA with triton installed: the same two passes as Triton kernels
-  (:mod:`faextract.models.triton_step`; ``FAEXTRACT_TRITON=0`` turns them off);
+- float32 or bfloat16 on CUDA with triton installed and ``FAEXTRACT_TRITON=1``: the same two
+  passes as Triton kernels (:mod:`faextract.models.triton_step`);
 - everywhere else (other dtypes, no C compiler, no triton): a PyTorch Function that computes the
   step in a few passes and writes its own backward from the saved activations.
 

@@ -8,8 +8,9 @@ the C kernels compute on the CPU and :func:`~faextract.models.fused.lstm_pointwi
 states. Loads are widened to float32 (state and arithmetic in float32 for bfloat16 inputs);
 outputs take the input's dtype.
 
-Developed and tested without a GPU: with ``TRITON_INTERPRET=1`` set before this module is
-imported, the kernels run on CPU tensors (``tests/test_triton.py``). Program grid:
+Off unless ``FAEXTRACT_TRITON=1`` (:func:`enabled` says why). Tested without a GPU: with
+``TRITON_INTERPRET=1`` set before this module is imported, the kernels run on CPU tensors
+(``tests/test_triton.py``), and ``tests/test_triton_compile.py`` compiles them for sm_90. Program grid:
 ``(B * F, ceil(H * W / BLOCK))``; shapes as in :mod:`faextract.models.fused`.
 """
 
@@ -40,11 +41,21 @@ def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def enabled() -> bool:
+    """Whether the Triton kernels were asked for: ``FAEXTRACT_TRITON=1`` (and triton is there).
+
+    Opt-in: on an H200 (``benchmarks/gpu_suite.py``, README "Speed") the kernels made a whole
+    FAConvLSTM2D forward+backward slower than PyTorch's path at every size measured (the gate
+    path's backward, one program per sample and block looping over the channels, took half
+    the step), so CUDA runs PyTorch unless told otherwise."""
+    return triton is not None and os.environ.get("FAEXTRACT_TRITON") == "1"
+
+
 def covers(z: torch.Tensor, c: torch.Tensor) -> bool:
     """The Triton path takes CUDA tensors (CPU ones only under the interpreter) of float32 or
-    bfloat16, outside torch.compile's tracing (which generates its own kernels), unless
-    ``FAEXTRACT_TRITON=0``."""
-    if triton is None or os.environ.get("FAEXTRACT_TRITON") == "0" or torch.compiler.is_compiling():
+    bfloat16, outside torch.compile's tracing (which generates its own kernels), when
+    :func:`enabled`."""
+    if not enabled() or torch.compiler.is_compiling():
         return False
     if z.dtype not in (torch.float32, torch.bfloat16) or c.dtype != z.dtype:
         return False
