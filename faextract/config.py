@@ -78,6 +78,8 @@ class ModelConfig:
     # the linear map to z, so z knows where anomalies are; null = global mean and max pooling,
     # with which a planted ENSO box was not linearly recoverable (held-out R² ~0).
     head_grid: list[int] | None = field(default_factory=lambda: [18, 36])
+    # Dropout on the pooled features the head maps to z (training only; 0 = off).
+    head_dropout: float = 0.0
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
@@ -308,6 +310,8 @@ def validate(config: Config) -> Config:
           m.cluster_start_epoch)  # fmt: skip
     _grid(m.embedding_grid, "model.embedding_grid")
     _grid(m.head_grid, "model.head_grid", optional=True)
+    _need(math.isfinite(m.head_dropout) and 0 <= m.head_dropout < 1, "model.head_dropout",
+          "a number in [0, 1)", m.head_dropout)  # fmt: skip
     _need(m.embedding_horizon >= 0, "model.embedding_horizon", "an integer >= 0",
           m.embedding_horizon)  # fmt: skip
     cell = CELLS[m.cell]
@@ -318,7 +322,7 @@ def validate(config: Config) -> Config:
         for name in inspect.signature(klass.__init__).parameters
     } - {"self", "args", "kwargs", "filters", "kernel_size", "padding", "data_format",
          "return_sequences", "in_channels", "embedding_dim", "periodic", "seasonal_period",
-         "embedding_norm", "head_grid", "temporal_causal"}  # fmt: skip
+         "embedding_norm", "head_grid", "head_dropout", "temporal_causal"}  # fmt: skip
     for key in m.cell_options:
         if key not in accepted:
             raise ConfigError(

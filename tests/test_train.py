@@ -296,3 +296,27 @@ def test_validation_embedding_loss_is_the_training_term(tiny_config):
         _, parts = compute_losses(model.eval(), batch, tiny_config(), cluster_on=False)
     assert metrics["embedding"] == pytest.approx(float(parts["embedding"]), rel=1e-5)
     assert 0 < metrics["embedding"] < 10
+
+
+def test_head_dropout_drops_pooled_features_in_training_only(tmp_path, tiny_config):
+    from faextract.config import ConfigError, load_config
+    from faextract.models.subspace import SubspaceHead
+
+    torch.manual_seed(0)
+    plain = SubspaceHead(6, dim=4, norm=False, grid=(2, 3))
+    torch.manual_seed(0)
+    dropped = SubspaceHead(6, dim=4, norm=False, grid=(2, 3), dropout=0.5)
+    h = torch.randn(2, 3, 6, 8, 12)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(h), plain(h))  # the same function at inference
+    dropped.train()
+    a, b = dropped(h), dropped(h)
+    assert not torch.allclose(a, b)  # a new mask each call while training
+    with pytest.raises(ConfigError, match=r"model.head_dropout.*\[0, 1\)"):
+        load_config(None, ["model.head_dropout=1.0"])
+    train(tiny_config("train.epochs=1", "model.head_dropout=0.3"), tmp_path / "run",
+          plain_progress=True)  # fmt: skip
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert checkpoint.model_args["head_dropout"] == 0.3
+    model = checkpoint.build_model()
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in model.modules())

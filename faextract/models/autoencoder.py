@@ -144,6 +144,7 @@ class ClimateAutoencoder(nn.Module):
         embedding_norm: bool = True,
         head_grid: tuple[int, int] | None = None,
         causal_embedding: bool = False,
+        head_dropout: float = 0.0,
     ):
         super().__init__()
         if embedding_horizon < 0:
@@ -182,6 +183,7 @@ class ClimateAutoencoder(nn.Module):
                     seasonal_period=seasonal_period,
                     embedding_norm=embedding_norm,
                     head_grid=head_grid,
+                    head_dropout=head_dropout,
                     temporal_causal=causal_embedding,
                 )
                 kw.update(options)
@@ -193,7 +195,7 @@ class ClimateAutoencoder(nn.Module):
         self.head = (
             None
             if self.cells[-1].makes_embeddings
-            else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid)
+            else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid, head_dropout)
         )
         self.film = nn.Linear(embedding_dim, 2 * filters)
         self.up = nn.ModuleList(

@@ -38,7 +38,8 @@ Defaults (the paper does not fix them):
 - ``embedding_dim = 32``, ``temporal_heads = 4``, ``seasonal_period = 365`` (daily data);
   ``embedding_dim = 0`` drops the head (e.g. for inner layers of a stack); ``embedding_norm``
   ends the head with LayerNorm; ``head_grid`` pools onto a coarse grid that keeps positions
-  instead of globally (see :mod:`faextract.models.subspace`).
+  instead of globally (see :mod:`faextract.models.subspace`); ``head_dropout`` drops pooled
+  features before the head's linear map while training.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         seasonal_period: float = 365.0,
         embedding_norm: bool = True,
         head_grid: tuple[int, int] | None = None,
+        head_dropout: float = 0.0,
     ):
         if attention_every < 1:
             raise ValueError(f"attention_every must be >= 1, got {attention_every}")
@@ -139,6 +141,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.seasonal_period = seasonal_period
         self.embedding_norm = embedding_norm
         self.head_grid = tuple(head_grid) if head_grid else None
+        self.head_dropout = float(head_dropout)
         super().__init__(
             filters,
             kernel_size,
@@ -205,7 +208,8 @@ class FAConvLSTM2D(RecurrentConv2D):
                 self.attention_locality,
             )
         if self.embedding_dim:
-            self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid)
+            self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid,
+                                     self.head_dropout)  # fmt: skip
             self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
             if self.temporal_attention:
                 self.temporal = TemporalSelfAttention(

@@ -59,7 +59,8 @@ class RecurrentConv2D(nn.Module, abc.ABC):
     """Base class with the ConvLSTM2D constructor and call contract."""
 
     #: True for cells that make the per-step embedding themselves (they take
-    #: ``embedding_dim``, ``seasonal_period``, ``embedding_norm``, ``head_grid``, ``periodic``).
+    #: ``embedding_dim``, ``seasonal_period``, ``embedding_norm``, ``head_grid``,
+    #: ``head_dropout``, ``periodic``).
     makes_embeddings = False
 
     #: ``(k, heads)`` when the cell returns spatial attention maps every k-th step (see

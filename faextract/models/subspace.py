@@ -12,6 +12,9 @@ With ``grid=(gh, gw)`` the pooling keeps *where* things are: masked average pool
 translation-equivariant convolutions cannot tell an anomaly in the east Pacific from the same
 anomaly in the Atlantic, so a region's index was not linearly recoverable from z (held-out
 R² near 0 for a planted ENSO box that 16 EOFs recover at 0.95).
+
+``dropout`` > 0 drops pooled features (training only) before the linear map, so that z cannot
+rest on a few cells' values.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ class SubspaceHead(nn.Module):
         dim: int = 32,
         norm: bool = True,
         grid: tuple[int, int] | None = None,
+        dropout: float = 0.0,
     ):
         super().__init__()
         self.grid = tuple(int(g) for g in grid) if grid else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.proj = nn.Conv2d(channels, channels, 1)
         width = channels * self.grid[0] * self.grid[1] if self.grid else 2 * channels
         self.fc = nn.Linear(width, dim)
@@ -39,7 +44,7 @@ class SubspaceHead(nn.Module):
         B, T, C, H, W = h.shape
         u = torch.nn.functional.silu(self.proj(h.reshape(B * T, C, H, W))).reshape(B, T, C, H, W)
         if self.grid is not None:
-            return self.norm(self.fc(self._grid_pool(u, valid)))
+            return self.norm(self.fc(self.dropout(self._grid_pool(u, valid))))
         if valid is None:
             mean = u.mean(dim=(3, 4))
             mx = u.amax(dim=(3, 4))
@@ -49,7 +54,7 @@ class SubspaceHead(nn.Module):
             mean = (u * m).sum(dim=(3, 4)) / count
             mx = u.masked_fill(m == 0, float("-inf")).amax(dim=(3, 4))
             mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-        return self.norm(self.fc(torch.cat([mean, mx], dim=-1)))
+        return self.norm(self.fc(self.dropout(torch.cat([mean, mx], dim=-1))))
 
     def _grid_pool(self, u: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """``(B, T, C, H, W)`` -> ``(B, T, C * gh * gw)``: masked means on the head's grid."""

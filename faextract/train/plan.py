@@ -69,6 +69,7 @@ def model_args(config: Config, cube) -> dict:
         # z_t from steps <= t only (checkpoints from before this was recorded: False)
         causal_embedding=True,
         head_grid=_head_grid(m.head_grid, cube.shape[2:], 2**m.downsample),
+        head_dropout=float(m.head_dropout),
     )
 
 
