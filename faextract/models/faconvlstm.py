@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faextract.models.attention import AxialAttention, TemporalSelfAttention
-from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference
+from faextract.models.fused import lstm_pointwise, lstm_pointwise_reference, triton_requested
 from faextract.models.layers import (
     DepthwiseConv,
     SqueezeExcite,
@@ -250,7 +250,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         """Whether the factorized gate path runs as Triton kernels for ``u``: CUDA tensors with
         triton installed and ``FAEXTRACT_TRITON=1`` (CPU ones under Triton's interpreter), see
         :func:`~faextract.models.triton_step.covers`."""
-        if not self.factorized or os.environ.get("FAEXTRACT_TRITON") != "1":
+        if not self.factorized or not triton_requested():
             return False
         if not (u.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             return False

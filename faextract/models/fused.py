@@ -20,9 +20,17 @@ Shapes: ``z (B, 4F, H, W)`` gate pre-activations in order (i, f, c, o); ``c (B, 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from faextract.models import kernels
+
+
+def triton_requested() -> bool:
+    """``FAEXTRACT_TRITON=1``: the opt-in for the Triton kernels, read without importing triton
+    (:func:`faextract.models.triton_step.enabled` says why they are opt-in)."""
+    return os.environ.get("FAEXTRACT_TRITON") == "1"
 
 
 def lstm_pointwise_reference(

@@ -20,7 +20,12 @@ import os
 
 import torch
 
-from faextract.models.fused import backward_buffers, parameter_grads, remember_parameters
+from faextract.models.fused import (
+    backward_buffers,
+    parameter_grads,
+    remember_parameters,
+    triton_requested,
+)
 
 try:  # an optional extra: `pip install "faextract[triton]"`
     import triton
@@ -48,7 +53,7 @@ def enabled() -> bool:
     FAConvLSTM2D forward+backward slower than PyTorch's path at every size measured (the gate
     path's backward, one program per sample and block looping over the channels, took half
     the step), so CUDA runs PyTorch unless told otherwise."""
-    return triton is not None and os.environ.get("FAEXTRACT_TRITON") == "1"
+    return triton is not None and triton_requested()
 
 
 def covers(z: torch.Tensor, c: torch.Tensor) -> bool:
