@@ -69,13 +69,15 @@ def cpu_step_peak_mb(fn) -> float:
     return max(0.0, _status_mb("VmHWM") - before)
 
 
-def in_child(argv: list[str]) -> dict:
-    """Run ``python <argv>`` and parse the JSON it prints last."""
+def in_child(argv: list[str], timeout: float | None = None) -> dict:
+    """Run ``python <argv>`` and parse the JSON it prints last (``subprocess.TimeoutExpired``
+    after ``timeout`` seconds)."""
     import json
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True,
+                         timeout=timeout)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

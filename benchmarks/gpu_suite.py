@@ -54,22 +54,22 @@ PARTS = ["tests", "cells", "profile", "scan", "embed", "compiled"]
 ROW_TIMEOUT_S = 240  # one row's process (a torch.compile of 12 steps included)
 
 
-def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str, repeat: int):
-    """Forward+backward frames/s of one cell (T=12, C=8, 64 filters; smoke: T=4, 8 filters)."""
+def layer_step(cell: str, triton: bool, compiled: bool, dtype: str, B: int, H: int, W: int,
+               device: str):
+    """``(step, T)``: one forward+backward of a cell (T=12, C=8, 64 filters; smoke: T=4, 8
+    filters) against a fixed upstream gradient. Sets ``FAEXTRACT_TRITON`` before the model is
+    built: call it once per process."""
     import os
 
-    os.environ["FAEXTRACT_TRITON"] = "1" if mode == "eager, Triton" else "0"
-    if mode == "eager, Triton" and device == "cpu" and dtype == "fp32":
+    os.environ["FAEXTRACT_TRITON"] = "1" if triton else "0"
+    if triton and device == "cpu" and dtype == "fp32":
         # the rehearsal runs the Triton kernels through the interpreter (which has no bf16)
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    compiled = mode == "compiled"
     import torch
-    from _common import timeit
 
     from faextract.models import ConvLSTM2D, FAConvLSTM2D
 
-    smoke = device == "cpu"
-    T, C, F = (4, 4, 8) if smoke else (12, 8, 64)
+    T, C, F = (4, 4, 8) if device == "cpu" else (12, 8, 64)
     torch.manual_seed(0)
     kw = dict(filters=F, kernel_size=3, padding="same", data_format="channels_first",
               return_sequences=True, in_channels=C)  # fmt: skip
@@ -79,42 +79,34 @@ def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
     x = torch.randn(B, T, C, H, W, device=device)
     grad = torch.randn(B, T, F, H, W, device=device)
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
-    sync = torch.cuda.synchronize if device == "cuda" else None
 
     def step():
         with amp:
             y = layer(x)
         y.float().backward(grad)
 
+    return step, T
+
+
+def child(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str, repeat: int):
+    """Forward+backward frames/s of one row."""
+    import torch
+    from _common import timeit
+
+    compiled = mode == "compiled"
+    step, T = layer_step(cell, mode == "eager, Triton", compiled, dtype, B, H, W, device)
+    sync = torch.cuda.synchronize if device == "cuda" else None
     seconds = timeit(step, repeat=repeat, warmup=3 if compiled else 2, sync=sync)
     print(json.dumps({"frames_per_s": B * T / seconds}))
 
 
 def profile(dtype: str, B: int, H: int, W: int, device: str, mode: str) -> None:
     """The profiler's top kernels of one FAConvLSTM2D forward+backward (after two warm-ups)."""
-    import os
-
-    os.environ["FAEXTRACT_TRITON"] = "1" if mode == "Triton" else "0"
-    if mode == "Triton" and device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from faextract.models import FAConvLSTM2D
-
-    smoke = device == "cpu"
-    T, C, F = (4, 4, 8) if smoke else (12, 8, 64)
-    layer = FAConvLSTM2D(filters=F, kernel_size=3, padding="same", data_format="channels_first",
-                         return_sequences=True, in_channels=C).to(device)  # fmt: skip
-    x = torch.randn(B, T, C, H, W, device=device)
-    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")
-
-    def step():
-        with amp:
-            y = layer(x)
-        y.float().square().mean().backward()
-
+    step, T = layer_step("FAConvLSTM2D", mode == "Triton", False, dtype, B, H, W, device)
     for _ in range(2):
         step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -127,18 +119,9 @@ def profile(dtype: str, B: int, H: int, W: int, device: str, mode: str) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
 
 
-def measure(cell: str, mode: str, dtype: str, B: int, H: int, W: int, device: str,
-            repeat: int) -> float:
-    """Frames/s of one row, measured in its own process."""
-    argv = [__file__, "--child", cell, mode, dtype, str(B), str(H), str(W), device, str(repeat)]
-    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=True,
-                         timeout=ROW_TIMEOUT_S, cwd=ROOT)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])["frames_per_s"]
-
-
 def cells_table(part: str, device: str, sizes, repeat: int, bases: dict) -> str:
     """One table of ``VARIANTS[part]``; ``bases`` holds ConvLSTM2D's rate per (size, dtype)."""
-    from _common import device_label, table
+    from _common import device_label, in_child, table
 
     rows = []
     for B, H, W in sizes:
@@ -149,8 +132,10 @@ def cells_table(part: str, device: str, sizes, repeat: int, bases: dict) -> str:
                 variants = [BASE, *variants]
             for cell, mode in variants:
                 row = dict(size=f"B={B} {H}x{W}", dtype=dtype, cell=cell, mode=mode)
+                argv = [__file__, "--child", cell, mode, dtype, str(B), str(H), str(W), device,
+                        str(repeat)]  # fmt: skip
                 try:
-                    rate = measure(cell, mode, dtype, B, H, W, device, repeat)
+                    rate = in_child(argv, timeout=ROW_TIMEOUT_S)["frames_per_s"]
                 except subprocess.CalledProcessError as err:  # report, do not lose the run
                     tail = (err.stderr or "").strip().splitlines()[-1:] or ["failed"]
                     row["note"] = tail[0][:60]
