@@ -150,7 +150,9 @@ class TrainingState:
     """Where a training run stood when the checkpoint was written (what ``--resume`` needs).
 
     ``running`` is the metrics row in progress (``{"sums": {name: sum}, "steps": n}``), so a
-    mid-epoch resume logs the same means as an uninterrupted run.
+    mid-epoch resume logs the same means as an uninterrupted run. ``live_weights``: under
+    ``train.ema`` the checkpoint's ``state_dict`` is the weights' average and these are the
+    weights the optimizer was moving (None without it).
     """
 
     epoch: int
@@ -164,6 +166,8 @@ class TrainingState:
     rng: dict | None = None
     val_metrics: dict = field(default_factory=dict)
     running: dict | None = None
+    # The weights being optimized when the checkpoint's own are their average (train.ema).
+    live_weights: dict | None = None
 
 
 @dataclass

@@ -100,6 +100,10 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     early_stopping: int = 0  # patience in epochs; 0 = off
+    # Decay of an exponential moving average of the weights, per optimizer step (0 = off;
+    # e.g. 0.99 averages over the last ~100 steps): validation, best.pt and embed use the
+    # average (faextract.train.averaging).
+    ema: float = 0.0
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -337,6 +341,8 @@ def validate(config: Config) -> Config:
     for key in ("weight_decay", "grad_clip"):
         v = getattr(tr, key)
         _need(math.isfinite(v) and v >= 0, f"train.{key}", "a number >= 0", v)
+    _need(math.isfinite(tr.ema) and 0 <= tr.ema < 1, "train.ema",
+          "a number in [0, 1) (0 = off)", tr.ema)  # fmt: skip
     for key in ("warmup_steps", "early_stopping", "num_workers", "checkpoint_every"):
         _need(getattr(tr, key) >= 0, f"train.{key}", "an integer >= 0", getattr(tr, key))
     _need(tr.log_every >= 1, "train.log_every", "an integer >= 1", tr.log_every)

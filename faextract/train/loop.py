@@ -5,7 +5,9 @@ the rest to the config's job (:mod:`faextract.train.jobs`: the feature encoder, 
 compressor), which builds the model, its datasets, loss and validation. The loop optimizes
 with AdamW, warm-up + cosine learning rate and gradient clipping, validates every epoch, and
 writes checkpoints (``last.pt`` every epoch or ``checkpoint_every``
-steps, ``best.pt`` on improved validation loss), atomically and from rank 0 only.
+steps, ``best.pt`` on improved validation loss), atomically and from rank 0 only. With
+``train.ema`` it validates and saves a moving average of the weights
+(:mod:`faextract.train.averaging`).
 
 ``resume=True`` continues from ``last.pt`` with the same optimizer, scheduler, RNG and data
 position (the batch order is a function of seed and epoch, so skipping the batches already
@@ -36,6 +38,7 @@ from faextract.runtime.locks import Lock
 from faextract.runtime.progress import Progress
 from faextract.runtime.seeding import rng_state, seed_everything, set_rng_state
 from faextract.runtime.signals import StopFlag
+from faextract.train.averaging import WeightAverage
 from faextract.train.data import open_data
 from faextract.train.jobs import init_weights, make_job
 from faextract.train.metrics import MetricsWriter, tensorboard
@@ -113,6 +116,7 @@ class _Run:
         if tc.init and ckpt is None:
             init_weights(self.job, tc.init, self.say)
         self.model = self.job.model.to(device)
+        self.average = WeightAverage(self.model, tc.ema) if tc.ema else None
         self.train_ds, self.val_loader = self.job.datasets(
             self.per_rank_batch, info, pin=device.type == "cuda"
         )
@@ -170,7 +174,14 @@ class _Run:
                 f"--resume: {self.run_dir / 'last.pt'} holds no training state (an "
                 "inference-only copy); train anew or resume from the run's own last.pt"
             )
-        self.model.load_state_dict(ckpt.state_dict)
+        # With train.ema the checkpoint's weights are the average, the live ones ride along.
+        live = state.live_weights if state.live_weights is not None else ckpt.state_dict
+        self.model.load_state_dict(live)
+        if self.average is not None:
+            self.average.reset(self.model)
+            if state.live_weights is not None:
+                self.average.load_state_dict(ckpt.state_dict)
+                self.average.updates = state.step
         self.optim.load_state_dict(state.optimizer)
         self.sched.load_state_dict(state.scheduler)
         set_rng_state(state.rng)
@@ -211,7 +222,10 @@ class _Run:
         loader = make_loader(
             self.train_ds, num_workers=tc.num_workers, pin_memory=self.device.type == "cuda"
         )
+        had_clusters = self.job.cluster_initialized
         self.job.start_epoch(self.epoch, loader, self.device, self.amp, info)
+        if self.average is not None and self.job.cluster_initialized and not had_clusters:
+            self.average.reset(self.model)  # k-means moved the centres: average from here
         task = None
         if info.is_main:
             task = self.progress.start(f"epoch {self.epoch + 1}/{self.epochs}", total=self.steps_per_epoch)
@@ -259,6 +273,8 @@ class _Run:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optim.step()
         self.sched.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.step += 1
         self.batch_in_epoch += 1
         self.in_row += 1
@@ -282,7 +298,11 @@ class _Run:
         if self.val_loader is None:
             self._save("last.pt", "best.pt")
             return False
-        val_loss, self.last_val = self.job.validate(self.val_loader, self.device, self.info, self.amp)
+        averaged = self.average.applied(self.model) if self.average else contextlib.nullcontext()
+        with averaged:
+            val_loss, self.last_val = self.job.validate(
+                self.val_loader, self.device, self.info, self.amp
+            )
         self.writer.write(kind="val", epoch=self.epoch, step=self.step, loss=val_loss, **self.last_val)
         self.say(f"epoch {self.epoch}/{self.epochs}: validation "
                  + ", ".join(f"{k} {v:.4g}" for k, v in self.last_val.items()))  # fmt: skip
@@ -308,7 +328,8 @@ class _Run:
             model_args=rec.model_args,
             stats=rec.stats,
             tiles=rec.tiles,
-            state_dict=self.model.state_dict(),
+            # what embed and compress read: the averaged weights under train.ema
+            state_dict=self.average.state_dict(self.model) if self.average else self.model.state_dict(),
             config=self.config.to_dict(),
             channels=tuple(cube.channels),
             variables=tuple(cube.variables),
@@ -331,6 +352,7 @@ class _Run:
                 val_metrics=self.last_val,
                 # the metrics row in progress, so a mid-epoch resume logs the same means
                 running={"sums": dict(self.running), "steps": self.in_row},
+                live_weights=self.model.state_dict() if self.average else None,
             ),
         )
 
