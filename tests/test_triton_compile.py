@@ -48,7 +48,6 @@ CASES = [
     *((triton_step._forward_kernel, STEP, dict(c, BLOCK=triton_step.BLOCK)) for c in PEEP),
     *((triton_step._backward_kernel, STEP, dict(c, BLOCK=triton_step.BLOCK)) for c in PEEP),
     *((triton_gates._forward_kernel, GATES, dict(c, KB=16, BLOCK=triton_gates.BLOCK)) for c in PEEP),
-    *((triton_gates._backward_kernel, GATES, dict(c, KB=16, BLOCK=triton_gates.BLOCK)) for c in PEEP),
     *(
         (triton_mix._stencil_kernel, MIX,
          dict(SIGN=sign, PERIODIC=periodic, SUMS=sums, BLOCK=triton_mix.BLOCK))  # fmt: skip

@@ -7,11 +7,14 @@ Forward, per program (one sample, a block of grid cells): the block's ``b`` mixe
 times their gains are loaded once; for each of the ``F`` channels the four gate
 pre-activations are their dot products with four rows of the projection, and the LSTM update
 is written as ``h`` and ``c_new``: instead of a gains multiply, a convolution writing the
-``(N, 4F, H, W)`` gates, and the step reading them back. Backward recomputes the gates from the
-same loads, writes the gradients of the mixed channels and of ``c``, and per program partial
-sums for the projection, bias, peephole and gain gradients (reduced once, so the result does
-not depend on the order programs run in). float32 and bfloat16 activations, float32 weights and
-arithmetic.
+``(N, 4F, H, W)`` gates, and the step reading them back. Backward recomputes the gates with
+one matmul (cuBLAS), runs the pointwise step's backward kernel
+(:func:`faextract.models.triton_step.pointwise_backward`: one program per sample, channel and
+block of cells) and forms the gradients of the mixed channels, gains and projection with two
+more matmuls. (The first design, a fused backward with one program per sample and block of
+cells looping over the channels, was half of a whole step's GPU time on an H200.) float32 and
+bfloat16 activations, float32 weights and arithmetic; no atomics, so results do not depend on
+the order programs run in.
 
 Shapes: ``m (N, b, H, W)``; ``gains (N, b)``; ``weight (4F, b)`` (gates i, f, c, o);
 ``bias (4F,)``; ``peep (3F,)`` (i, f, o); ``c (N, F, H, W)``. Program grid:
@@ -27,20 +30,14 @@ try:  # an optional extra: `pip install "faextract[triton]"`
     import triton
     import triton.language as tl
 
-    from faextract.models.triton_step import lstm_backward, lstm_forward, store_sums
+    from faextract.models.triton_step import lstm_forward, pointwise_backward
 except ImportError:  # pragma: no cover - exercised where triton is absent
     triton = None
 
 BLOCK = 64
-#: Partial sums per channel and program in the backward: bias (i, f, c, o), peepholes (i, f, o).
-SUMS = 7
 
 
 if triton is not None:
-    # A kernel reads a module global only when it is a constexpr (the compiler refuses a plain
-    # int; Triton's interpreter does not check this: tests/test_triton_compile.py does).
-    _SUMS = tl.constexpr(SUMS)
-
     @triton.jit
     def _gated(m_ptr, g_ptr, n, Bn, HW, KB: tl.constexpr, BLOCK: tl.constexpr):
         """``(m times its gains (KB, BLOCK) float32, m (KB, BLOCK), cell offsets, their mask,
@@ -85,41 +82,6 @@ if triton is not None:
             tl.store(h_ptr + at, h.to(h_ptr.dtype.element_ty), mask=cells)
             tl.store(cn_ptr + at, cn.to(cn_ptr.dtype.element_ty), mask=cells)
 
-    @triton.jit
-    def _backward_kernel(m_ptr, g_ptr, w_ptr, b_ptr, p_ptr, c_ptr, cn_ptr, dh_ptr, dcn_ptr,
-                         dm_ptr, dc_ptr, dw_ptr, sums_ptr, dg_ptr, Bn, F, HW, NBLK,
-                         HAS_PEEP: tl.constexpr, KB: tl.constexpr,
-                         BLOCK: tl.constexpr):  # fmt: skip
-        n = tl.program_id(0)
-        blk = tl.program_id(1)
-        prog = n * NBLK + blk
-        gm, m, offs, cells, ks, chans = _gated(m_ptr, g_ptr, n, Bn, HW, KB, BLOCK)
-        dgm = tl.zeros([KB, BLOCK], dtype=tl.float32)
-        for f in range(F):
-            zi, zf, zc, zo, wi, wf, wc, wo = _gates(w_ptr, b_ptr, gm, f, F, ks, chans, Bn)
-            at = (n * F + f) * HW + offs
-            c = tl.load(c_ptr + at, mask=cells, other=0.0).to(tl.float32)
-            cn = tl.load(cn_ptr + at, mask=cells, other=0.0).to(tl.float32)
-            dh = tl.load(dh_ptr + at, mask=cells, other=0.0).to(tl.float32)
-            dcn = tl.load(dcn_ptr + at, mask=cells, other=0.0).to(tl.float32)
-            dzi, dzf, dzc, dzo, dc = lstm_backward(zi, zf, zc, zo, c, cn, dh, dcn, p_ptr, f, F,
-                                                   HAS_PEEP)  # fmt: skip
-            tl.store(dc_ptr + at, dc.to(dc_ptr.dtype.element_ty), mask=cells)
-            # masked cells hold dh = dcn = 0, so every gradient there is 0
-            dgm += wi[:, None] * dzi[None, :] + wf[:, None] * dzf[None, :]
-            dgm += wc[:, None] * dzc[None, :] + wo[:, None] * dzo[None, :]
-            rows = dw_ptr + (prog * 4 * F + f) * Bn + ks
-            tl.store(rows, tl.sum(gm * dzi[None, :], axis=1), mask=chans)
-            tl.store(rows + F * Bn, tl.sum(gm * dzf[None, :], axis=1), mask=chans)
-            tl.store(rows + 2 * F * Bn, tl.sum(gm * dzc[None, :], axis=1), mask=chans)
-            tl.store(rows + 3 * F * Bn, tl.sum(gm * dzo[None, :], axis=1), mask=chans)
-            store_sums(sums_ptr + (prog * F + f) * _SUMS, dzi, dzf, dzc, dzo, c, cn)
-        gains = tl.load(g_ptr + n * Bn + ks, mask=chans, other=0.0).to(tl.float32)
-        both = chans[:, None] & cells[None, :]
-        tl.store(dm_ptr + n * Bn * HW + ks[:, None] * HW + offs[None, :],
-                 (dgm * gains[:, None]).to(dm_ptr.dtype.element_ty), mask=both)  # fmt: skip
-        tl.store(dg_ptr + prog * Bn + ks, tl.sum(dgm * m, axis=1), mask=chans)
-
 
 class GatesTriton(torch.autograd.Function):
     """``(h, c_new)`` from ``m``, ``gains``, ``weight``, ``bias``, ``peep`` (or None) and ``c``
@@ -150,25 +112,17 @@ class GatesTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dc_new):
         m, g, w, b, p, c, c_new = ctx.saved_tensors
-        N, Bn, H, W = m.shape
-        F_ = c.shape[1]
-        HW = H * W
-        dh = torch.zeros_like(c) if dh is None else dh.contiguous()
-        dc_new = torch.zeros_like(c) if dc_new is None else dc_new.contiguous()
-        nblk = triton.cdiv(HW, BLOCK)
-        dm, dc = torch.empty_like(m), torch.empty_like(c)
-        f32 = dict(dtype=torch.float32, device=c.device)
-        dw = torch.empty(N * nblk * 4 * F_ * Bn, **f32)
-        sums = torch.empty(N * nblk * F_ * SUMS, **f32)
-        dg = torch.empty(N * nblk * Bn, **f32)
-        _backward_kernel[(N, nblk)](m, g, w, b, p, c, c_new, dh, dc_new, dm, dc, dw, sums, dg,
-                                    Bn, F_, HW, nblk, HAS_PEEP=ctx.has_peep,
-                                    KB=triton.next_power_of_2(Bn), BLOCK=BLOCK)  # fmt: skip
+        N, Bn = m.shape[:2]
+        m3 = m.reshape(N, Bn, -1)
+        gm = m3.float() * g[:, :, None]  # (N, b, HW): the gained mixed channels
+        z = torch.matmul(w, gm)  # (N, 4F, HW) gate pre-activations, recomputed without bias
+        dz, dc, per_channel = pointwise_backward(z, b, c, c_new, p, dh, dc_new, ctx.has_peep)
+        dgm = torch.matmul(w.T, dz)  # (N, b, HW)
         g_dtype, w_dtype, b_dtype, p_dtype = ctx.dtypes
-        dgains = dg.view(N, nblk, Bn).sum(dim=1).to(g_dtype)
-        dweight = dw.view(N * nblk, 4 * F_, Bn).sum(dim=0).to(w_dtype)
-        per_channel = sums.view(N * nblk, F_, SUMS).sum(dim=0).T  # (7, F)
-        dbias = per_channel[:4].reshape(4 * F_).to(b_dtype)
+        dm = (dgm * g[:, :, None]).to(m.dtype).reshape(m.shape)
+        dgains = (dgm * m3.float()).sum(dim=2).to(g_dtype)
+        dweight = torch.einsum("nop,nbp->ob", dz, gm).to(w_dtype)
+        dbias = per_channel[:4].reshape(-1).to(b_dtype)
         dpeep = per_channel[4:].reshape(ctx.peep_shape).to(p_dtype) if ctx.has_peep else None
         return dm, dgains, dweight, dbias, dpeep, dc
 

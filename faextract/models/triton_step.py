@@ -51,8 +51,9 @@ def enabled() -> bool:
 
     Opt-in: on an H200 (``benchmarks/gpu_suite.py``, README "Speed") the kernels made a whole
     FAConvLSTM2D forward+backward slower than PyTorch's path at every size measured (the gate
-    path's backward, one program per sample and block looping over the channels, took half
-    the step), so CUDA runs PyTorch unless told otherwise."""
+    path's backward of that time, one program per sample and block looping over the channels,
+    took half the step; it is matmuls and the pointwise kernel now, not yet timed on a GPU),
+    so CUDA runs PyTorch unless told otherwise."""
     return triton is not None and triton_requested()
 
 
@@ -185,6 +186,22 @@ if triton is not None:
         store_sums(sums_ptr + (row * NBLK + blk) * 7, dzi, dzf, dzc, dzo, c, cn)
 
 
+def pointwise_backward(z, b, c, c_new, p, dh, dc_new, has_peep: bool):
+    """``(dz, dc, sums (7, F))`` of the pointwise step: ``z (B, 4F, H, W)`` without its bias,
+    ``b (4F,)`` and ``p (3F,)`` float32, ``c``/``c_new (B, F, H, W)``; ``dh``/``dc_new`` the
+    gradients reaching ``h`` and ``c_new`` (None: zeros). ``sums`` are the bias (i, f, c, o)
+    and peephole (i, f, o) gradients per channel. Also the gate path's backward
+    (:mod:`faextract.models.triton_gates`), which recomputes ``z`` with one matmul."""
+    B, F_ = c.shape[:2]
+    HW = c[0, 0].numel()
+    dh, dc_new, dz, dc = backward_buffers(z, c, dh, dc_new)
+    nblk = triton.cdiv(HW, BLOCK)
+    sums = torch.empty(B * F_ * nblk * SUMS, dtype=torch.float32, device=c.device)
+    _backward_kernel[(B * F_, nblk)](z, b, c, c_new, p, dh, dc_new, dz, dc, sums, F_, HW, nblk,
+                                     HAS_PEEP=has_peep, BLOCK=BLOCK)  # fmt: skip
+    return dz, dc, sums.view(B, F_, nblk, SUMS).sum(dim=(0, 2)).T
+
+
 def _params(c: torch.Tensor, peep, bias, F_: int):
     """Peepholes and bias as contiguous float32 vectors (zeros when absent)."""
     zeros = torch.zeros(7 * F_, dtype=torch.float32, device=c.device)
@@ -214,11 +231,5 @@ class LSTMPointwiseTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, dc_new):
         z, b, c, c_new, p = ctx.saved_tensors
-        B, F_ = c.shape[:2]
-        HW = c[0, 0].numel()
-        dh, dc_new, dz, dc = backward_buffers(z, c, dh, dc_new)
-        nblk = triton.cdiv(HW, BLOCK)
-        sums = torch.empty(B * F_ * nblk * SUMS, dtype=torch.float32, device=c.device)
-        _backward_kernel[(B * F_, nblk)](z, b, c, c_new, p, dh, dc_new, dz, dc, sums, F_, HW, nblk,
-                                         HAS_PEEP=ctx.has_peep, BLOCK=BLOCK)  # fmt: skip
-        return (dz, dc, *parameter_grads(ctx, sums.view(B, F_, nblk, SUMS).sum(dim=(0, 2)).T))
+        dz, dc, sums = pointwise_backward(z, b, c, c_new, p, dh, dc_new, ctx.has_peep)
+        return (dz, dc, *parameter_grads(ctx, sums))
