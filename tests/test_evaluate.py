@@ -83,6 +83,52 @@ def test_blocked_folds_keep_the_gap(rng):
         assert np.all(np.diff(test) == 1)  # contiguous
 
 
+def test_shifted_folds_wrap_around_and_keep_the_gap_on_both_pieces():
+    times = np.r_[np.arange(0, 100), np.arange(103, 240)]  # a hole of missing rows
+    for shift in (0.25, 0.5, 0.75):
+        folds = blocked_folds(times, 6, gap=12, shift=shift)
+        tested = np.concatenate([te for _, te in folds])
+        assert np.array_equal(np.sort(tested), np.arange(times.size))  # each row tested once
+        wrapped = [te for _, te in folds if not np.all(np.diff(te) == 1)]
+        assert len(wrapped) == 1  # the record's end and its start
+        assert wrapped[0][0] == 0 and wrapped[0][-1] == times.size - 1
+        for train, test in folds:
+            assert np.abs(times[train][:, None] - times[test][None, :]).min() >= 12
+    assert [te.tolist() for _, te in blocked_folds(times, 6, 12, shift=0.0)] == [
+        te.tolist() for _, te in blocked_folds(times, 6, 12)
+    ]
+    with pytest.raises(ValueError, match="shift"):
+        blocked_folds(times, 6, 12, shift=1.0)
+
+
+def test_repeats_average_the_score_over_block_placements(rng):
+    z = _ar1(rng, 240, 0.9, 4)
+    y = z @ rng.standard_normal(4) + 0.5 * rng.standard_normal(240)
+    one = probe(z, {"y": y}, leads=(0, 2), window=6)["y"]
+    four = probe(z, {"y": y}, leads=(0, 2), window=6, repeats=4)["y"]
+    # the first placement is the unshifted one; the others differ, and all see the signal
+    import importlib
+
+    probe_module = importlib.import_module("faextract.evaluate.probe")  # (the package's
+    # `probe` attribute is the function)
+
+    rows = np.arange(240)
+    for lead in (0, 2):
+        per_shift = [
+            probe_module._held_out_r2(
+                probe_module.FixedFeatures(z), y[lead:, None], rows[: 240 - lead],
+                blocked_folds(rows[: 240 - lead], 5, 6 + lead, r / 4), 240 - lead,
+            )[0]
+            for r in range(4)
+        ]  # fmt: skip
+        assert per_shift[0] == pytest.approx(one[lead])
+        assert four[lead] == pytest.approx(np.mean(per_shift))
+        assert len(set(np.round(per_shift, 6))) == 4
+        assert four[lead] > (0.7 if lead == 0 else 0.4)  # (z decays at 0.9 a step)
+    noise = probe(rng.standard_normal((240, 8)), {"y": y}, leads=(0,), window=6, repeats=3)
+    assert -0.3 < noise["y"][0] < 0.05
+
+
 def test_without_the_gap_overlapping_windows_would_leak(rng):
     # A feature that averages the target over a trailing window of 24 steps: the target at t
     # is inside the training rows' windows next to the test block. With the gap the probe
@@ -221,19 +267,31 @@ def test_cli_end_to_end(stores, tmp_path):
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
 
 
+def _report_with(stores, out, *options) -> dict:
+    """``report.json`` of `faextract evaluate` on store a with ``options`` (2 EOF targets, 3
+    blocks)."""
+    cube, root = stores
+    r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out", str(out),
+                            "--eof-targets", "2", "--folds", "3", *options])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return json.loads((out / "report.json").read_text())
+
+
+def _refused_with(stores, out, *options) -> None:
+    """`faextract evaluate` with ``options`` exits 2 and writes nothing."""
+    cube, root = stores
+    r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out", str(out),
+                            *options])  # fmt: skip
+    assert r.exit_code == 2 and not out.exists(), r.output
+
+
 def test_field_cells_sets_the_grid_of_the_eof_baseline(stores, tmp_path):
     """The EOF baseline and targets come from the anomaly field at the resolution asked for;
     the report says which (coarser fields drop small-scale noise: other EOFs, other scores)."""
     pytest.importorskip("sklearn")
-    cube, root = stores
+    cube, _ = stores
     H, W = xr.open_dataset(cube).sst.shape[-2:]
-    reports = {}
-    for cells in (4096, 72):
-        out = tmp_path / f"r{cells}"
-        r = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out", str(out),
-                                "--eof-targets", "2", "--folds", "3", "--field-cells", str(cells)])  # fmt: skip
-        assert r.exit_code == 0, r.output
-        reports[cells] = json.loads((out / "report.json").read_text())
+    reports = {c: _report_with(stores, tmp_path / f"r{c}", "--field-cells", str(c)) for c in (4096, 72)}
     assert reports[4096]["field_grid"] == [H, W]
     f = int(np.ceil(np.sqrt(H * W / 72)))
     h, w = -(-H // f), -(-W // f)
@@ -241,9 +299,18 @@ def test_field_cells_sets_the_grid_of_the_eof_baseline(stores, tmp_path):
     assert f"{h} x {w} anomaly field" in (tmp_path / "r72" / "report.md").read_text()
     fine, coarse = (reports[c]["baselines"]["eof"]["probe"]["sst_pc1"]["0"] for c in (4096, 72))
     assert fine != coarse
-    bad = runner.invoke(app, ["evaluate", str(root / "a.zarr"), "--input", str(cube), "--out",
-                              str(tmp_path / "bad"), "--field-cells", "0"])  # fmt: skip
-    assert bad.exit_code == 2 and not (tmp_path / "bad").exists()
+    _refused_with(stores, tmp_path / "bad", "--field-cells", "0")
+
+
+def test_repeats_are_recorded_and_change_only_the_probe(stores, tmp_path):
+    pytest.importorskip("sklearn")
+    reports = {n: _report_with(stores, tmp_path / f"r{n}", "--repeats", str(n)) for n in (1, 3)}
+    assert reports[1]["repeats"] == 1 and reports[3]["repeats"] == 3
+    assert "averaged over 3 placements of the blocks" in (tmp_path / "r3" / "report.md").read_text()
+    one, three = (reports[n]["stores"][0] for n in (1, 3))
+    assert one["probe"] != three["probe"]
+    assert one["effective_rank"] == three["effective_rank"]
+    _refused_with(stores, tmp_path / "bad", "--repeats", "0")
 
 
 def test_bad_input_is_one_line(stores, tmp_path):

@@ -257,6 +257,14 @@ def evaluate(
         int, typer.Option(help="Leading EOF PCs of each variable probed as targets.", min=0)
     ] = 5,
     folds: Annotated[int, typer.Option(help="Contiguous held-out time blocks.", min=2)] = 5,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            help="Run the cross-validation this many times with the blocks shifted by a "
+            "fraction of a block, and average the R² (steadier scores on short records).",
+            min=1,
+        ),
+    ] = 1,
     field_cells: Annotated[
         int,
         typer.Option(
@@ -284,6 +292,7 @@ def evaluate(
         leads=lead_list,
         eof_targets=eof_targets,
         folds=folds,
+        repeats=repeats,
         tiles=tiles,
         max_cells=field_cells,
         overwrite=overwrite,

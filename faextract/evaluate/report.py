@@ -64,6 +64,7 @@ class Report:
     stability: dict
     created: str = ""
     field_grid: tuple[int, int] = (0, 0)  # lat x lon cells per variable of the anomaly field
+    repeats: int = 1  # placements of the blocks averaged (probe's ``repeats``)
 
     def to_json(self) -> dict:
         from faextract import __version__
@@ -98,6 +99,7 @@ class Report:
                 "inputs": self.inputs,
                 "leads": self.leads,
                 "folds": self.folds,
+                "repeats": self.repeats,
                 "targets": self.targets,
                 "stores": stores,
                 "baselines": baselines,
@@ -173,7 +175,9 @@ def markdown(report: Report) -> str:
     text = "# faextract evaluation\n\n"
     text += (
         f"Inputs: {', '.join(report.inputs)}. Held-out R² of ridge probes, {report.folds} "
-        "contiguous time blocks, a gap of one window + lead between training and test rows. "
+        "contiguous time blocks, a gap of one window + lead between training and test rows"
+        + (f", averaged over {report.repeats} placements of the blocks" if report.repeats > 1 else "")
+        + ". "
         f"EOF and random baselines and EOF targets on a {report.field_grid[0]} x "
         f"{report.field_grid[1]} anomaly field per variable.\n\n"
     )

@@ -39,6 +39,8 @@ class EvaluateOptions:
     leads: tuple[int, ...] = (0, 1, 3)
     eof_targets: int = 5  # leading PCs of each channel's anomalies, as automatic targets
     folds: int = 5
+    # the cross-validation again with the blocks shifted, R² averaged (probe's ``repeats``)
+    repeats: int = 1
     tiles: str = "concat"  # how spatially tiled embeddings become features: concat or mean
     regimes: tuple[int, ...] = (4, 5, 6, 7, 8)
     max_cells: int = MAX_CELLS  # cells per variable of the anomaly field (EOFs, baselines)
@@ -106,7 +108,8 @@ def _measure(name: str, feats: Features, z_all: np.ndarray, targets, data: Input
     return FeatureReport(
         name=name,
         features=int(z_all.shape[1]),
-        probe=probe(feats, targets, opts.leads, window=window, folds=opts.folds),
+        probe=probe(feats, targets, opts.leads, window=window, folds=opts.folds,
+                    repeats=opts.repeats),
         effective_rank=metrics.effective_rank(z_all),
         seasonal_share=metrics.seasonal_share(z_all, data.cal),
         month_jump=metrics.month_jump(z_all, data.cal),
@@ -173,6 +176,7 @@ def evaluate(
         inputs=list(inputs),
         leads=list(opts.leads),
         folds=opts.folds,
+        repeats=opts.repeats,
         targets=described,
         stores=reports,
         baselines=baselines,
@@ -195,6 +199,8 @@ def _check_options(stores: Sequence[str], opts: EvaluateOptions) -> None:
         raise DataError("nothing to probe: give an --index or keep --eof-targets above 0")
     if opts.folds < 2:
         raise DataError(f"--folds must be at least 2, got {opts.folds}")
+    if opts.repeats < 1:
+        raise DataError(f"--repeats must be at least 1, got {opts.repeats}")
     if opts.max_cells < 1:
         raise DataError(f"--field-cells must be at least 1, got {opts.max_cells}")
 
