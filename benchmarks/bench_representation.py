@@ -13,8 +13,9 @@ lagged teleconnection), embeds the whole cube (and a copy perturbed with 5% nois
   (where ENSO attends, and how strongly each point attends to ENSO).
 
 Encoders train on the first 85% of the record (the rest is their validation range); the probes
-use evaluate's protocol (5 contiguous held-out blocks over the whole record, a gap of one
-window + lead). Every number comes from this one run.
+use evaluate's protocol (``--folds`` (5) contiguous held-out blocks over the whole record, a
+gap of one window + lead; ``--repeats`` placements of the blocks averaged). Every number comes
+from this one run.
 
     python benchmarks/bench_representation.py               # the README table (~20 min, 2 cores)
     python benchmarks/bench_representation.py --quick       # a smoke run (~3 min)
@@ -141,7 +142,7 @@ def run(args) -> list[dict]:
     indices = [INDICES[v] for v in ("sst", "u10") if v in variables][:1]
     indices += [INDICES[v] for v in ("t2m", "sp") if v in variables][:1]
     opts = EvaluateOptions(indices=indices, leads=(0, 1, 3), eof_targets=args.eof_targets,
-                           overwrite=True)  # fmt: skip
+                           folds=args.folds, repeats=args.repeats, overwrite=True)  # fmt: skip
     perturbed = [s.replace(".zarr", "-noise.zarr") for s in stores]
     report = evaluate(stores, [str(cube)], root / "evaluation", opts, perturbed=perturbed)
     (root / "evaluation" / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -230,6 +231,9 @@ def main() -> None:
     )
     ap.add_argument("--set", action="append", default=[], help="config override (repeatable)")
     ap.add_argument("--eof-targets", type=int, default=3)
+    ap.add_argument("--folds", type=int, default=5, help="held-out time blocks of the probes")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="placements of the blocks averaged (evaluate --repeats)")  # fmt: skip
     ap.add_argument("--workdir", help="keep runs here (reused when present)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, one seed, a smoke run")
     args = ap.parse_args()
@@ -245,7 +249,8 @@ def main() -> None:
     rows = run(args)
     cols = list(dict.fromkeys(k for r in rows for k in r))
     title = (f"Representation quality, {args.cube} cube, config {Path(args.config).name}"
-             f"{' ' + ' '.join(args.set) if args.set else ''} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+             f"{' ' + ' '.join(args.set) if args.set else ''}, {args.folds} blocks x "
+             f"{args.repeats} placements ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     print(table(rows, cols, title))
 
 
