@@ -129,6 +129,29 @@ def test_repeats_average_the_score_over_block_placements(rng):
     assert -0.3 < noise["y"][0] < 0.05
 
 
+def test_an_unseen_probe_scores_only_time_the_encoder_never_saw(rng):
+    """Features that carry a target on the steps their encoder trained on and nothing on new
+    steps (memorized) look good on blocks that are mostly seen steps; the unseen probe tells."""
+    from faextract.evaluate.probe import MIN_UNSEEN, unseen_split
+
+    T = 300
+    y = _ar1(rng, T, 0.8)[:, 0]
+    z = np.c_[y + 0.1 * rng.standard_normal(T), rng.standard_normal((T, 3))]
+    unseen = np.zeros(T, dtype=bool)
+    unseen[240:] = True
+    memorized = z.copy()
+    memorized[240:, 0] = rng.standard_normal(60)
+    assert probe(memorized, {"y": y}, leads=(0,), window=6)["y"][0] > 0.4
+    assert probe(memorized, {"y": y}, leads=(0,), window=6, unseen=unseen)["y"][0] < 0.1
+    assert probe(z, {"y": y}, leads=(0,), window=6, unseen=unseen)["y"][0] > 0.9
+    ((train, test),) = unseen_split(np.arange(T - 2), unseen, lead=2, gap=8)
+    assert test.min() == 240 and test.max() == T - 3
+    assert train.max() == 240 - 8  # both steps seen, and the gap kept from the first test row
+    few = np.zeros(T, dtype=bool)
+    few[T - MIN_UNSEEN + 1 :] = True
+    assert np.isnan(probe(z, {"y": y}, leads=(0,), window=6, unseen=few)["y"][0])
+
+
 def test_without_the_gap_overlapping_windows_would_leak(rng):
     # A feature that averages the target over a trailing window of 24 steps: the target at t
     # is inside the training rows' windows next to the test block. With the gap the probe
@@ -262,6 +285,11 @@ def test_cli_end_to_end(stores, tmp_path):
     assert "enso" in s["attention"]["queries"]
     text = (out / "report.md").read_text()
     assert "eof baseline" in text and "R² enso, lead 0" in text
+    # the store records its encoder's training range: probes on the steps it never saw
+    unseen = s["unseen"]
+    assert unseen["steps"] > 0 and len(unseen["train_range"]) == 2
+    assert set(unseen["probe"]["enso"]) == {"0", "1"} and "enso" in unseen["eof_probe"]
+    assert "On time the encoder never saw" in text
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

@@ -60,7 +60,7 @@ def embed(
     plan = make_plan(ckpt, ckpt_sha, cube, model, opts, out, device)
     store, created = prepare_store(
         out, plan, opts, cube=cube, cell=model.cell_name, ckpt_sha=ckpt_sha,
-        checkpoint=checkpoint, command=command,
+        checkpoint=checkpoint, command=command, train_range=ckpt.train_range,
     )  # fmt: skip
     # One process per shard of a store: a second one would redo the work and race the first.
     shard_i, shard_n = opts.shard

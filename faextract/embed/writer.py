@@ -39,6 +39,7 @@ def prepare_store(
     ckpt_sha: str,
     checkpoint: str,
     command: str,
+    train_range: tuple[str, str] | None = None,
 ) -> tuple[EmbeddingStore, bool]:
     """The store to write: made anew (``--overwrite``, or none yet) or an unfinished one of the
     same computation, reopened. Returns ``(store, created)``; anything else is refused."""
@@ -60,7 +61,7 @@ def prepare_store(
     created = create_template(
         out,
         plan.store_layout(cube, opts),
-        _attributes(plan, opts, cube, cell, ckpt_sha, command),
+        _attributes(plan, opts, cube, cell, ckpt_sha, command, train_range),
         zarr_format=opts.zarr_format,
     )
     store = EmbeddingStore(out)
@@ -74,8 +75,11 @@ def prepare_store(
     return store, created
 
 
-def _attributes(plan: EmbedPlan, opts: EmbedOptions, cube: Cube, cell: str, ckpt_sha: str, command: str) -> dict:
-    """The store's global attributes: CF's, and what a resume or a reader needs to know."""
+def _attributes(plan: EmbedPlan, opts: EmbedOptions, cube: Cube, cell: str, ckpt_sha: str,
+                command: str, train_range: tuple[str, str] | None = None) -> dict:  # fmt: skip
+    """The store's global attributes: CF's, and what a resume or a reader needs to know
+    (``faextract_train_range``: the first and last time the encoder trained on, so that
+    ``evaluate`` can score the features on time the encoder never saw)."""
     spec = plan.spec
     return {
         "Conventions": "CF-1.8",
@@ -96,6 +100,7 @@ def _attributes(plan: EmbedPlan, opts: EmbedOptions, cube: Cube, cell: str, ckpt
         "faextract_perturb": opts.perturb.describe() if opts.perturb else "",
         "faextract_window": f"warmup {spec.warmup} + keep {spec.step} steps; block {plan.block} steps",
         "faextract_layout": json.dumps(plan.layout(opts), sort_keys=True),
+        "faextract_train_range": json.dumps(list(train_range) if train_range else None),
     }
 
 

@@ -82,14 +82,37 @@ def blocked_folds(
         if test.size == 0:
             continue
         test = np.unique(test)
-        # distance of every row to the nearest test row, in time steps
-        tt = times[test]
-        at = np.clip(np.searchsorted(tt, times), 1, tt.size) - 1
-        nearest = np.minimum(np.abs(times - tt[at]), np.abs(times - tt[np.minimum(at + 1, tt.size - 1)]))
-        train = np.nonzero(nearest >= gap)[0]
+        train = np.nonzero(_far_from(times, times[test], gap))[0]
         if train.size:
             out.append((train, test))
     return out
+
+
+def _far_from(times: np.ndarray, tested: np.ndarray, gap: int) -> np.ndarray:
+    """Whether each of ``times`` is at least ``gap`` steps from every one of ``tested``
+    (sorted)."""
+    if tested.size == 0:
+        return np.ones(times.shape, dtype=bool)
+    at = np.clip(np.searchsorted(tested, times), 1, tested.size) - 1
+    after = tested[np.minimum(at + 1, tested.size - 1)]
+    return np.minimum(np.abs(times - tested[at]), np.abs(times - after)) >= gap
+
+
+#: Fewest unseen steps an ``unseen`` probe is scored on (fewer: NaN).
+MIN_UNSEEN = 12
+
+
+def unseen_split(times: np.ndarray, unseen: np.ndarray, lead: int, gap: int):
+    """The one split of an ``unseen`` probe: test rows whose step and target step (``lead``
+    later) are both unseen by the encoder, training rows whose both are seen and that keep
+    ``gap`` steps from every test row. ``times``: the rows' steps; ``unseen``: a mask over all
+    steps. Empty (nothing to score) with fewer than :data:`MIN_UNSEEN` test rows."""
+    times = np.asarray(times)
+    a, b = unseen[times], unseen[times + lead]
+    test = np.nonzero(a & b)[0]
+    train = np.nonzero(~a & ~b)[0]
+    train = train[_far_from(times[train], times[test], gap)]
+    return [(train, test)] if test.size >= MIN_UNSEEN and train.size else []
 
 
 def _standardize(x_train: np.ndarray, *others: np.ndarray):
@@ -136,6 +159,7 @@ def probe(
     window: int,
     folds: int = 5,
     repeats: int = 1,
+    unseen: np.ndarray | None = None,
 ) -> dict[str, dict[int, float]]:
     """Held-out R^2 of each target at each lead: ``{target: {lead: r2}}``.
 
@@ -149,6 +173,11 @@ def probe(
     short record the score moves a lot with where the blocks fall (on 132 months, by up to 0.5
     between 5 and 10 blocks); the average over placements says more of the features and less
     of one split.
+
+    ``unseen`` (a boolean mask over the steps): instead of the blocks, score on the steps the
+    encoder never trained on, fitting on the steps it did (:func:`unseen_split`): the skill of
+    the features on new time, which the blocks cannot show when the encoder trained on most
+    of them. ``folds`` and ``repeats`` then do not apply.
     """
     feats = FixedFeatures(features) if isinstance(features, np.ndarray) else features
     names = list(targets)
@@ -163,10 +192,11 @@ def probe(
         if isinstance(feats, FixedFeatures):
             ok &= np.isfinite(feats.values[: T - lead]).all(axis=1)
         rows = t[ok]
-        scores = np.stack([
-            _held_out_r2(feats, y, rows, blocked_folds(rows, folds, window + lead, r / repeats), T - lead)
-            for r in range(repeats)
-        ])  # fmt: skip
+        if unseen is not None:
+            splits = [unseen_split(rows, np.asarray(unseen, dtype=bool), lead, window + lead)]
+        else:
+            splits = [blocked_folds(rows, folds, window + lead, r / repeats) for r in range(repeats)]
+        scores = np.stack([_held_out_r2(feats, y, rows, s, T - lead) for s in splits])
         for j, name in enumerate(names):
             out[name][lead] = float(scores[:, j].mean())
     return out

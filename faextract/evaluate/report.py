@@ -51,6 +51,9 @@ class StoreReport(FeatureReport):
     regimes: dict[int, dict] = field(default_factory=dict)
     robustness: dict[str, dict[str, float]] = field(default_factory=dict)
     attention: dict = field(default_factory=dict)
+    # probes on the steps the encoder never trained on: {"train_range", "steps", "probe",
+    # "eof_probe"} (the EOF baseline on the same steps); empty when the store records no range
+    unseen: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +130,30 @@ def _columns(report: Report) -> list[tuple[str, FeatureReport]]:
     return cols
 
 
+def _unseen_table(report: Report) -> str:
+    """The index probes on time each encoder never saw, beside the EOF baseline's on the
+    same steps ("" when no store records its training range)."""
+    stores = [s for s in report.stores if s.unseen.get("probe")]
+    if not stores:
+        return ""
+    index_targets = [t for t, d in report.targets.items() if d["kind"] == "index"]
+    targets = index_targets or list(report.targets)[:2]
+    cells = [(t, lead) for t in targets for lead in report.leads]
+    text = (
+        "\n## On time the encoder never saw\n\nThe probes fitted on the steps inside the "
+        "encoder's training range and scored on those outside it (the blocks above include "
+        "steps the encoder trained on); the EOF baseline on the same steps in brackets.\n\n"
+    )
+    text += "| store | unseen steps | " + " | ".join(f"R² {t}, lead {lead}" for t, lead in cells)
+    text += " |\n|---|---|" + "---|" * len(cells) + "\n"
+    for s in stores:
+        u = s.unseen
+        values = [f"{_fmt(u['probe'][t].get(lead))} ({_fmt(u['eof_probe'][t].get(lead))})"
+                  for t, lead in cells]  # fmt: skip
+        text += f"| {Path(s.path).name} | {u['steps']} | " + " | ".join(values) + " |\n"
+    return text
+
+
 def markdown(report: Report) -> str:
     """One side-by-side table (feature sets as columns), then the per-target probe table."""
     cols = _columns(report)
@@ -189,6 +216,7 @@ def markdown(report: Report) -> str:
         text += "|---|" + "---|" * len(paths) + "\n"
         for p, r in zip(paths, report.stability["cka"], strict=True):
             text += f"| {Path(p).name} | " + " | ".join(_fmt(v) for v in r) + " |\n"
+    text += _unseen_table(report)
     text += "\n## Probe R² per target\n\n"
     text += "| target | lead | " + " | ".join(c for c, _ in cols) + " |\n"
     text += "|---|---|" + "---|" * len(cols) + "\n"

@@ -12,6 +12,7 @@ between stores -> ``report.json``, ``report.md``, figures (:mod:`~faextract.eval
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,14 +155,16 @@ def evaluate(
     window = max(s.window for s in loaded)
 
     task = progress.start("evaluating", total=len(loaded) + 2) if progress else None
+    k = loaded[0].z.shape[1]
+    eof = EOFFeatures(data.field, k)
+    keys = _time_key(cube.time.values[steps], cube.calendar)
+    unseen = _Unseen(keys, eof, targets, opts)
     reports = []
     for s in loaded:
-        reports.append(_store_report(s, shaken, targets, data, opts))
+        reports.append(_store_report(s, shaken, targets, data, opts, unseen))
         if task is not None:
             progress.advance(task, 1)
 
-    k = loaded[0].z.shape[1]
-    eof = EOFFeatures(data.field, k)
     rand = RandomFeatures(data.field, k)
     baselines = {
         "eof": _measure("eof", eof, eof.transform(np.arange(len(steps))), targets, data, opts, window),
@@ -205,12 +208,51 @@ def _check_options(stores: Sequence[str], opts: EvaluateOptions) -> None:
         raise DataError(f"--field-cells must be at least 1, got {opts.max_cells}")
 
 
-def _store_report(s, shaken, targets, data, opts: EvaluateOptions) -> StoreReport:
-    """Everything measured on one store: probes, use of the embedding, regimes, robustness
-    against the perturbed stores made with the same checkpoint, attention."""
+_STAMP = re.compile(r"(-?\d+)-(\d+)-(\d+)(?:[ T](\d+):(\d+):(\d+))?")
+
+
+def _stamp_key(text: str) -> tuple | None:
+    """``(year, month, day, hour, minute, second)`` of a recorded time such as
+    ``2000-01-16 00:00:00`` or ``2000-01-16T00:00:00.000000000``; None if it is not one."""
+    m = _STAMP.match(text.strip())
+    return tuple(int(v or 0) for v in m.groups()) if m else None
+
+
+class _Unseen:
+    """Probes on the steps a store's encoder never trained on (its recorded training range),
+    with the EOF baseline scored on the same steps; the baseline's scores are kept per range
+    (the seeds of one recipe share it)."""
+
+    def __init__(self, keys: list[tuple], eof: Features, targets, opts: EvaluateOptions):
+        self.keys, self.eof, self.targets, self.opts = keys, eof, targets, opts
+        self.baseline: dict[tuple, dict] = {}
+
+    def measure(self, s: StoreFeatures) -> dict:
+        if s.train_range is None:
+            return {}
+        first, last = (_stamp_key(v) for v in s.train_range)
+        if first is None or last is None:
+            return {}
+        mask = np.array([not (first <= k <= last) for k in self.keys])
+        out = {"train_range": list(s.train_range), "steps": int(mask.sum())}
+        if not mask.any():
+            return out
+        args = dict(leads=self.opts.leads, window=s.window, unseen=mask)
+        if s.train_range not in self.baseline:
+            self.baseline[s.train_range] = probe(self.eof, self.targets, **args)
+        out["probe"] = probe(np.asarray(s.z), self.targets, **args)
+        out["eof_probe"] = self.baseline[s.train_range]
+        return out
+
+
+def _store_report(s, shaken, targets, data, opts: EvaluateOptions, unseen: _Unseen) -> StoreReport:
+    """Everything measured on one store: probes (also on time its encoder never saw),
+    use of the embedding, regimes, robustness against the perturbed stores made with the same
+    checkpoint, attention."""
     r = _measure(s.path, np.asarray(s.z), s.z, targets, data, opts, s.window)
     rep = StoreReport(**vars(r), path=s.path, cell=s.cell, embedding_dim=s.embedding_dim,
                       tiles=s.tiles, window=s.window)  # fmt: skip
+    rep.unseen = unseen.measure(s)
     rep.component_std = [float(v) for v in metrics.component_std(s.z)]
     rep.regimes = regimes(s.z, data.cal.month, opts.regimes)
     for p in shaken:

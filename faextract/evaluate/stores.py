@@ -34,7 +34,14 @@ class StoreFeatures:
     perturb: str | None
     channels: tuple[str, ...]
     queries: dict[str, list[float]] = field(default_factory=dict)
+    # first and last time the encoder trained on (None: not recorded)
+    train_range: tuple[str, str] | None = None
     dataset: xr.Dataset | None = field(default=None, repr=False)
+
+
+def _train_range(attrs: dict) -> tuple[str, str] | None:
+    value = json.loads(attrs.get("faextract_train_range") or "null")
+    return (str(value[0]), str(value[1])) if value else None
 
 
 def _channels(attrs: dict) -> tuple[str, ...]:
@@ -80,5 +87,6 @@ def load_store(path: str | os.PathLike, tiles: str = "concat") -> StoreFeatures:
         perturb=ds.attrs.get("faextract_perturb") or None,
         channels=_channels(ds.attrs),
         queries=dict(layout.get("queries") or {}),
+        train_range=_train_range(ds.attrs),
         dataset=ds,
     )
