@@ -7,6 +7,8 @@ lagged teleconnection), embeds the whole cube (and a copy perturbed with 5% nois
 
 - held-out R² of the planted index (the ENSO box's SST anomaly) at leads 0, 1 and 3, and of
   the teleconnection box's t2m anomaly at lead 0, against the EOF baseline with as many PCs;
+  and the index's R² on the months the encoders never trained on (their validation range:
+  probes fitted on the training range), the EOF baseline on the same months;
 - effective rank, month-boundary jump, linear CKA between the two seeds, robustness
   (``||z' - z|| / ||z - mean z||`` under 5% noise), best k-means silhouette;
 - for FAConvLSTM2D: the percentile of the teleconnection box in the ENSO query's attention maps
@@ -159,6 +161,7 @@ def summarize(report, meta: dict) -> list[dict]:
         "features": f"EOF baseline ({eof.features} PCs)",
         **{f"ENSO R² lead {L}": f"{eof.probe['enso'][L]:.3f}" for L in report.leads},
         "tele R² lead 0": f"{eof.probe['tele'][0]:.3f}",
+        "ENSO R² unseen, lead 0 / 1 / 3": _unseen(report.stores[0].unseen.get("eof_probe")),
         "EOF-PC R² mean": _eof_mean(eof, report),
         "eff. rank": f"{eof.effective_rank:.1f}",
     })  # fmt: skip
@@ -181,6 +184,10 @@ def summarize(report, meta: dict) -> list[dict]:
             "features": f"{cell} ({meta[mine[0]]['params']:,} params)",
             **{f"ENSO R² lead {L}": mean(lambda r, L=L: r.probe["enso"][L]) for L in report.leads},
             "tele R² lead 0": mean(lambda r: r.probe["tele"][0]),
+            "ENSO R² unseen, lead 0 / 1 / 3": " / ".join(
+                mean(lambda r, L=L: r.unseen.get("probe", {}).get("enso", {}).get(L))
+                for L in report.leads
+            ),
             "EOF-PC R² mean": mean(lambda r: _eof_mean_value(r, report)),
             "eff. rank": mean(lambda r: r.effective_rank),
             "month jump": mean(lambda r: r.month_jump),
@@ -195,6 +202,13 @@ def summarize(report, meta: dict) -> list[dict]:
         }  # fmt: skip
         rows.append(row)
     return rows
+
+
+def _unseen(probe: dict | None) -> str:
+    """The ENSO index's R² at each lead on the months the encoders never trained on."""
+    if not probe:
+        return "-"
+    return " / ".join(f"{v:.3f}" for v in probe["enso"].values())
 
 
 def _eof_mean_value(feat, report) -> float:
