@@ -80,6 +80,10 @@ class ModelConfig:
     head_grid: list[int] | None = field(default_factory=lambda: [18, 36])
     # Dropout on the pooled features the head maps to z (training only; 0 = off).
     head_dropout: float = 0.0
+    # Gaussian noise on z as the decoders hear it while training, in units of each
+    # component's standard deviation over the batch (an information bottleneck against
+    # memorizing the training months; 0 = off). z itself, and everything embed writes, is clean.
+    embedding_noise: float = 0.0
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
@@ -314,6 +318,8 @@ def validate(config: Config) -> Config:
           m.cluster_start_epoch)  # fmt: skip
     _grid(m.embedding_grid, "model.embedding_grid")
     _grid(m.head_grid, "model.head_grid", optional=True)
+    _need(math.isfinite(m.embedding_noise) and m.embedding_noise >= 0, "model.embedding_noise",
+          "a number >= 0", m.embedding_noise)  # fmt: skip
     _need(math.isfinite(m.head_dropout) and 0 <= m.head_dropout < 1, "model.head_dropout",
           "a number in [0, 1)", m.head_dropout)  # fmt: skip
     _need(m.embedding_horizon >= 0, "model.embedding_horizon", "an integer >= 0",

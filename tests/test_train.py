@@ -320,3 +320,29 @@ def test_head_dropout_drops_pooled_features_in_training_only(tmp_path, tiny_conf
     assert checkpoint.model_args["head_dropout"] == 0.3
     model = checkpoint.build_model()
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.3 for m in model.modules())
+
+
+def test_embedding_noise_reaches_the_decoders_only_while_training(tmp_path, tiny_config):
+    from faextract.config import ConfigError, load_config
+    from faextract.models.autoencoder import ClimateAutoencoder
+
+    torch.manual_seed(0)
+    net = ClimateAutoencoder(2, embedding_dim=4, embedding_noise=0.5, head_grid=(2, 2),
+                             filters=8, stem_channels=4)  # fmt: skip
+    x = torch.randn(2, 3, 2, 16, 16)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    a, b = net.train()(x, mask), net(x, mask)
+    torch.testing.assert_close(a.embeddings, b.embeddings)  # z itself is clean
+    assert not torch.allclose(a.coarse, b.coarse)  # the decoders hear a noisy z
+    # the noise scales with each component's spread: about embedding_noise of it
+    z = a.embeddings * torch.tensor([1.0, 10.0, 100.0, 1000.0])
+    heard = torch.stack([net.noisy(z) for _ in range(200)])
+    ratio = (heard - z).std(dim=(0, 1, 2)) / z.reshape(-1, 4).std(dim=0)
+    torch.testing.assert_close(ratio, torch.full((4,), 0.5), rtol=0.1, atol=0)
+    net.eval()
+    torch.testing.assert_close(net(x, mask).coarse, net(x, mask).coarse)
+    with pytest.raises(ConfigError, match="model.embedding_noise"):
+        load_config(None, ["model.embedding_noise=-1"])
+    train(tiny_config("train.epochs=1", "model.embedding_noise=0.5"), tmp_path / "run",
+          plain_progress=True)  # fmt: skip
+    assert load_checkpoint(tmp_path / "run" / "last.pt").model_args["embedding_noise"] == 0.5

@@ -145,8 +145,12 @@ class ClimateAutoencoder(nn.Module):
         head_grid: tuple[int, int] | None = None,
         causal_embedding: bool = False,
         head_dropout: float = 0.0,
+        embedding_noise: float = 0.0,
     ):
         super().__init__()
+        if not embedding_noise >= 0:
+            raise ValueError(f"model.embedding_noise must be >= 0, got {embedding_noise}")
+        self.embedding_noise = float(embedding_noise)
         if embedding_horizon < 0:
             raise ValueError(f"model.embedding_horizon must be >= 0, got {embedding_horizon}")
         self.embedding_grid = tuple(int(v) for v in embedding_grid)
@@ -281,6 +285,18 @@ class ClimateAutoencoder(nn.Module):
         forecast = unflat(self.forecast_out(u)) if self.forecast_out is not None else None
         return recon, forecast
 
+    def noisy(self, z: torch.Tensor, step_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``z (B, T, d)`` as the decoders hear it while training: plus Gaussian noise of
+        ``embedding_noise`` times each component's standard deviation over the batch (the
+        valid steps), so every component passes at most a fixed signal-to-noise ratio
+        (``1 / embedding_noise**2``) whatever its scale, and z cannot spend its capacity on
+        month-by-month detail (memorizing). ``z`` itself in eval mode or with 0."""
+        if not self.training or self.embedding_noise == 0:
+            return z
+        x = z[step_valid] if step_valid is not None else z.reshape(-1, z.shape[-1])
+        std = x.detach().float().std(dim=0) if x.shape[0] > 1 else torch.ones_like(z[0, 0])
+        return z + self.embedding_noise * std.to(z.dtype) * torch.randn_like(z)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -290,9 +306,10 @@ class ClimateAutoencoder(nn.Module):
         need_weights: bool = False,
     ) -> NetworkOutput:
         latent, z, attention = self.encode(x, mask, phase, step_valid, need_weights)
-        recon, forecast = self.decode(latent, z)
+        heard = self.noisy(z, step_valid)
+        recon, forecast = self.decode(latent, heard)
         B, T = z.shape[:2]
-        coarse = self.coarse(z).reshape(
+        coarse = self.coarse(heard).reshape(
             B, T, self.embedding_horizon + 1, self.in_channels, *self.embedding_grid
         )
         q = self.cluster(z) if self.cluster is not None else None
