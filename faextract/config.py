@@ -104,6 +104,10 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     early_stopping: int = 0  # patience in epochs; 0 = off
+    # The validation number that picks best.pt and drives early stopping: "loss" (the job's
+    # validation loss: the encoder's reconstruction MSE) or "embedding" (the encoder's
+    # embedding-decoder loss: how well z, which embed writes, generalizes to new time).
+    best_by: str = "loss"
     # Decay of an exponential moving average of the weights, per optimizer step (0 = off;
     # e.g. 0.99 averages over the last ~100 steps): validation, best.pt and embed use the
     # average (faextract.train.averaging).
@@ -347,6 +351,9 @@ def validate(config: Config) -> Config:
     for key in ("weight_decay", "grad_clip"):
         v = getattr(tr, key)
         _need(math.isfinite(v) and v >= 0, f"train.{key}", "a number >= 0", v)
+    _need(tr.best_by in ("loss", "embedding"), "train.best_by", "loss or embedding", tr.best_by)
+    _need(not (config.job == "compressor" and tr.best_by == "embedding"), "train.best_by",
+          "loss with job: compressor (it has no embedding)", tr.best_by)  # fmt: skip
     _need(math.isfinite(tr.ema) and 0 <= tr.ema < 1, "train.ema",
           "a number in [0, 1) (0 = off)", tr.ema)  # fmt: skip
     for key in ("warmup_steps", "early_stopping", "num_workers", "checkpoint_every"):

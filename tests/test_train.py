@@ -346,3 +346,19 @@ def test_embedding_noise_reaches_the_decoders_only_while_training(tmp_path, tiny
     train(tiny_config("train.epochs=1", "model.embedding_noise=0.5"), tmp_path / "run",
           plain_progress=True)  # fmt: skip
     assert load_checkpoint(tmp_path / "run" / "last.pt").model_args["embedding_noise"] == 0.5
+
+
+def test_best_by_embedding_keeps_the_epoch_where_z_generalizes_best(tmp_path, tiny_config):
+    from faextract.config import ConfigError, load_config
+
+    run = tmp_path / "run"
+    train(tiny_config("train.epochs=4", "train.best_by=embedding"), run, plain_progress=True)
+    rows = [r for r in read_metrics(run) if r["kind"] == "val"]
+    emb = [float(r["embedding"]) for r in rows]
+    best = load_checkpoint(run / "best.pt").training
+    assert best.epoch == int(rows[emb.index(min(emb))]["epoch"])
+    assert best.best_val == pytest.approx(min(emb), rel=1e-4)  # (metrics.csv rounds)
+    with pytest.raises(ConfigError, match="train.best_by: expected loss or embedding"):
+        load_config(None, ["train.best_by=recon"])
+    with pytest.raises(ConfigError, match="train.best_by: expected loss with job: compressor"):
+        load_config(None, ["job=compressor", "train.best_by=embedding"])

@@ -133,10 +133,13 @@ class EncoderJob:
         return compute_losses(net, batch, self.config, self.cluster_on)
 
     def validate(self, loader, device, info, amp) -> tuple[float, dict]:
-        """``(validation loss, metrics)``: reconstruction MSE (forecast MSE without one)."""
+        """``(validation loss, metrics)``: reconstruction MSE (forecast MSE without one), or
+        the embedding decoder's loss with ``train.best_by: embedding``."""
         from faextract.train.evaluation import validate
 
         metrics = validate(self.model, loader, device, info, amp)
+        if self.config.train.best_by == "embedding":
+            return metrics["embedding"], metrics
         return metrics.get("recon", metrics.get("forecast", float("nan"))), metrics
 
     def restore(self, state: TrainingState) -> None:
