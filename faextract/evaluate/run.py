@@ -221,7 +221,7 @@ def _stamp_key(text: str) -> tuple | None:
 class _Unseen:
     """Probes on the steps a store's encoder never trained on (its recorded training range),
     with the EOF baseline scored on the same steps; the baseline's scores are kept per range
-    (the seeds of one recipe share it)."""
+    and window (the seeds of one recipe share them)."""
 
     def __init__(self, keys: list[tuple], eof: Features, targets, opts: EvaluateOptions):
         self.keys, self.eof, self.targets, self.opts = keys, eof, targets, opts
@@ -238,10 +238,11 @@ class _Unseen:
         if not mask.any():
             return out
         args = dict(leads=self.opts.leads, window=s.window, unseen=mask)
-        if s.train_range not in self.baseline:
-            self.baseline[s.train_range] = probe(self.eof, self.targets, **args)
+        key = (s.train_range, s.window)
+        if key not in self.baseline:
+            self.baseline[key] = probe(self.eof, self.targets, **args)
         out["probe"] = probe(np.asarray(s.z), self.targets, **args)
-        out["eof_probe"] = self.baseline[s.train_range]
+        out["eof_probe"] = self.baseline[key]
         return out
 
 
