@@ -80,6 +80,9 @@ class ModelConfig:
     head_grid: list[int] | None = field(default_factory=lambda: [18, 36])
     # Dropout on the pooled features the head maps to z (training only; 0 = off).
     head_dropout: float = 0.0
+    # Factorize the head's map to z into this many (spatial pattern x channel mix) products per
+    # component (0 = one full linear map; only with head_grid): far fewer weights to fit.
+    head_rank: int = 0
     # Gaussian noise on z as the decoders hear it while training, in units of each
     # component's standard deviation over the batch (an information bottleneck against
     # memorizing the training months; 0 = off). z itself, and everything embed writes, is clean.
@@ -322,6 +325,7 @@ def validate(config: Config) -> Config:
           m.cluster_start_epoch)  # fmt: skip
     _grid(m.embedding_grid, "model.embedding_grid")
     _grid(m.head_grid, "model.head_grid", optional=True)
+    _need(m.head_rank >= 0, "model.head_rank", "an integer >= 0 (0 = a full linear map)", m.head_rank)
     _need(math.isfinite(m.embedding_noise) and m.embedding_noise >= 0, "model.embedding_noise",
           "a number >= 0", m.embedding_noise)  # fmt: skip
     _need(math.isfinite(m.head_dropout) and 0 <= m.head_dropout < 1, "model.head_dropout",
@@ -336,7 +340,7 @@ def validate(config: Config) -> Config:
         for name in inspect.signature(klass.__init__).parameters
     } - {"self", "args", "kwargs", "filters", "kernel_size", "padding", "data_format",
          "return_sequences", "in_channels", "embedding_dim", "periodic", "seasonal_period",
-         "embedding_norm", "head_grid", "head_dropout", "temporal_causal"}  # fmt: skip
+         "embedding_norm", "head_grid", "head_dropout", "head_rank", "temporal_causal"}  # fmt: skip
     for key in m.cell_options:
         if key not in accepted:
             raise ConfigError(

@@ -362,3 +362,37 @@ def test_best_by_embedding_keeps_the_epoch_where_z_generalizes_best(tmp_path, ti
         load_config(None, ["train.best_by=recon"])
     with pytest.raises(ConfigError, match="train.best_by: expected loss with job: compressor"):
         load_config(None, ["job=compressor", "train.best_by=embedding"])
+
+
+def test_a_factorized_head_is_a_low_rank_linear_map(tmp_path, tiny_config):
+    from faextract.config import ConfigError, load_config
+    from faextract.models.subspace import SubspaceHead
+
+    torch.manual_seed(0)
+    C, gh, gw, d, r = 6, 3, 4, 5, 2
+    head = SubspaceHead(C, dim=d, norm=False, grid=(gh, gw), rank=r)
+    full = SubspaceHead(C, dim=d, norm=False, grid=(gh, gw))
+    assert sum(p.numel() for p in head.fc.parameters()) == d * r * (gh * gw + C) + d
+    # the same function as a full map whose weight is the sum of the rank products
+    full.proj.load_state_dict(head.proj.state_dict())
+    with torch.no_grad():
+        w = torch.einsum("krc,krp->kcp", head.fc.mix, head.fc.spatial).reshape(d, C * gh * gw)
+        full.fc.weight.copy_(w)
+        full.fc.bias.copy_(head.fc.bias)
+    h = torch.randn(2, 3, C, 6, 8)
+    valid = torch.rand(2, 3, 6, 8) > 0.2
+    torch.testing.assert_close(head(h, valid), full(h, valid), rtol=1e-5, atol=1e-5)
+    assert 0.1 < head(h, valid).std() / _full_default_std(C, gh, gw, d, h, valid) < 10
+    with pytest.raises(ConfigError, match="model.head_rank"):
+        load_config(None, ["model.head_rank=-1"])
+    train(tiny_config("train.epochs=1", "model.head_rank=2"), tmp_path / "run", plain_progress=True)
+    model = load_checkpoint(tmp_path / "run" / "last.pt").build_model()
+    assert model.cells[-1].head.fc.spatial.shape[1] == 2
+
+
+def _full_default_std(C, gh, gw, d, h, valid) -> float:
+    """The output spread of a default-initialized full head (the factorized one starts alike)."""
+    from faextract.models.subspace import SubspaceHead
+
+    torch.manual_seed(1)
+    return float(SubspaceHead(C, dim=d, norm=False, grid=(gh, gw))(h, valid).std())

@@ -146,6 +146,7 @@ class ClimateAutoencoder(nn.Module):
         causal_embedding: bool = False,
         head_dropout: float = 0.0,
         embedding_noise: float = 0.0,
+        head_rank: int = 0,
     ):
         super().__init__()
         if not embedding_noise >= 0:
@@ -188,6 +189,7 @@ class ClimateAutoencoder(nn.Module):
                     embedding_norm=embedding_norm,
                     head_grid=head_grid,
                     head_dropout=head_dropout,
+                    head_rank=head_rank,
                     temporal_causal=causal_embedding,
                 )
                 kw.update(options)
@@ -199,7 +201,8 @@ class ClimateAutoencoder(nn.Module):
         self.head = (
             None
             if self.cells[-1].makes_embeddings
-            else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid, head_dropout)
+            else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid, head_dropout,
+                              head_rank)  # fmt: skip
         )
         self.film = nn.Linear(embedding_dim, 2 * filters)
         self.up = nn.ModuleList(

@@ -117,6 +117,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         embedding_norm: bool = True,
         head_grid: tuple[int, int] | None = None,
         head_dropout: float = 0.0,
+        head_rank: int = 0,
     ):
         if attention_every < 1:
             raise ValueError(f"attention_every must be >= 1, got {attention_every}")
@@ -142,6 +143,7 @@ class FAConvLSTM2D(RecurrentConv2D):
         self.embedding_norm = embedding_norm
         self.head_grid = tuple(head_grid) if head_grid else None
         self.head_dropout = float(head_dropout)
+        self.head_rank = int(head_rank)
         super().__init__(
             filters,
             kernel_size,
@@ -209,7 +211,7 @@ class FAConvLSTM2D(RecurrentConv2D):
             )
         if self.embedding_dim:
             self.head = SubspaceHead(F_, self.embedding_dim, self.embedding_norm, self.head_grid,
-                                     self.head_dropout)  # fmt: skip
+                                     self.head_dropout, self.head_rank)  # fmt: skip
             self.seasonal = SeasonalEncoding(self.embedding_dim, self.seasonal_period)
             if self.temporal_attention:
                 self.temporal = TemporalSelfAttention(

@@ -60,7 +60,7 @@ class RecurrentConv2D(nn.Module, abc.ABC):
 
     #: True for cells that make the per-step embedding themselves (they take
     #: ``embedding_dim``, ``seasonal_period``, ``embedding_norm``, ``head_grid``,
-    #: ``head_dropout``, ``periodic``).
+    #: ``head_dropout``, ``head_rank``, ``periodic``).
     makes_embeddings = False
 
     #: ``(k, heads)`` when the cell returns spatial attention maps every k-th step (see

@@ -15,6 +15,13 @@ R² near 0 for a planted ENSO box that 16 EOFs recover at 0.95).
 
 ``dropout`` > 0 drops pooled features (training only) before the linear map, so that z cannot
 rest on a few cells' values.
+
+``rank`` > 0 (with a grid) factorizes the map to z: each component is a sum of ``rank``
+products of a spatial pattern on the grid and a channel mix, ``z_k = sum_r sum_c B[k, r, c]
+sum_p A[k, r, p] pooled[c, p]``: ``d * rank * (gh * gw + F)`` weights instead of
+``d * F * gh * gw`` (on 18 x 36 cells with 32 channels: 11 k instead of 332 k for d = 16),
+patterns like an EOF's loading map. A short record cannot fit the full map without
+memorizing its months.
 """
 
 from __future__ import annotations
@@ -31,13 +38,21 @@ class SubspaceHead(nn.Module):
         norm: bool = True,
         grid: tuple[int, int] | None = None,
         dropout: float = 0.0,
+        rank: int = 0,
     ):
         super().__init__()
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0, got {rank}")
         self.grid = tuple(int(g) for g in grid) if grid else None
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.proj = nn.Conv2d(channels, channels, 1)
-        width = channels * self.grid[0] * self.grid[1] if self.grid else 2 * channels
-        self.fc = nn.Linear(width, dim)
+        self.rank = int(rank) if self.grid else 0
+        if self.rank:
+            cells = self.grid[0] * self.grid[1]
+            self.fc = _FactorizedMap(channels, cells, dim, self.rank)
+        else:
+            width = channels * self.grid[0] * self.grid[1] if self.grid else 2 * channels
+            self.fc = nn.Linear(width, dim)
         self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,3 +82,21 @@ class SubspaceHead(nn.Module):
         s = pool(flat * m, self.grid)
         n = pool(m, self.grid)
         return (s / n.clamp(min=1e-6)).reshape(B, T, -1)
+
+
+class _FactorizedMap(nn.Module):
+    """``(B, T, C * P) -> (B, T, d)`` (features channel-major, as the grid pooling flattens
+    them): ``sum_r (B[k, r] . (pooled @ A[k, r]))`` plus a bias; see :class:`SubspaceHead`."""
+
+    def __init__(self, channels: int, cells: int, dim: int, rank: int):
+        super().__init__()
+        self.channels, self.cells = channels, cells
+        # Scaled so that z starts with the variance of nn.Linear's default initialization.
+        self.spatial = nn.Parameter(torch.randn(dim, rank, cells) / cells**0.5)
+        self.mix = nn.Parameter(torch.randn(dim, rank, channels) / (channels * rank) ** 0.5 / 3**0.5)
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.reshape(*x.shape[:-1], self.channels, self.cells)  # (B, T, C, P)
+        per_pattern = torch.einsum("btcp,krp->btkrc", pooled, self.spatial)
+        return torch.einsum("btkrc,krc->btk", per_pattern, self.mix) + self.bias

@@ -71,6 +71,7 @@ def model_args(config: Config, cube) -> dict:
         head_grid=_head_grid(m.head_grid, cube.shape[2:], 2**m.downsample),
         head_dropout=float(m.head_dropout),
         embedding_noise=float(m.embedding_noise),
+        head_rank=int(m.head_rank),
     )
 
 
