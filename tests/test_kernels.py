@@ -210,6 +210,25 @@ def test_depthwise_backward_equals_autograd_of_the_convolution(kernel, dilation,
     torch.testing.assert_close(gw, gw2)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 2, 2), (2, 3, 4, 5), (1, 16, 2, 2)])
+def test_the_c_weight_gradient_of_a_non_contiguous_input(shape):
+    """The weight gradient read a contiguous copy of a non-contiguous input through its address
+    alone: the copy was freed before the kernel ran, and the kernel's padded buffer, of the same
+    size at (1, 4, 2, 2), reused it (gradients of zero). FAConvLSTM2D's unfactorized ablation
+    feeds such views to its branches."""
+    from faextract.models.layers import depthwise_conv2d
+
+    torch.manual_seed(0)
+    N, C, H, W = shape
+    x = torch.randn(N, C, W, H).transpose(2, 3)
+    assert not x.is_contiguous()
+    w = torch.randn(C, 1, 3, 3, requires_grad=True)
+    g = torch.randn(N, C, H, W)
+    (gw,) = torch.autograd.grad((depthwise_conv2d(x, w, (1, 1), 1) * g).sum(), [w])
+    (ref,) = torch.autograd.grad((F.conv2d(x, w, padding=1, groups=C) * g).sum(), [w])
+    torch.testing.assert_close(gw, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_pointwise_conv_equals_a_1x1_convolution(with_bias):
     torch.manual_seed(0)

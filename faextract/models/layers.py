@@ -197,10 +197,12 @@ class _DepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # gw[c, i, j] = sum_n,y,x xpad[n, c, y + i d, x + j d] g[n, c, y, x]
             if fast:
-                lib, g = kernels.library(), g.contiguous()
+                # Hold the contiguous copies until the kernel returns: a temporary whose address
+                # alone is passed is freed at once, and the kernel's own buffer could reuse it.
+                lib, x, g = kernels.library(), x.contiguous(), g.contiguous()
                 planes = torch.empty(N * C, kh * kw, dtype=torch.float64)
                 sizes = (*x.shape[-2:], Ho, Wo, kh, kw, d, ph, pw)
-                ptrs = (x.contiguous().data_ptr(), g.data_ptr(), planes.data_ptr())
+                ptrs = (x.data_ptr(), g.data_ptr(), planes.data_ptr())
                 kernels.run_rows(
                     lib.faex_depthwise_weight_grad, N * C, *ptrs, *sizes, work=g.numel()
                 )
