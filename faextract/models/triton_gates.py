@@ -113,14 +113,14 @@ class GatesTriton(torch.autograd.Function):
     def backward(ctx, dh, dc_new):
         m, g, w, b, p, c, c_new = ctx.saved_tensors
         N, Bn = m.shape[:2]
-        m3 = m.reshape(N, Bn, -1)
-        gm = m3.float() * g[:, :, None]  # (N, b, HW): the gained mixed channels
+        m3 = m.reshape(N, Bn, -1).float()  # (N, b, HW), float32 (one cast for both uses)
+        gm = m3 * g[:, :, None]  # the gained mixed channels
         z = torch.matmul(w, gm)  # (N, 4F, HW) gate pre-activations, recomputed without bias
         dz, dc, per_channel = pointwise_backward(z, b, c, c_new, p, dh, dc_new, ctx.has_peep)
         dgm = torch.matmul(w.T, dz)  # (N, b, HW)
         g_dtype, w_dtype, b_dtype, p_dtype = ctx.dtypes
         dm = (dgm * g[:, :, None]).to(m.dtype).reshape(m.shape)
-        dgains = (dgm * m3.float()).sum(dim=2).to(g_dtype)
+        dgains = (dgm * m3).sum(dim=2).to(g_dtype)
         dweight = torch.einsum("nop,nbp->ob", dz, gm).to(w_dtype)
         dbias = per_channel[:4].reshape(-1).to(b_dtype)
         dpeep = per_channel[4:].reshape(ctx.peep_shape).to(p_dtype) if ctx.has_peep else None

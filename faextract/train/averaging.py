@@ -26,11 +26,11 @@ class WeightAverage:
     """The moving average of ``model``'s state (see the module docstring); ``updates`` counts
     the steps averaged so far (the warm-up's ``n``)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0):
+    def __init__(self, model: torch.nn.Module, decay: float):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
-        self.updates = int(updates)
+        self.updates = 0
         self.shadow: dict[str, torch.Tensor] = {}
         self.reset(model)
 
