@@ -82,8 +82,9 @@ def _time_key(values: np.ndarray, calendar: str) -> list[tuple]:
     ]
 
 
-def _align(stores: list[StoreFeatures], cube) -> np.ndarray:
-    """Steps of ``cube`` that the stores cover (all stores must cover the same ones)."""
+def _align(stores: list[StoreFeatures], cube) -> tuple[np.ndarray, list[tuple]]:
+    """Steps of ``cube`` that the stores cover (all stores must cover the same ones), and
+    their times as ``_time_key`` tuples."""
     first = stores[0]
     key = _time_key(first.time, cube.calendar)
     for s in stores[1:]:
@@ -101,7 +102,7 @@ def _align(stores: list[StoreFeatures], cube) -> np.ndarray:
             f"(the store has {len(key)} steps, {first.time[0]} to {first.time[-1]}; the input "
             f"{cube.shape[0]}, {cube.time.values[0]} to {cube.time.values[-1]})"
         )
-    return steps
+    return steps, key
 
 
 def _measure(name: str, feats: Features, z_all: np.ndarray, targets, data: InputData,
@@ -143,7 +144,7 @@ def evaluate(
         if s.channels != channels:
             raise DataError(f"{s.path}: embeds channels {s.channels}, {loaded[0].path} {channels}")
     cube = _open_input(inputs, channels)
-    steps = _align(loaded + shaken, cube)
+    steps, keys = _align(loaded + shaken, cube)
     data = read_inputs(cube, opts.indices, steps=steps, max_cells=opts.max_cells, progress=progress)
     targets = dict(data.indices)
     auto = eof_targets(data, opts.eof_targets) if opts.eof_targets else {}
@@ -157,7 +158,6 @@ def evaluate(
     task = progress.start("evaluating", total=len(loaded) + 2) if progress else None
     k = loaded[0].z.shape[1]
     eof = EOFFeatures(data.field, k)
-    keys = _time_key(cube.time.values[steps], cube.calendar)
     unseen = _Unseen(keys, eof, targets, opts)
     reports = []
     for s in loaded:
