@@ -115,6 +115,10 @@ class TrainConfig:
     # e.g. 0.99 averages over the last ~100 steps): validation, best.pt and embed use the
     # average (faextract.train.averaging).
     ema: float = 0.0
+    # Probability that a training window is mixed with another window of its batch (same
+    # spatial tile): cos(theta) x_a + sin(theta) x_b, new anomaly states against memorizing a
+    # short record (faextract.train.mixing); 0 = off. Encoder job only.
+    mixup: float = 0.0
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -360,6 +364,10 @@ def validate(config: Config) -> Config:
           "loss with job: compressor (it has no embedding)", tr.best_by)  # fmt: skip
     _need(math.isfinite(tr.ema) and 0 <= tr.ema < 1, "train.ema",
           "a number in [0, 1) (0 = off)", tr.ema)  # fmt: skip
+    _need(math.isfinite(tr.mixup) and 0 <= tr.mixup <= 1, "train.mixup",
+          "a probability in [0, 1] (0 = off)", tr.mixup)  # fmt: skip
+    _need(not (config.job == "compressor" and tr.mixup), "train.mixup",
+          "0 with job: compressor (it mixes no windows)", tr.mixup)  # fmt: skip
     for key in ("warmup_steps", "early_stopping", "num_workers", "checkpoint_every"):
         _need(getattr(tr, key) >= 0, f"train.{key}", "an integer >= 0", getattr(tr, key))
     _need(tr.log_every >= 1, "train.log_every", "an integer >= 1", tr.log_every)

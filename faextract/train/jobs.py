@@ -29,6 +29,7 @@ from faextract.data.tiling import TileSpec
 from faextract.errors import DataError, FaextractError
 from faextract.train.data import TrainingData, statistics
 from faextract.train.metrics import METRIC_FIELDS
+from faextract.train.mixing import mix_windows
 from faextract.train.plan import (
     check_resume_compatible,
     check_same_model,
@@ -116,7 +117,12 @@ class EncoderJob:
         def make(src, cube, **kw):
             return WindowDataset(src, self.stats, self.spec, cube=cube, **kw)
 
-        return _datasets(self.data, make, per_rank_batch, info, self.config.train, pin, "window")
+        train_ds, val = _datasets(self.data, make, per_rank_batch, info, self.config.train, pin,
+                                  "window")  # fmt: skip
+        # the spatial tile of every training window: train.mixup mixes within a tile
+        ids = {tile: i for i, tile in enumerate(sorted({w.tile for w in train_ds.tiler.windows}))}
+        self.tile_of = torch.tensor([ids[w.tile] for w in train_ds.tiler.windows])
+        return train_ds, val
 
     def start_epoch(self, epoch: int, loader, device, amp, info) -> None:
         """The clustering term starts at ``cluster_start_epoch`` (k-means on first use)."""
@@ -130,6 +136,9 @@ class EncoderJob:
     def losses(self, net, batch):
         from faextract.train.losses import compute_losses
 
+        if self.config.train.mixup > 0 and net.training:
+            tiles = self.tile_of[batch.index.cpu()]
+            batch = mix_windows(batch, self.config.train.mixup, tiles)
         return compute_losses(net, batch, self.config, self.cluster_on)
 
     def validate(self, loader, device, info, amp) -> tuple[float, dict]:
