@@ -87,6 +87,9 @@ class ModelConfig:
     # component's standard deviation over the batch (an information bottleneck against
     # memorizing the training months; 0 = off). z itself, and everything embed writes, is clean.
     embedding_noise: float = 0.0
+    # Add to z_t a linear map of the input at t averaged onto embedding_grid: an EOF-like path
+    # beside the recurrent one (a linear function of the present generalizes to new time).
+    input_skip: bool = False
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02

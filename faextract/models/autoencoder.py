@@ -147,6 +147,7 @@ class ClimateAutoencoder(nn.Module):
         head_dropout: float = 0.0,
         embedding_noise: float = 0.0,
         head_rank: int = 0,
+        input_skip: bool = False,
     ):
         super().__init__()
         if not embedding_noise >= 0:
@@ -216,6 +217,8 @@ class ClimateAutoencoder(nn.Module):
         )
         gh, gw = self.embedding_grid
         self.coarse = nn.Linear(embedding_dim, (embedding_horizon + 1) * in_channels * gh * gw)
+        # z_t += a linear map of x_t pooled on the embedding grid: the EOF-like path (see encode)
+        self.input_map = nn.Linear(in_channels * gh * gw, embedding_dim) if input_skip else None
         self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
 
     @property
@@ -272,6 +275,12 @@ class ClimateAutoencoder(nn.Module):
                 z, attention = feats.embeddings, feats.attention
         if z is None:
             z = self.head(u, valid)
+        if self.input_map is not None:
+            # A linear function of the present input on the grid the embedding decoder
+            # reconstructs (the subspace EOFs of that field would span), added to what the
+            # recurrent state carries: a path that generalizes to new time as EOFs do.
+            pooled, ok = coarse_target(x, mask, self.embedding_grid)
+            z = z + self.input_map((pooled * ok).flatten(2).to(z.dtype))
         return u, z, attention
 
     def decode(self, latent: torch.Tensor, z: torch.Tensor):

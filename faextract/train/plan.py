@@ -72,6 +72,7 @@ def model_args(config: Config, cube) -> dict:
         head_dropout=float(m.head_dropout),
         embedding_noise=float(m.embedding_noise),
         head_rank=int(m.head_rank),
+        input_skip=bool(m.input_skip),
     )
 
 
