@@ -87,9 +87,10 @@ class ModelConfig:
     # component's standard deviation over the batch (an information bottleneck against
     # memorizing the training months; 0 = off). z itself, and everything embed writes, is clean.
     embedding_noise: float = 0.0
-    # Add to z_t a linear map of the input at t averaged onto embedding_grid: an EOF-like path
-    # beside the recurrent one (a linear function of the present generalizes to new time).
-    input_skip: bool = False
+    # Add to z_t a linear function of the input at t averaged onto embedding_grid, an EOF-like
+    # path beside the recurrent one: none, linear (its own map) or tied (the transpose of the
+    # embedding decoder's map for the present step: a tied linear autoencoder, EOF-like).
+    input_skip: str = "none"
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
@@ -332,6 +333,8 @@ def validate(config: Config) -> Config:
           m.cluster_start_epoch)  # fmt: skip
     _grid(m.embedding_grid, "model.embedding_grid")
     _grid(m.head_grid, "model.head_grid", optional=True)
+    _need(m.input_skip in ("none", "linear", "tied") or isinstance(m.input_skip, bool),
+          "model.input_skip", "none, linear or tied", m.input_skip)  # fmt: skip
     _need(m.head_rank >= 0, "model.head_rank", "an integer >= 0 (0 = a full linear map)", m.head_rank)
     _need(math.isfinite(m.embedding_noise) and m.embedding_noise >= 0, "model.embedding_noise",
           "a number >= 0", m.embedding_noise)  # fmt: skip

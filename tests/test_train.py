@@ -348,15 +348,17 @@ def test_embedding_noise_reaches_the_decoders_only_while_training(tmp_path, tiny
     assert load_checkpoint(tmp_path / "run" / "last.pt").model_args["embedding_noise"] == 0.5
 
 
-def test_input_skip_adds_a_linear_map_of_the_pooled_present_input_to_z(tmp_path, tiny_config):
+@pytest.mark.parametrize("mode", ["linear", "tied"])
+def test_input_skip_adds_a_linear_map_of_the_pooled_present_input_to_z(mode, tmp_path, tiny_config):
     from faextract.models.autoencoder import ClimateAutoencoder, coarse_target
 
-    def net(skip: bool):
+    def net(skip: str):
         torch.manual_seed(0)
         return ClimateAutoencoder(2, embedding_dim=4, head_grid=(2, 2), filters=8, stem_channels=4,
-                                  embedding_grid=(4, 4), input_skip=skip).eval()  # fmt: skip
+                                  embedding_grid=(4, 4), embedding_horizon=2,
+                                  input_skip=skip).eval()  # fmt: skip
 
-    plain, skip = net(False), net(True)
+    plain, skip = net("none"), net(mode)
     skip.load_state_dict({**plain.state_dict(), **{k: v for k, v in skip.state_dict().items()
                                                    if k.startswith("input_map")}})  # fmt: skip
     x = torch.randn(2, 3, 2, 16, 16)
@@ -367,17 +369,34 @@ def test_input_skip_adds_a_linear_map_of_the_pooled_present_input_to_z(tmp_path,
         extra = skip(x, mask).embeddings - plain(x, mask).embeddings
         pooled, ok = coarse_target(x, mask, (4, 4))
         assert not ok[:, :, 0, 0, 0].any()
-        torch.testing.assert_close(extra, skip.input_map((pooled * ok).flatten(2)))
+        flat = (pooled * ok).flatten(2)
+        if mode == "linear":
+            expected = skip.input_map(flat)
+        else:  # the decoder's present-step map, transposed: no weights of its own
+            assert skip.input_map is None
+            assert sum(p.numel() for p in skip.parameters()) == sum(p.numel() for p in plain.parameters())
+            present = skip.coarse.weight.reshape(3, 2, 4, 4, 4)[0].reshape(32, 4)
+            expected = flat @ present
+        torch.testing.assert_close(extra, expected)
         # z_t depends on the input at t only through this path's present step
         x2 = x.clone()
         x2[:, 2] += 1.0 * mask[:, 2]
         moved = skip(x2, mask).embeddings - plain(x2, mask).embeddings - extra
         torch.testing.assert_close(moved[:, :2], torch.zeros_like(moved[:, :2]))
         assert moved[:, 2].abs().max() > 1e-3
-    train(tiny_config("train.epochs=1", "model.input_skip=true"), tmp_path / "run",
+    train(tiny_config("train.epochs=1", f"model.input_skip={mode}"), tmp_path / "run",
           plain_progress=True)  # fmt: skip
-    model = load_checkpoint(tmp_path / "run" / "last.pt").build_model()
-    assert model.input_map is not None
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt.model_args["input_skip"] == mode
+    assert ckpt.build_model().input_skip == mode
+
+
+def test_input_skip_takes_none_linear_or_tied():
+    from faextract.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.input_skip: expected none, linear or tied"):
+        load_config(None, ["model.input_skip=eof"])
+    assert load_config(None, []).model.input_skip == "none"
 
 
 def test_best_by_embedding_keeps_the_epoch_where_z_generalizes_best(tmp_path, tiny_config):

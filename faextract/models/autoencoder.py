@@ -147,7 +147,7 @@ class ClimateAutoencoder(nn.Module):
         head_dropout: float = 0.0,
         embedding_noise: float = 0.0,
         head_rank: int = 0,
-        input_skip: bool = False,
+        input_skip: str = "none",
     ):
         super().__init__()
         if not embedding_noise >= 0:
@@ -218,7 +218,10 @@ class ClimateAutoencoder(nn.Module):
         gh, gw = self.embedding_grid
         self.coarse = nn.Linear(embedding_dim, (embedding_horizon + 1) * in_channels * gh * gw)
         # z_t += a linear map of x_t pooled on the embedding grid: the EOF-like path (see encode)
-        self.input_map = nn.Linear(in_channels * gh * gw, embedding_dim) if input_skip else None
+        self.input_skip = skip_mode(input_skip)
+        self.input_map = (
+            nn.Linear(in_channels * gh * gw, embedding_dim) if self.input_skip == "linear" else None
+        )
         self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
 
     @property
@@ -275,13 +278,24 @@ class ClimateAutoencoder(nn.Module):
                 z, attention = feats.embeddings, feats.attention
         if z is None:
             z = self.head(u, valid)
-        if self.input_map is not None:
-            # A linear function of the present input on the grid the embedding decoder
-            # reconstructs (the subspace EOFs of that field would span), added to what the
-            # recurrent state carries: a path that generalizes to new time as EOFs do.
-            pooled, ok = coarse_target(x, mask, self.embedding_grid)
-            z = z + self.input_map((pooled * ok).flatten(2).to(z.dtype))
+        if self.input_skip != "none":
+            z = z + self.skip(x, mask).to(z.dtype)
         return u, z, attention
+
+    def skip(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``input_skip``'s part of z: ``(B, T, C, H, W) -> (B, T, d)``, a linear function of
+        the present input averaged onto the grid the embedding decoder reconstructs, added to
+        what the recurrent state carries. ``linear``: its own map (``C * gh * gw x d``
+        weights). ``tied``: the transpose of the embedding decoder's map for the present step,
+        no weights of its own: with z = D^T x and the decoder x^ = D z, reconstructing the
+        present is a tied linear autoencoder, whose optimum is the span of the field's leading
+        EOFs; the map cannot fit arbitrary codes to the training months."""
+        pooled, ok = coarse_target(x, mask, self.embedding_grid)
+        flat = (pooled * ok).flatten(2)
+        if self.input_map is not None:
+            return self.input_map(flat)
+        present = self.coarse.weight[: flat.shape[-1]]  # (C * gh * gw, d): horizon 0 comes first
+        return flat @ present.to(flat.dtype)
 
     def decode(self, latent: torch.Tensor, z: torch.Tensor):
         B, T, Fc, h, w = latent.shape
@@ -326,6 +340,18 @@ class ClimateAutoencoder(nn.Module):
         )
         q = self.cluster(z) if self.cluster is not None else None
         return NetworkOutput(recon, forecast, coarse, z, latent, attention, q)
+
+
+SKIP_MODES = ("none", "linear", "tied")
+
+
+def skip_mode(value) -> str:
+    """``model.input_skip`` as one of :data:`SKIP_MODES` (true/false read as linear/none)."""
+    if isinstance(value, bool):
+        return "linear" if value else "none"
+    if value not in SKIP_MODES:
+        raise ValueError(f"model.input_skip must be one of {', '.join(SKIP_MODES)}, got {value!r}")
+    return value
 
 
 def coarse_target(x: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int] = COARSE_SHAPE):

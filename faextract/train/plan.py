@@ -47,6 +47,8 @@ def seasonal_period(cube) -> float:
 def model_args(config: Config, cube) -> dict:
     """The :class:`~faextract.models.autoencoder.ClimateAutoencoder` arguments for ``cube``."""
     m = config.model
+    from faextract.models.autoencoder import skip_mode
+
     return dict(
         in_channels=len(cube.channels),
         cell=m.cell,
@@ -72,7 +74,7 @@ def model_args(config: Config, cube) -> dict:
         head_dropout=float(m.head_dropout),
         embedding_noise=float(m.embedding_noise),
         head_rank=int(m.head_rank),
-        input_skip=bool(m.input_skip),
+        input_skip=skip_mode(m.input_skip),
     )
 
 
