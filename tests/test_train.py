@@ -377,6 +377,9 @@ def test_input_skip_adds_a_linear_map_of_the_pooled_present_input_to_z(mode, tmp
             assert sum(p.numel() for p in skip.parameters()) == sum(p.numel() for p in plain.parameters())
             present = skip.coarse.weight.reshape(3, 2, 4, 4, 4)[0].reshape(32, 4)
             expected = flat @ present
+            # a fresh one starts as a projection: orthonormal columns
+            fresh = net("tied").coarse.weight[:32]
+            torch.testing.assert_close(fresh.T @ fresh, torch.eye(4), atol=1e-5, rtol=0)
         torch.testing.assert_close(extra, expected)
         # z_t depends on the input at t only through this path's present step
         x2 = x.clone()

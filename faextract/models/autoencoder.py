@@ -222,6 +222,11 @@ class ClimateAutoencoder(nn.Module):
         self.input_map = (
             nn.Linear(in_channels * gh * gw, embedding_dim) if self.input_skip == "linear" else None
         )
+        if self.input_skip == "tied":
+            # a tied autoencoder starts as a projection: orthonormal columns, D^T D = I (the
+            # default init's D D^T amplifies the field ~10x and training spends epochs undoing it)
+            with torch.no_grad():
+                nn.init.orthogonal_(self.coarse.weight[: in_channels * gh * gw])
         self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
 
     @property
