@@ -35,6 +35,10 @@ class DataConfig:
     # "harmonic". Monthly means removed from daily data leave a jump on every first of the
     # month, which an encoder learns as if it were weather.
     climatology: str = "auto"
+    # The steps the climatology is fitted on: "train" (the training range), "all" (the whole
+    # record; for records of a few years, where a seasonal cycle fitted on part of them takes
+    # in slow variability) or [START, END], a reference period (e.g. [1991, 2020]).
+    climatology_period: str | list = "train"
     area_weighted: bool = True
     # Precomputed statistics file (from `faextract stats`); computed on the training range if null.
     stats: str | None = None
@@ -287,6 +291,23 @@ def check_device(value: str, key: str) -> str:
     return value
 
 
+def check_period(value, key: str) -> None:
+    """``train``, ``all`` or ``[START, END]`` (dates as YYYY, YYYY-MM or YYYY-MM-DD)."""
+    from faextract.data.time import date_key
+    from faextract.errors import DataError
+
+    if value in ("train", "all"):
+        return
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        try:
+            first, last = date_key(value[0]), date_key(value[1], end=True)
+        except DataError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        _need(first[: len(last)] <= last, key, "a START no later than its END", value)
+        return
+    _need(False, key, "train, all or [START, END] (dates as YYYY, YYYY-MM or YYYY-MM-DD)", value)
+
+
 def _need(ok: bool, key: str, what: str, value) -> None:
     if not ok:
         raise ConfigError(f"{key}: expected {what}, got {value!r}")
@@ -314,6 +335,7 @@ def validate(config: Config) -> Config:
     _need(0 <= d.val_fraction < 1, "data.val_fraction", "a fraction in [0, 1)", d.val_fraction)
     _need(d.climatology in CLIMATOLOGIES, "data.climatology", f"one of {', '.join(CLIMATOLOGIES)}",
           d.climatology)  # fmt: skip
+    check_period(d.climatology_period, "data.climatology_period")
     _need(t.window >= 1, "tiles.window", "an integer >= 1", t.window)
     _need(t.stride >= 1, "tiles.stride", "an integer >= 1", t.stride)
     _need(t.halo >= 0, "tiles.halo", "an integer >= 0", t.halo)

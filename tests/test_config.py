@@ -52,6 +52,10 @@ def test_unknown_key_lists_valid_ones(tmp_path):
         ("train.deterministic=3", "expected true or false"),
         ("model.cell=5", "expected a string"),
         ("novalue", "expected KEY=VALUE"),
+        ("data.climatology_period=recent", "data.climatology_period: expected train, all or"),
+        ("data.climatology_period=[2020,1991]", "a START no later than its END"),
+        ("data.climatology_period=[1991-13,2020]", "month 1-12"),
+        ("data.climatology_period=[1991]", "expected train, all or"),
     ],
 )
 def test_bad_values(override, message):

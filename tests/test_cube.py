@@ -690,3 +690,30 @@ def test_missing_zarr_chunks_are_reported(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="lacks 1 of 4 chunks"):
         open_cube(path)
 
+
+
+@pytest.mark.parametrize("calendar", ["standard", "noleap", "360_day"])
+def test_a_period_selects_the_steps_between_its_dates_in_any_calendar(calendar):
+    import cftime
+
+    from faextract.data.time import steps_in_period
+
+    times = np.array([cftime.datetime(y, m, 15, calendar=calendar) for y in (1990, 1991, 1992) for m in range(1, 13)])
+    assert steps_in_period(times, calendar, 1991, 1991).tolist() == list(range(12, 24))
+    assert steps_in_period(times, calendar, "1990-06", "1991-02").tolist() == list(range(5, 14))
+    assert steps_in_period(times, calendar, "1990-06-16", "1990-07-15").tolist() == [6]
+    import datetime
+
+    assert steps_in_period(times, calendar, datetime.date(1992, 12, 1), 2100).tolist() == [35]
+    assert steps_in_period(times, calendar, 0, 10).size == 0
+
+
+def test_a_period_bound_that_is_not_a_date_is_named():
+    from faextract.data.time import date_key
+    from faextract.errors import DataError
+
+    assert date_key(0) == (0, 1, 1) and date_key("2020", end=True) == (2020,)
+    with pytest.raises(DataError, match="YYYY-MM-DD, got 'soon'"):
+        date_key("soon")
+    with pytest.raises(DataError, match="not a date"):
+        date_key("2020-02-40")

@@ -165,3 +165,51 @@ def test_a_monthly_climatology_missing_months_says_why(tmp_path):
     )  # fmt: skip
     with pytest.raises(DataError, match="month 10.*val_fraction"):
         compute_stats(open_cube(path), StatsOptions(climatology="monthly"))
+
+
+def _slow_oscillation_cube(tmp_path, days: int = 1460):
+    """Daily t2m: an annual cycle plus a 3.7-year oscillation (ENSO-like), no noise."""
+    ds = synthetic_cube(nt=days, nlat=4, nlon=8, variables=("t2m",), seed=1)
+    t = np.arange(days) / 365.0
+    slow = np.sin(2 * np.pi * t / 3.7 + 0.6)
+    ds["t2m"].values = (280 + 10 * np.cos(2 * np.pi * t) + 3 * slow)[:, None, None] * np.ones((1, 4, 8))
+    path = tmp_path / "slow.nc"
+    write_netcdf(ds, path)
+    return open_cube(path), slow
+
+
+@pytest.mark.parametrize("kind", ["harmonic", "monthly", "dayofyear"])
+def test_a_reference_period_fits_the_climatology_and_the_data_keeps_its_moments(tmp_path, kind):
+    """The climatology comes from the reference steps alone; mean and std describe the
+    data's anomalies from it (not the reference's)."""
+    cube, _ = _slow_oscillation_cube(tmp_path)
+    train = cube.isel_time(slice(0, 500))
+    st = compute_stats(train, StatsOptions(climatology=kind, area_weighted=False), reference=cube)
+    alone = compute_stats(cube, StatsOptions(climatology=kind, area_weighted=False))
+    np.testing.assert_allclose(st["climatology"].values, alone["climatology"].values, rtol=1e-6)
+    y = normalize(train.to_array(), st).values
+    assert np.nanmean(y) == pytest.approx(0.0, abs=1e-4) and np.nanstd(y) == pytest.approx(1.0, rel=1e-3)
+    assert st.attrs["climatology_start"] == str(cube.time.values[0])
+    assert st.attrs["climatology_end"] == str(cube.time.values[-1])
+    with pytest.raises(DataError, match="reference steps .* do not match"):
+        other = synthetic_cube(nt=400, nlat=4, nlon=8, variables=("sp",))
+        write_netcdf(other, tmp_path / "o.nc")
+        compute_stats(train, StatsOptions(climatology=kind), reference=open_cube(tmp_path / "o.nc"))
+
+
+def test_a_whole_record_climatology_keeps_the_slow_oscillation_a_short_fit_takes_in(tmp_path):
+    """Fitted on 1.7 years, the seasonal cycle takes in part of a 3.7-year oscillation (the
+    anomalies lose it); fitted on the whole 4 years it leaves it in the anomalies."""
+    cube, slow = _slow_oscillation_cube(tmp_path)
+    train = cube.isel_time(slice(0, 620))
+    opts = StatsOptions(climatology="harmonic", area_weighted=False)
+
+    def error(stats):  # the anomaly (K) against the planted oscillation, relative to its spread
+        st = stats.sel(channel="t2m")
+        anom = normalize(train.to_array(), stats).values[:, 0, 0, 0] * float(st["std"]) + float(st["mean"])
+        truth = 3 * slow[:620]
+        return np.std(anom - truth - (anom - truth).mean()) / np.std(truth)
+
+    own = error(compute_stats(train, opts))
+    whole = error(compute_stats(train, opts, reference=cube))
+    assert whole < 0.1 and own > 3 * whole

@@ -450,3 +450,16 @@ def _full_default_std(C, gh, gw, d, h, valid) -> float:
 
     torch.manual_seed(1)
     return float(SubspaceHead(C, dim=d, norm=False, grid=(gh, gw))(h, valid).std())
+
+
+def test_a_training_range_of_a_few_years_is_told_its_climatology_takes_in_slow_variability(tmp_path):
+    from faextract.data.cube import open_cube
+    from faextract.testing import synthetic_cube, write_netcdf
+    from faextract.train.data import short_record_notice
+
+    for days, expect in ((400, True), (4 * 365, False)):
+        path = tmp_path / f"c{days}.nc"
+        write_netcdf(synthetic_cube(nt=days, nlat=4, nlon=8, variables=("t2m",)), path)
+        notice = short_record_notice(open_cube(path))
+        assert (notice is not None) == expect
+    assert "1.1 years" in short_record_notice(open_cube(tmp_path / "c400.nc"))

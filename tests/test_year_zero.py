@@ -89,3 +89,26 @@ def test_a_monthly_climatology_of_twelve_steps_names_the_holdout(tmp_path, clim)
     r = runner.invoke(app, args)
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert "val_fraction" in r.output and "month 9" in r.output
+
+
+def test_a_whole_record_climatology_trains_on_twelve_months_with_a_holdout(tmp_path, clim):
+    """The hold-out takes months 10-12 from the training steps; fitted on the whole record,
+    the monthly climatology has all twelve (and the checkpoint says which steps it used)."""
+    from faextract.checkpoint import load_checkpoint
+
+    args = ["train", "--out", str(tmp_path / "run")]
+    for s in [*TINY_RUN, f"data.paths=[{clim}]", "tiles.window=4", "tiles.stride=1",
+              "train.epochs=1", "data.val_fraction=0.2", "data.climatology=monthly",
+              "data.climatology_period=all"]:  # fmt: skip
+        args += ["--set", s]
+    r = _ok(runner.invoke(app, args))
+    assert "fitted on all 12 steps" in r.output
+    stats = load_checkpoint(tmp_path / "run" / "last.pt").stats
+    assert stats.sizes["season"] == 12
+    assert stats.attrs["climatology_start"].startswith("0000-01-16")
+    assert stats.attrs["climatology_end"].startswith("0000-12-1")
+    args[-1] = "data.climatology_period=[1990,2000]"
+    args[2] = str(tmp_path / "run2")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "data.climatology_period [1990, 2000]: no step of" in r.output and "0000-01-16" in r.output

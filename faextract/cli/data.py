@@ -92,7 +92,11 @@ def stats(
     select: SelectOpt = None,
     sort_time: SortOpt = False,
     climatology: Annotated[
-        str, typer.Option(help="Per-gridpoint climatology: none, monthly or dayofyear.")
+        str,
+        typer.Option(
+            help="Per-gridpoint climatology: none, auto, monthly, dayofyear or harmonic (see "
+            "data.climatology); fitted on all the steps given."
+        ),
     ] = "none",
     area_weighted: Annotated[bool, typer.Option(help="Weight by cos(latitude).")] = True,
     scheduler: Annotated[

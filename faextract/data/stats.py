@@ -80,15 +80,23 @@ def _area_weights(lat: np.ndarray, nlon: int) -> np.ndarray:
     return np.repeat(w[:, None], nlon, axis=1)
 
 
-def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None) -> xr.Dataset:
+def compute_stats(
+    cube: Cube, options: StatsOptions | None = None, progress=None, reference: Cube | None = None
+) -> xr.Dataset:
     """Compute normalization statistics for ``cube``; validates the values on the way.
 
     Returns a Dataset with ``mean(channel)``, ``std(channel)``, ``valid_fraction(channel)`` and,
     for a climatology, ``climatology(season, channel, lat, lon)``. ``progress`` is a
     :class:`faextract.runtime.progress.Progress`-like object fed by a dask callback.
+
+    ``reference``: the steps the climatology is fitted on (a reference period: the whole
+    record, or e.g. 1991-2020), same channels and grid; default ``cube``. Mean and std are
+    always those of ``cube``'s anomalies from it. A seasonal cycle fitted on less than two
+    or three years takes in part of the slow variability (a 3.7-year oscillation over 1.7
+    years looks like an annual cycle) and leaves the anomalies without it.
     """
     options = options or StatsOptions()
-    kind, _why = resolve_climatology(options.climatology, cube)
+    kind, _why = resolve_climatology(options.climatology, cube if reference is None else reference)
     options = StatsOptions(area_weighted=options.area_weighted, climatology=kind)
     arr = cube.to_array().data.astype(np.float64)  # (T, C, H, W) dask
     T, C, H, W = arr.shape
@@ -96,15 +104,23 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
     checks = (da.isinf(arr).sum(axis=(0, 2, 3)), finite.sum(axis=(0, 2, 3)))  # infs, counts
     clim, count_v = None, None
     if options.climatology != "none":
-        # The climatology's pass also checks the values; the moments then need no second check.
-        clim, anomalies, count_v = _climatology(cube, arr, finite, checks, options.climatology, progress)
-        arr, finite = anomalies, da.isfinite(anomalies)
+        if reference is None:
+            # The climatology's pass also checks the values; the moments then need no second check.
+            clim, count_v = _climatology(cube, arr, finite, checks, kind, progress)
+        else:
+            _check_reference(cube, reference)
+            ref = reference.to_array().data.astype(np.float64)
+            ref_finite = da.isfinite(ref)
+            ref_checks = (da.isinf(ref).sum(axis=(0, 2, 3)), ref_finite.sum(axis=(0, 2, 3)))
+            clim, _ = _climatology(reference, ref, ref_finite, ref_checks, kind, progress)
+        arr = arr - _climatology_of(cube, clim, kind, arr.chunks)
+        finite = da.isfinite(arr)
     w2d = _area_weights(cube.lat, W) if options.area_weighted else np.ones((H, W))
     wf = da.where(finite, da.from_array(w2d, chunks=-1)[None, None], 0.0)
     xz = da.where(finite, arr, 0.0)
     moments = ((wf).sum(axis=(0, 2, 3)), (wf * xz).sum(axis=(0, 2, 3)), (wf * xz * xz).sum(axis=(0, 2, 3)))
     with _progress(progress, "statistics"):
-        if clim is None:
+        if count_v is None:
             sw, s1, s2, infs_v, count_v = dask.compute(*moments, *checks)
             _validate(cube, infs_v, count_v)
         else:
@@ -112,11 +128,25 @@ def compute_stats(cube: Cube, options: StatsOptions | None = None, progress=None
     mean = s1 / np.maximum(sw, 1e-300)
     std = np.sqrt(np.maximum(s2 / np.maximum(sw, 1e-300) - mean**2, 0.0))
     std = np.where(std > 0, std, 1.0)  # a constant channel normalizes to 0, not inf
-    return _statistics_dataset(cube, options, mean, std, count_v / float(T * H * W), clim)
+    out = _statistics_dataset(cube, options, mean, std, count_v / float(T * H * W), clim)
+    if clim is not None:
+        ref = cube if reference is None else reference
+        out.attrs["climatology_start"] = str(ref.time.values[0])
+        out.attrs["climatology_end"] = str(ref.time.values[-1])
+    return out
+
+
+def _check_reference(cube: Cube, reference: Cube) -> None:
+    if list(reference.channels) != list(cube.channels) or reference.shape[2:] != cube.shape[2:]:
+        raise DataError(
+            f"the climatology's reference steps ({', '.join(reference.channels)} on "
+            f"{reference.shape[2]}x{reference.shape[3]}) do not match the data "
+            f"({', '.join(cube.channels)} on {cube.shape[2]}x{cube.shape[3]})"
+        )
 
 
 def _climatology(cube: Cube, arr, finite, checks, kind: str, progress):
-    """``(climatology (S, C, H, W), anomalies (dask, like arr), valid counts per channel)``:
+    """``(climatology (S, C, H, W), valid counts per channel)`` of ``arr``, ``cube``'s values:
     the harmonic fit, or the mean of each month or day of the year, per grid point."""
     xz = da.where(finite, arr, 0.0)
     if kind == "harmonic":
@@ -128,8 +158,7 @@ def _climatology(cube: Cube, arr, finite, checks, kind: str, progress):
         with _progress(progress, "climatology"):
             rhs, moments, infs_v, count_v = dask.compute(rhs, moments, *checks)
         _validate(cube, infs_v, count_v)
-        clim = harmonics.solve(moments, rhs)  # (K, C, H, W), NaN where too few valid steps
-        return clim, arr - da.einsum("tk,kchw->tchw", b, da.from_array(clim, chunks=-1)), count_v
+        return harmonics.solve(moments, rhs), count_v  # (K, C, H, W), NaN where too few valid steps
     keys = season_index(cube.time, kind)
     onehot = np.zeros((arr.shape[0], 12 if kind == "monthly" else 366), dtype=np.float64)
     onehot[np.arange(arr.shape[0]), keys - 1] = 1.0
@@ -139,9 +168,16 @@ def _climatology(cube: Cube, arr, finite, checks, kind: str, progress):
     with _progress(progress, "climatology"):
         sums, cnts, infs_v, count_v = dask.compute(sums, cnts, *checks)
     _validate(cube, infs_v, count_v)
-    clim = _finish_climatology(sums, cnts, keys, kind, cube)
-    sub = da.from_array(clim, chunks=(-1, -1, -1, -1))[keys - 1]
-    return clim, arr - sub.rechunk(arr.chunks), count_v
+    return _finish_climatology(sums, cnts, keys, kind, cube), count_v
+
+
+def _climatology_of(cube: Cube, clim: np.ndarray, kind: str, chunks):
+    """The climatology at each of ``cube``'s steps, lazily: ``(T, C, H, W)`` dask."""
+    if kind == "harmonic":
+        b = da.from_array(harmonics.basis(season_phase(cube.time.values, cube.calendar)), chunks=(chunks[0], -1))
+        return da.einsum("tk,kchw->tchw", b, da.from_array(clim, chunks=-1))
+    keys = season_index(cube.time, kind)
+    return da.from_array(clim, chunks=(-1, -1, -1, -1))[keys - 1].rechunk(chunks)
 
 
 def _statistics_dataset(cube: Cube, options: StatsOptions, mean, std, valid, clim) -> xr.Dataset:
@@ -214,7 +250,8 @@ def _finish_climatology(sums, cnts, keys, kind, cube: Cube) -> np.ndarray:
                     f"{cube.source_label}: a monthly climatology needs every calendar month, and "
                     f"the steps it is computed on ({cube.time.values[0]} to "
                     f"{cube.time.values[-1]}) have none in month {month}; in training the "
-                    "validation hold-out (data.val_fraction) may have taken it"
+                    "validation hold-out (data.val_fraction) may have taken it (data."
+                    "climatology_period: all fits the climatology on the whole record)"
                 )
     return clim
 

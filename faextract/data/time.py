@@ -320,3 +320,35 @@ def check_monotonic(time: xr.DataArray, source: str, sort_time: bool) -> np.ndar
                 )
         return None
     return None if np.array_equal(order, np.arange(len(order))) else order
+
+
+_DATE = r"\s*(-?\d{1,4})(?:-(\d{1,2})(?:-(\d{1,2}))?)?\s*"
+
+
+def date_key(value, *, end: bool = False) -> tuple[int, ...]:
+    """``(year, month, day)`` of a period bound: ``1991``, ``"1991-06"``, ``"1991-06-15"`` or
+    a date (YAML reads an unquoted ``1991-06-15`` as one). A start without month or day means
+    the first of it; an ``end`` keeps only the parts given, so ``2020`` ends with 2020's last
+    step (any calendar: no day count is needed)."""
+    import datetime
+    import re
+
+    if isinstance(value, (datetime.date, cftime.datetime)):
+        return (value.year, value.month, value.day)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    m = re.fullmatch(_DATE, value) if isinstance(value, str) else None
+    if not m:
+        raise DataError(f"expected a date as YYYY, YYYY-MM or YYYY-MM-DD, got {value!r}")
+    parts = tuple(int(p) for p in m.groups() if p is not None)
+    if not (len(parts) < 2 or 1 <= parts[1] <= 12) or not (len(parts) < 3 or 1 <= parts[2] <= 31):
+        raise DataError(f"{value!r} is not a date (month 1-12, day 1-31)")
+    return parts if end else parts + (1,) * (3 - len(parts))
+
+
+def steps_in_period(values: np.ndarray, calendar: str, start, end) -> np.ndarray:
+    """Indices of the timestamps between the dates ``start`` and ``end``, both included (see
+    :func:`date_key`), in any CF calendar."""
+    first, last = date_key(start), date_key(end, end=True)
+    keys = [(t.year, t.month, t.day) for t in to_cftime(values, calendar)]
+    return np.array([i for i, k in enumerate(keys) if first <= k and k[: len(last)] <= last], dtype=np.int64)

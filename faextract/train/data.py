@@ -13,6 +13,7 @@ from faextract.data.cube import Cube
 from faextract.data.dataset import CubeSource
 from faextract.data.selection import parse_select
 from faextract.data.stats import StatsOptions, compute_stats, load_stats, resolve_climatology
+from faextract.data.time import steps_in_period, to_cftime
 from faextract.errors import DataError
 from faextract.runtime import distributed
 from faextract.train.plan import split_time
@@ -65,8 +66,55 @@ def statistics(config: Config, data: TrainingData, ckpt: Checkpoint | None, info
     stats = None
     if info.is_main:
         _, train_cube = data.part(data.train_range)
-        kind, why = resolve_climatology(d.climatology, train_cube)
+        reference, fitted_on = climatology_reference(d.climatology_period, data)
+        kind, why = resolve_climatology(d.climatology, reference or train_cube)
         say(f"statistics over the training steps {data.train_range[0]}..{data.train_range[1] - 1}; "
-            f"climatology {kind}" + (f" ({why})" if why else ""))  # fmt: skip
-        stats = compute_stats(train_cube, StatsOptions(area_weighted=d.area_weighted, climatology=kind))
+            f"climatology {kind}" + (f" ({why})" if why else "")
+            + (f", fitted on {fitted_on}" if kind != "none" and reference is not None else ""))  # fmt: skip
+        if kind != "none" and reference is None:
+            notice = short_record_notice(train_cube)
+            if notice:
+                say(notice)
+        options = StatsOptions(area_weighted=d.area_weighted, climatology=kind)
+        stats = compute_stats(train_cube, options, reference=reference)
     return distributed.broadcast_object(stats, info)
+
+
+def climatology_reference(period, data: TrainingData) -> tuple[Cube | None, str]:
+    """The steps ``data.climatology_period`` fits the climatology on (None: the training
+    range) and how to say which."""
+    cube = data.cube
+    if period == "train":
+        return None, "the training steps"
+    if period == "all":
+        return cube, f"all {cube.shape[0]} steps (data.climatology_period: all)"
+    steps = steps_in_period(cube.time.values, cube.calendar, *period)
+    first, last = cube.time.values[[0, -1]]
+    if steps.size == 0:
+        raise DataError(
+            f"data.climatology_period {list(period)}: no step of {cube.source_label} lies in it "
+            f"(its steps run from {first} to {last})"
+        )
+    return (
+        cube.isel_time(slice(int(steps[0]), int(steps[-1]) + 1)),
+        f"{steps.size} steps, {cube.time.values[steps[0]]} to {cube.time.values[steps[-1]]} "
+        "(data.climatology_period)",
+    )
+
+
+#: Below this many years of training steps, a seasonal cycle fitted on them alone takes in
+#: slow (interannual) variability, and ``train`` says so.
+SHORT_RECORD_YEARS = 3
+
+
+def short_record_notice(train_cube: Cube) -> str | None:
+    """A one-line notice when the training range is too short for its own climatology."""
+    first, last = to_cftime(train_cube.time.values[[0, -1]], train_cube.calendar)
+    years = (last - first).total_seconds() / 86400 / 365.25
+    if years >= SHORT_RECORD_YEARS:
+        return None
+    return (
+        f"notice: the climatology is fitted on {years:.1f} years of training steps, which holds "
+        "slow variability in part (an ENSO cycle is 2-7 years); data.climatology_period: all "
+        "fits it on the whole record"
+    )
