@@ -291,20 +291,24 @@ def check_device(value: str, key: str) -> str:
     return value
 
 
-def check_period(value, key: str) -> None:
-    """``train``, ``all`` or ``[START, END]`` (dates as YYYY, YYYY-MM or YYYY-MM-DD)."""
+def check_period(value, key: str):
+    """``train``, ``all`` or ``[START, END]`` (dates as YYYY, YYYY-MM or YYYY-MM-DD); returns
+    it with dates as text (YAML reads an unquoted 1991-01-01 as a date, which JSON cannot
+    hold: the config travels in checkpoints and stores)."""
+    import datetime
+
     from faextract.data.time import date_key
     from faextract.errors import DataError
 
     if value in ("train", "all"):
-        return
+        return value
     if isinstance(value, (list, tuple)) and len(value) == 2:
         try:
             first, last = date_key(value[0]), date_key(value[1], end=True)
         except DataError as err:
             raise ConfigError(f"{key}: {err}") from None
         _need(first[: len(last)] <= last, key, "a START no later than its END", value)
-        return
+        return [v.isoformat() if isinstance(v, datetime.date) else v for v in value]
     _need(False, key, "train, all or [START, END] (dates as YYYY, YYYY-MM or YYYY-MM-DD)", value)
 
 
@@ -335,7 +339,7 @@ def validate(config: Config) -> Config:
     _need(0 <= d.val_fraction < 1, "data.val_fraction", "a fraction in [0, 1)", d.val_fraction)
     _need(d.climatology in CLIMATOLOGIES, "data.climatology", f"one of {', '.join(CLIMATOLOGIES)}",
           d.climatology)  # fmt: skip
-    check_period(d.climatology_period, "data.climatology_period")
+    d.climatology_period = check_period(d.climatology_period, "data.climatology_period")
     _need(t.window >= 1, "tiles.window", "an integer >= 1", t.window)
     _need(t.stride >= 1, "tiles.stride", "an integer >= 1", t.stride)
     _need(t.halo >= 0, "tiles.halo", "an integer >= 0", t.halo)

@@ -100,3 +100,14 @@ def test_relative_data_paths_resolve_against_the_config_file(tmp_path, monkeypat
     assert cfg.data.stats == str(folder.resolve() / "stats.nc")
     # a bundled config by name, its sample path found wherever faextract is installed
     assert os.path.exists(load_config("sample").data.paths[0])
+
+
+def test_a_climatology_period_of_dates_travels_as_text():
+    """YAML reads an unquoted date as a date object; the config goes into JSON (checkpoints,
+    stores), so the period is kept as text."""
+    import json
+
+    cfg = load_config(None, ["data.climatology_period=[1991-01-01,2020-12-31]"])
+    assert cfg.data.climatology_period == ["1991-01-01", "2020-12-31"]
+    assert "1991-01-01" in json.dumps(cfg.to_dict())
+    assert load_config(None, ["data.climatology_period=[1991,2020]"]).data.climatology_period == [1991, 2020]
