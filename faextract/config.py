@@ -127,6 +127,9 @@ class TrainConfig:
     # spatial tile): cos(theta) x_a + sin(theta) x_b, new anomaly states against memorizing a
     # short record (faextract.train.mixing); 0 = off. Encoder job only.
     mixup: float = 0.0
+    # Probability that a training window's anomalies are negated (-x), which pushes z towards
+    # an odd function of the anomalies (EOF-like); 0 = off.
+    flip: float = 0.0
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto, cpu, cuda, cuda:N
@@ -400,6 +403,10 @@ def validate(config: Config) -> Config:
           "a probability in [0, 1] (0 = off)", tr.mixup)  # fmt: skip
     _need(not (config.job == "compressor" and tr.mixup), "train.mixup",
           "0 with job: compressor (it mixes no windows)", tr.mixup)  # fmt: skip
+    _need(math.isfinite(tr.flip) and 0 <= tr.flip <= 1, "train.flip",
+          "a probability in [0, 1] (0 = off)", tr.flip)  # fmt: skip
+    _need(not (config.job == "compressor" and tr.flip), "train.flip",
+          "0 with job: compressor (it flips no windows)", tr.flip)  # fmt: skip
     for key in ("warmup_steps", "early_stopping", "num_workers", "checkpoint_every"):
         _need(getattr(tr, key) >= 0, f"train.{key}", "an integer >= 0", getattr(tr, key))
     _need(tr.log_every >= 1, "train.log_every", "an integer >= 1", tr.log_every)

@@ -1,4 +1,5 @@
-"""train.mixup: training windows mixed in pairs, cos(theta) x_a + sin(theta) x_b."""
+"""train.mixup: training windows mixed in pairs, cos(theta) x_a + sin(theta) x_b; train.flip:
+windows negated."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from faextract.config import ConfigError, load_config
 from faextract.data.batch import WindowBatch
 from faextract.train import train
-from faextract.train.mixing import mix_windows
+from faextract.train.mixing import flip_windows, mix_windows
 
 
 def _batch(B=6, T=4, C=2, H=5, W=7, seed=0) -> WindowBatch:
@@ -97,8 +98,9 @@ def test_mixup_outside_zero_to_one_or_with_the_compressor_is_a_config_error():
         load_config(None, ["job=compressor", "train.mixup=0.5"])
 
 
-def test_training_with_mixup_changes_the_run_and_resumes_exactly(tmp_path, tiny_config):
-    args = ("train.mixup=1.0", "train.deterministic=true")
+@pytest.mark.parametrize("augment", ["train.mixup=1.0", "train.flip=0.5"])
+def test_training_with_an_augmentation_changes_the_run_and_resumes_exactly(tmp_path, tiny_config, augment):
+    args = (augment, "train.deterministic=true")
     plain = tmp_path / "plain"
     train(tiny_config("train.epochs=1", "train.deterministic=true"), plain, plain_progress=True)
     full = tmp_path / "full"
@@ -114,3 +116,29 @@ def test_training_with_mixup_changes_the_run_and_resumes_exactly(tmp_path, tiny_
     a, b = load_checkpoint(full / "last.pt").state_dict, load_checkpoint(part / "last.pt").state_dict
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_flipping_negates_whole_windows_with_its_probability_and_keeps_the_rest():
+    torch.manual_seed(3)
+    batch = _batch(B=400, T=2, H=3, W=3)
+    out = flip_windows(batch, 0.3)
+    signs = []
+    for a in range(len(batch)):
+        if torch.equal(out.x[a], batch.x[a]):
+            signs.append(1)
+        else:
+            torch.testing.assert_close(out.x[a], -batch.x[a])
+            signs.append(-1)
+    assert 0.22 < signs.count(-1) / len(signs) < 0.38
+    for key in ("mask", "phase", "time", "lat", "index"):
+        assert torch.equal(getattr(out, key), getattr(batch, key))
+    assert flip_windows(batch, 0.0) is batch
+    assert torch.equal(flip_windows(batch, 1.0).x, -batch.x)
+
+
+def test_flip_outside_zero_to_one_or_with_the_compressor_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train.flip: expected a probability in \[0, 1\]"):
+        load_config(None, ["train.flip=-0.1"])
+    with pytest.raises(ConfigError, match=r"train.flip: expected 0 with job: compressor"):
+        load_config(None, ["job=compressor", "train.flip=0.5"])
+

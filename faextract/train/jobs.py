@@ -29,7 +29,7 @@ from faextract.data.tiling import TileSpec
 from faextract.errors import DataError, FaextractError
 from faextract.train.data import TrainingData, statistics
 from faextract.train.metrics import METRIC_FIELDS
-from faextract.train.mixing import mix_windows
+from faextract.train.mixing import flip_windows, mix_windows
 from faextract.train.plan import (
     check_resume_compatible,
     check_same_model,
@@ -139,6 +139,8 @@ class EncoderJob:
         if self.config.train.mixup > 0 and net.training:
             tiles = self.tile_of[batch.index.cpu()]
             batch = mix_windows(batch, self.config.train.mixup, tiles)
+        if self.config.train.flip > 0 and net.training:
+            batch = flip_windows(batch, self.config.train.flip)
         return compute_losses(net, batch, self.config, self.cluster_on)
 
     def validate(self, loader, device, info, amp) -> tuple[float, dict]:

@@ -1,4 +1,5 @@
-"""Mixing training windows (``train.mixup``): new anomaly states made from pairs of real ones.
+"""New anomaly states made from real training windows: mixing pairs (``train.mixup``) and
+negating them (``train.flip``).
 
 A short record (a decade of monthly means: about a hundred training windows) lets the encoder
 memorize its months: z decodes the training months' fields and none of a new month's (the
@@ -14,6 +15,12 @@ removed first) that are independent between the two windows, ``x`` has the varia
 ``x`` is a trajectory the system could have taken. Reconstruction, forecast and embedding
 targets are all read from the mixed window, so the objective stays consistent; the mixed
 window keeps ``a``'s calendar phase and is valid where both windows are.
+
+``train.flip = p`` negates each window with probability ``p`` (``x -> -x``; the mask, calendar
+phase and padding stay). Anomalies of red noise and of a symmetric oscillation are as likely
+with either sign, and under linear dynamics ``-x`` is a trajectory too. Since z is decoded
+linearly, a model that must serve both signs is pushed towards z being an odd function of
+the anomalies, closer to the linear projections (EOFs) that carry over to new time.
 
 Randomness comes from torch's global generator, which checkpoints save and resumes restore.
 """
@@ -69,3 +76,16 @@ def _partners(tiles: torch.Tensor) -> torch.Tensor:
         order = members[torch.randperm(members.numel())]
         partner[order] = order.roll(-1)
     return partner
+
+
+def flip_windows(batch: WindowBatch, probability: float) -> WindowBatch:
+    """``batch`` with each window's anomalies negated with ``probability`` (see the module)."""
+    B = len(batch)
+    if probability <= 0 or B == 0:
+        return batch
+    flip = torch.rand(B) < probability
+    if not flip.any():
+        return batch
+    sign = torch.where(flip, -1.0, 1.0).to(batch.x.device, batch.x.dtype)
+    x = batch.x * sign.view((B,) + (1,) * (batch.x.dim() - 1))
+    return WindowBatch(x=x, mask=batch.mask, phase=batch.phase, time=batch.time, lat=batch.lat, index=batch.index)
