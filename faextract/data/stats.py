@@ -98,10 +98,8 @@ def compute_stats(
     options = options or StatsOptions()
     kind, _why = resolve_climatology(options.climatology, cube if reference is None else reference)
     options = StatsOptions(area_weighted=options.area_weighted, climatology=kind)
-    arr = cube.to_array().data.astype(np.float64)  # (T, C, H, W) dask
+    arr, finite, checks = _values(cube)
     T, C, H, W = arr.shape
-    finite = da.isfinite(arr)
-    checks = (da.isinf(arr).sum(axis=(0, 2, 3)), finite.sum(axis=(0, 2, 3)))  # infs, counts
     clim, count_v = None, None
     if options.climatology != "none":
         if reference is None:
@@ -109,10 +107,7 @@ def compute_stats(
             clim, count_v = _climatology(cube, arr, finite, checks, kind, progress)
         else:
             _check_reference(cube, reference)
-            ref = reference.to_array().data.astype(np.float64)
-            ref_finite = da.isfinite(ref)
-            ref_checks = (da.isinf(ref).sum(axis=(0, 2, 3)), ref_finite.sum(axis=(0, 2, 3)))
-            clim, _ = _climatology(reference, ref, ref_finite, ref_checks, kind, progress)
+            clim, _ = _climatology(reference, *_values(reference), kind, progress)
         arr = arr - _climatology_of(cube, clim, kind, arr.chunks)
         finite = da.isfinite(arr)
     w2d = _area_weights(cube.lat, W) if options.area_weighted else np.ones((H, W))
@@ -134,6 +129,14 @@ def compute_stats(
         out.attrs["climatology_start"] = str(ref.time.values[0])
         out.attrs["climatology_end"] = str(ref.time.values[-1])
     return out
+
+
+def _values(cube: Cube):
+    """``cube``'s values ``(T, C, H, W)`` as float64 dask, where they are finite, and the
+    lazy per-channel checks ``(infinite values, finite values)``."""
+    arr = cube.to_array().data.astype(np.float64)
+    finite = da.isfinite(arr)
+    return arr, finite, (da.isinf(arr).sum(axis=(0, 2, 3)), finite.sum(axis=(0, 2, 3)))
 
 
 def _check_reference(cube: Cube, reference: Cube) -> None:
