@@ -27,6 +27,7 @@ Randomness comes from torch's global generator, which checkpoints save and resum
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -88,4 +89,4 @@ def flip_windows(batch: WindowBatch, probability: float) -> WindowBatch:
         return batch
     sign = torch.where(flip, -1.0, 1.0).to(batch.x.device, batch.x.dtype)
     x = batch.x * sign.view((B,) + (1,) * (batch.x.dim() - 1))
-    return WindowBatch(x=x, mask=batch.mask, phase=batch.phase, time=batch.time, lat=batch.lat, index=batch.index)
+    return dataclasses.replace(batch, x=x)

@@ -46,9 +46,9 @@ def seasonal_period(cube) -> float:
 
 def model_args(config: Config, cube) -> dict:
     """The :class:`~faextract.models.autoencoder.ClimateAutoencoder` arguments for ``cube``."""
-    m = config.model
     from faextract.models.autoencoder import skip_mode
 
+    m = config.model
     return dict(
         in_channels=len(cube.channels),
         cell=m.cell,
