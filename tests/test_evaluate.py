@@ -115,9 +115,9 @@ def test_repeats_average_the_score_over_block_placements(rng):
     rows = np.arange(240)
     for lead in (0, 2):
         per_shift = [
-            probe_module._held_out_r2(
+            probe_module._held_out_score(
                 probe_module.FixedFeatures(z), y[lead:, None], rows[: 240 - lead],
-                blocked_folds(rows[: 240 - lead], 5, 6 + lead, r / 4), 240 - lead,
+                blocked_folds(rows[: 240 - lead], 5, 6 + lead, r / 4), 240 - lead, "r2",
             )[0]
             for r in range(4)
         ]  # fmt: skip
@@ -150,6 +150,27 @@ def test_an_unseen_probe_scores_only_time_the_encoder_never_saw(rng):
     few = np.zeros(T, dtype=bool)
     few[T - MIN_UNSEEN + 1 :] = True
     assert np.isnan(probe(z, {"y": y}, leads=(0,), window=6, unseen=few)["y"][0])
+
+
+def test_on_a_shifted_unseen_stretch_correlation_sees_what_r2_misses(rng):
+    """Features that follow the target on new steps but sit at another level there (drift):
+    the unseen R^2, taken around the stretch's own mean, is far below 0, the correlation of
+    the predictions is near 1; features that carry nothing score ~0 on both."""
+    T = 300
+    y = _ar1(rng, T, 0.8)[:, 0]
+    unseen = np.zeros(T, dtype=bool)
+    unseen[240:] = True
+    shifted = np.c_[y + 0.05 * rng.standard_normal(T), rng.standard_normal((T, 2))]
+    shifted[240:, 0] += 3 * y.std()
+    args = dict(leads=(0,), window=6, unseen=unseen)
+    assert probe(shifted, {"y": y}, **args)["y"][0] < -2
+    assert probe(shifted, {"y": y}, score="correlation", **args)["y"][0] > 0.95
+    noise = probe(rng.standard_normal((T, 3)), {"y": y}, score="correlation", **args)["y"][0]
+    assert abs(noise) < 0.35
+    blocks = probe(shifted[:240], {"y": y[:240]}, leads=(0, 2), window=6, score="correlation")
+    assert blocks["y"][0] > 0.95 and 0.3 < blocks["y"][2] < 0.9  # (y decays at 0.8 a step)
+    with pytest.raises(ValueError, match="score must be one of r2, correlation"):
+        probe(shifted, {"y": y}, leads=(0,), window=6, score="mse")
 
 
 def test_without_the_gap_overlapping_windows_would_leak(rng):
@@ -289,7 +310,10 @@ def test_cli_end_to_end(stores, tmp_path):
     unseen = s["unseen"]
     assert unseen["steps"] > 0 and len(unseen["train_range"]) == 2
     assert set(unseen["probe"]["enso"]) == {"0", "1"} and "enso" in unseen["eof_probe"]
-    assert "On time the encoder never saw" in text
+    assert set(unseen["correlation"]["enso"]) == {"0", "1"} and "enso" in unseen["eof_correlation"]
+    r = unseen["correlation"]["enso"]["0"]
+    assert r is None or -1 <= r <= 1  # (None: constant predictions, the ridge chose none)
+    assert "On time the encoder never saw" in text and "r enso, lead 0" in text
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

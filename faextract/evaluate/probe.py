@@ -98,6 +98,9 @@ def _far_from(times: np.ndarray, tested: np.ndarray, gap: int) -> np.ndarray:
     return np.minimum(np.abs(times - tested[at]), np.abs(times - after)) >= gap
 
 
+#: What :func:`probe` reports of the held-out predictions.
+SCORES = ("r2", "correlation")
+
 #: Fewest unseen steps an ``unseen`` probe is scored on (fewer: NaN).
 MIN_UNSEEN = 12
 
@@ -160,6 +163,7 @@ def probe(
     folds: int = 5,
     repeats: int = 1,
     unseen: np.ndarray | None = None,
+    score: str = "r2",
 ) -> dict[str, dict[int, float]]:
     """Held-out R^2 of each target at each lead: ``{target: {lead: r2}}``.
 
@@ -178,7 +182,15 @@ def probe(
     encoder never trained on, fitting on the steps it did (:func:`unseen_split`): the skill of
     the features on new time, which the blocks cannot show when the encoder trained on most
     of them. ``folds`` and ``repeats`` then do not apply.
+
+    ``score``: ``r2`` (the default) or ``correlation``, the Pearson correlation of the pooled
+    held-out predictions with the targets. R^2 is taken around the mean of the tested targets,
+    so on one short stretch (``unseen``) whose mean the training rows did not have, a level
+    offset costs R^2 however closely the predictions follow the targets; the correlation says
+    how closely they follow.
     """
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     feats = FixedFeatures(features) if isinstance(features, np.ndarray) else features
     names = list(targets)
     y_all = np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
@@ -196,15 +208,17 @@ def probe(
             splits = [unseen_split(rows, np.asarray(unseen, dtype=bool), lead, window + lead)]
         else:
             splits = [blocked_folds(rows, folds, window + lead, r / repeats) for r in range(repeats)]
-        scores = np.stack([_held_out_r2(feats, y, rows, s, T - lead) for s in splits])
+        scores = np.stack([_held_out_score(feats, y, rows, s, T - lead, score) for s in splits])
         for j, name in enumerate(names):
             out[name][lead] = float(scores[:, j].mean())
     return out
 
 
-def _held_out_r2(feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int) -> np.ndarray:
-    """R^2 of each target column of ``y`` over the test blocks of ``splits`` pooled (NaN where
-    nothing was tested or the tested targets are constant)."""
+def _held_out_score(
+    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int, score: str
+) -> np.ndarray:
+    """``score`` (:data:`SCORES`) of each target column of ``y`` over the test blocks of
+    ``splits`` pooled (NaN where nothing was tested or the tested targets are constant)."""
     pred = np.full((rows.size, y.shape[1]), np.nan)
     for train, test in splits:
         x = feats.transform(rows[train])[:steps]
@@ -212,10 +226,16 @@ def _held_out_r2(feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps
             raise ValueError(f"features have {x.shape[0]} rows, expected at least {steps}")
         pred[test] = _fit_predict(x[rows[train]], y[rows[train]], x[rows[test]])
     tested = np.isfinite(pred).all(axis=1)
-    r2 = np.full(y.shape[1], np.nan)
+    out = np.full(y.shape[1], np.nan)
     for j in range(y.shape[1]):
         yt, pt = y[rows[tested], j], pred[tested, j]
         ss = ((yt - yt.mean()) ** 2).sum() if yt.size else 0.0
-        if ss > 0:
-            r2[j] = 1 - ((yt - pt) ** 2).sum() / ss
-    return r2
+        if ss <= 0:
+            continue
+        if score == "r2":
+            out[j] = 1 - ((yt - pt) ** 2).sum() / ss
+        else:
+            sp = ((pt - pt.mean()) ** 2).sum()
+            if sp > 0:
+                out[j] = ((yt - yt.mean()) * (pt - pt.mean())).sum() / np.sqrt(ss * sp)
+    return out

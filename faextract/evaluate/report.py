@@ -144,13 +144,25 @@ def _unseen_table(report: Report) -> str:
         "encoder's training range and scored on those outside it (the blocks above include "
         "steps the encoder trained on); the EOF baseline on the same steps in brackets.\n\n"
     )
-    text += "| store | unseen steps | " + " | ".join(f"R² {t}, lead {lead}" for t, lead in cells)
-    text += " |\n|---|---|" + "---|" * len(cells) + "\n"
-    for s in stores:
-        u = s.unseen
-        values = [f"{_fmt(u['probe'][t].get(lead))} ({_fmt(u['eof_probe'][t].get(lead))})"
-                  for t, lead in cells]  # fmt: skip
-        text += f"| {Path(s.path).name} | {u['steps']} | " + " | ".join(values) + " |\n"
+    for score, own, eof, note in (
+        ("R²", "probe", "eof_probe", ""),
+        ("r", "correlation", "eof_correlation",
+         "\nR² is taken around the mean of the unseen steps' targets, so a level the training "
+         "range did not have costs R² however closely the predictions follow the targets; "
+         "the correlation r of the predictions with the targets says how closely they "
+         "follow.\n\n"),
+    ):  # fmt: skip
+        shown = [s for s in stores if own in s.unseen]
+        if not shown:
+            continue
+        text += note + "| store | unseen steps | "
+        text += " | ".join(f"{score} {t}, lead {lead}" for t, lead in cells)
+        text += " |\n|---|---|" + "---|" * len(cells) + "\n"
+        for s in shown:
+            u = s.unseen
+            values = [f"{_fmt(u[own][t].get(lead))} ({_fmt(u[eof][t].get(lead))})"
+                      for t, lead in cells]  # fmt: skip
+            text += f"| {Path(s.path).name} | {u['steps']} | " + " | ".join(values) + " |\n"
     return text
 
 
