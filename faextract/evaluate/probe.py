@@ -189,13 +189,33 @@ def probe(
     offset costs R^2 however closely the predictions follow the targets; the correlation says
     how closely they follow.
     """
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    return probe_scores(
+        features, targets, leads, window=window, folds=folds, repeats=repeats, unseen=unseen,
+        scores=(score,),
+    )[score]  # fmt: skip
+
+
+def probe_scores(
+    features: Features | np.ndarray,
+    targets: dict[str, np.ndarray],
+    leads: Sequence[int] = (0,),
+    *,
+    window: int,
+    folds: int = 5,
+    repeats: int = 1,
+    unseen: np.ndarray | None = None,
+    scores: Sequence[str] = SCORES,
+) -> dict[str, dict[str, dict[int, float]]]:
+    """:func:`probe` with several ``scores`` of the same held-out predictions, which are
+    fitted once: ``{score: {target: {lead: value}}}``."""
+    for score in scores:
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     feats = FixedFeatures(features) if isinstance(features, np.ndarray) else features
     names = list(targets)
     y_all = np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
     T = y_all.shape[0]
-    out: dict[str, dict[int, float]] = {k: {} for k in names}
+    out = {score: {k: {} for k in names} for score in scores}
     for lead in leads:
         t = np.arange(T - lead)
         y = y_all[lead:]
@@ -208,17 +228,20 @@ def probe(
             splits = [unseen_split(rows, np.asarray(unseen, dtype=bool), lead, window + lead)]
         else:
             splits = [blocked_folds(rows, folds, window + lead, r / repeats) for r in range(repeats)]
-        scores = np.stack([_held_out_score(feats, y, rows, s, T - lead, score) for s in splits])
-        for j, name in enumerate(names):
-            out[name][lead] = float(scores[:, j].mean())
+        # (splits, scores, targets), averaged over the placements of the blocks
+        values = np.stack([_held_out_scores(feats, y, rows, s, T - lead, scores) for s in splits])
+        for i, score in enumerate(scores):
+            for j, name in enumerate(names):
+                out[score][name][lead] = float(values[:, i, j].mean())
     return out
 
 
-def _held_out_score(
-    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int, score: str
+def _held_out_scores(
+    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int, scores: Sequence[str]
 ) -> np.ndarray:
-    """``score`` (:data:`SCORES`) of each target column of ``y`` over the test blocks of
-    ``splits`` pooled (NaN where nothing was tested or the tested targets are constant)."""
+    """``(len(scores), q)``: each of ``scores`` (:data:`SCORES`) of each target column of ``y``
+    over the test blocks of ``splits`` pooled (NaN where nothing was tested or the tested
+    targets are constant)."""
     pred = np.full((rows.size, y.shape[1]), np.nan)
     for train, test in splits:
         x = feats.transform(rows[train])[:steps]
@@ -226,16 +249,16 @@ def _held_out_score(
             raise ValueError(f"features have {x.shape[0]} rows, expected at least {steps}")
         pred[test] = _fit_predict(x[rows[train]], y[rows[train]], x[rows[test]])
     tested = np.isfinite(pred).all(axis=1)
-    out = np.full(y.shape[1], np.nan)
+    out = np.full((len(scores), y.shape[1]), np.nan)
     for j in range(y.shape[1]):
         yt, pt = y[rows[tested], j], pred[tested, j]
         ss = ((yt - yt.mean()) ** 2).sum() if yt.size else 0.0
         if ss <= 0:
             continue
-        if score == "r2":
-            out[j] = 1 - ((yt - pt) ** 2).sum() / ss
-        else:
-            sp = ((pt - pt.mean()) ** 2).sum()
-            if sp > 0:
-                out[j] = ((yt - yt.mean()) * (pt - pt.mean())).sum() / np.sqrt(ss * sp)
+        sp = ((pt - pt.mean()) ** 2).sum()
+        for i, score in enumerate(scores):
+            if score == "r2":
+                out[i, j] = 1 - ((yt - pt) ** 2).sum() / ss
+            elif sp > 0:
+                out[i, j] = ((yt - yt.mean()) * (pt - pt.mean())).sum() / np.sqrt(ss * sp)
     return out

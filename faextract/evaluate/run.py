@@ -27,7 +27,7 @@ from faextract.evaluate import attention, metrics
 from faextract.evaluate.baselines import EOFFeatures, RandomFeatures
 from faextract.evaluate.climatology import Calendar
 from faextract.evaluate.inputs import MAX_CELLS, IndexSpec, InputData, eof_targets, read_inputs
-from faextract.evaluate.probe import SCORES, Features, probe
+from faextract.evaluate.probe import Features, probe, probe_scores
 from faextract.evaluate.regimes import regimes
 from faextract.evaluate.report import FeatureReport, Report, StoreReport, write
 from faextract.evaluate.stores import StoreFeatures, load_store
@@ -240,14 +240,10 @@ class _Unseen:
         args = dict(leads=self.opts.leads, window=s.window, unseen=mask)
         key = (s.train_range, s.window)
         if key not in self.baseline:
-            self.baseline[key] = {
-                score: probe(self.eof, self.targets, score=score, **args) for score in SCORES
-            }
-        z = np.asarray(s.z)
-        out["probe"] = probe(z, self.targets, **args)
-        out["eof_probe"] = self.baseline[key]["r2"]
-        out["correlation"] = probe(z, self.targets, score="correlation", **args)
-        out["eof_correlation"] = self.baseline[key]["correlation"]
+            self.baseline[key] = probe_scores(self.eof, self.targets, **args)
+        own, eof = probe_scores(np.asarray(s.z), self.targets, **args), self.baseline[key]
+        out["probe"], out["eof_probe"] = own["r2"], eof["r2"]
+        out["correlation"], out["eof_correlation"] = own["correlation"], eof["correlation"]
         return out
 
 
