@@ -98,6 +98,14 @@ def matched_filters(base_overrides: list[str], cell: str, budget: int, channels:
     return best
 
 
+def _train(cfg, run_dir: Path, name: str, **how) -> None:
+    """Train one encoder; a run stopped by a signal (SIGTERM, SIGUSR1) ends the benchmark
+    (its best.pt is not the finished model's), and the same ``--workdir`` resumes it."""
+    if train(cfg, run_dir, plain_progress=True, **how).status == "preempted":
+        sys.exit(f"bench_representation: training {name} was stopped by a signal; "
+                 f"rerun with --workdir {run_dir.parent} to resume it")
+
+
 def run(args) -> list[dict]:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-representation-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +116,7 @@ def run(args) -> list[dict]:
         write_netcdf(synthetic_cube(calendar="noleap", seed=7, **spec), cube)
     base = [f"data.paths=[{cube}]", *args.set]
     if args.quick:
-        base += ["train.epochs=2"]
+        base += ["train.epochs=2", "train.steps=0"]  # steps would override epochs
     fa_cfg = load_config(args.config, [*base, "model.cell=faconvlstm"])
     budget = _params(fa_cfg, len(variables))
     stores, meta = [], {}
@@ -122,8 +130,10 @@ def run(args) -> list[dict]:
             run_dir = root / name
             cfg = load_config(args.config, [*base, *extra, f"train.seed={seed}"])
             t0 = time.perf_counter()
-            if not (run_dir / "best.pt").exists():
-                train(cfg, run_dir, overwrite=True, plain_progress=True)
+            if (run_dir / "PREEMPTED").exists():  # stopped by a signal: resume it
+                _train(cfg, run_dir, name, resume=True)
+            elif not (run_dir / "best.pt").exists():
+                _train(cfg, run_dir, name, overwrite=True)
             seconds = time.perf_counter() - t0
             ckpt = run_dir / "best.pt"
             queries = {"enso": ENSO_BOX} if cell == "faconvlstm" else {}
