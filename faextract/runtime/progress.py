@@ -18,9 +18,15 @@ class _Task:
     label: str
     total: float | None
     done: float = 0.0
-    start: float = field(default_factory=time.monotonic)
+    start: float = field(default_factory=lambda: time.monotonic())
     last_print: float = 0.0
     info: str = ""
+    before: float = 0.0  # done before this run (a resumed epoch): not in the rate
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.start
+        return (self.done - self.before) / elapsed if elapsed > 0 else 0.0
 
 
 class Progress:
@@ -75,11 +81,15 @@ class Progress:
         else:
             print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
-    def start(self, label: str, total: float | None = None) -> int:
+    def start(self, label: str, total: float | None = None, done: float = 0) -> int:
+        """A new task; ``done``: how much of it an earlier run did (a resumed epoch), shown
+        as done but left out of the rate and the ETA."""
         tid = len(self._tasks)
-        self._tasks[tid] = _Task(label, total)
+        self._tasks[tid] = _Task(label, total, done=done, before=done)
         if self._rich is not None:
-            self._rich_ids[tid] = self._rich.add_task(label, total=total, info="", rate="")
+            self._rich_ids[tid] = self._rich.add_task(
+                label, total=total, completed=done, info="", rate=""
+            )
         return tid
 
     def advance(self, tid: int, n: float = 1, info: str | None = None) -> None:
@@ -88,8 +98,7 @@ class Progress:
         if info is not None:
             task.info = info
         if self._rich is not None:
-            elapsed = time.monotonic() - task.start
-            rate = f"{task.done / elapsed:.1f} {self.unit}/s" if elapsed > 0 else ""
+            rate = f"{task.rate:.1f} {self.unit}/s" if task.rate > 0 else ""
             self._rich.update(self._rich_ids[tid], advance=n, info=task.info, rate=rate)
         elif self.plain:
             now = time.monotonic()
@@ -105,8 +114,7 @@ class Progress:
             self._line(task, final=True)
 
     def _line(self, task: _Task, final: bool = False) -> None:
-        elapsed = time.monotonic() - task.start
-        rate = task.done / elapsed if elapsed > 0 else 0.0
+        elapsed, rate = time.monotonic() - task.start, task.rate
         parts = [f"[{time.strftime('%H:%M:%S')}] {task.label}:"]
         if task.total:
             parts.append(f"{task.done:g}/{task.total:g} ({100 * task.done / task.total:.0f}%)")

@@ -228,9 +228,8 @@ class _Run:
             self.average.reset(self.model)  # k-means moved the centres: average from here
         task = None
         if info.is_main:
-            task = self.progress.start(f"epoch {self.epoch + 1}/{self.epochs}", total=self.steps_per_epoch)
-            if self.batch_in_epoch:
-                self.progress.advance(task, self.batch_in_epoch)
+            task = self.progress.start(f"epoch {self.epoch + 1}/{self.epochs}",
+                                       total=self.steps_per_epoch, done=self.batch_in_epoch)  # fmt: skip
         t0, seen = time.perf_counter(), 0
         if self.resumed_row is not None:  # the row a mid-epoch checkpoint had begun
             self.running, self.in_row = dict(self.resumed_row["sums"]), int(self.resumed_row["steps"])
