@@ -46,6 +46,7 @@ from faextract.data.perturb import Perturbation  # noqa: E402
 from faextract.embed import EmbedOptions, embed  # noqa: E402
 from faextract.evaluate import EvaluateOptions, IndexSpec, evaluate  # noqa: E402
 from faextract.evaluate.attention import box_percentile  # noqa: E402
+from faextract.outputs import PREEMPTED_FILE  # noqa: E402
 from faextract.store import open_embeddings  # noqa: E402
 from faextract.testing import ENSO_BOX, TELECONNECTION_BOX, synthetic_cube, write_netcdf  # noqa: E402
 from faextract.train import train  # noqa: E402
@@ -130,7 +131,7 @@ def run(args) -> list[dict]:
             run_dir = root / name
             cfg = load_config(args.config, [*base, *extra, f"train.seed={seed}"])
             t0 = time.perf_counter()
-            if (run_dir / "PREEMPTED").exists():  # stopped by a signal: resume it
+            if (run_dir / PREEMPTED_FILE).exists():  # stopped by a signal: resume it
                 _train(cfg, run_dir, name, resume=True)
             elif not (run_dir / "best.pt").exists():
                 _train(cfg, run_dir, name, overwrite=True)

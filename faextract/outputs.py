@@ -22,8 +22,10 @@ from pathlib import Path
 
 from faextract.errors import DataError
 
+#: The marker of a training run stopped by a signal (it holds the step; resume to finish).
+PREEMPTED_FILE = "PREEMPTED"
 #: Files a training run directory holds (``faextract train`` writes them; nothing else).
-RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.yaml", "summary.json", "PREEMPTED")
+RUN_FILES = ("last.pt", "best.pt", "metrics.csv", "config.yaml", "summary.json", PREEMPTED_FILE)
 #: The list of figures ``faextract plot`` wrote into its folder.
 PLOT_MANIFEST = ".faextract-plot.json"
 

@@ -98,8 +98,9 @@ class Progress:
         if info is not None:
             task.info = info
         if self._rich is not None:
-            rate = f"{task.rate:.1f} {self.unit}/s" if task.rate > 0 else ""
-            self._rich.update(self._rich_ids[tid], advance=n, info=task.info, rate=rate)
+            rate = task.rate
+            shown = f"{rate:.1f} {self.unit}/s" if rate > 0 else ""
+            self._rich.update(self._rich_ids[tid], advance=n, info=task.info, rate=shown)
         elif self.plain:
             now = time.monotonic()
             if now - task.last_print >= self.interval:

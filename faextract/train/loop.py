@@ -31,7 +31,7 @@ from faextract.config import Config, save_config
 from faextract.data.dataset import make_loader
 from faextract.data.sources import resolve_paths
 from faextract.errors import ConfigError, FaextractError
-from faextract.outputs import check_not_input
+from faextract.outputs import PREEMPTED_FILE, check_not_input
 from faextract.runtime import distributed
 from faextract.runtime.device import pick_device
 from faextract.runtime.locks import Lock
@@ -201,7 +201,7 @@ class _Run:
                 if self._train_epoch(stop):
                     status = "preempted"
                     if self.info.is_main:
-                        (self.run_dir / "PREEMPTED").write_text(f"step {self.step}\n")
+                        (self.run_dir / PREEMPTED_FILE).write_text(f"step {self.step}\n")
                     break
                 self.epoch += 1
                 self.batch_in_epoch = 0
@@ -209,7 +209,7 @@ class _Run:
                     status = "early_stopped"
                     break
         if status != "preempted" and self.info.is_main:
-            (self.run_dir / "PREEMPTED").unlink(missing_ok=True)
+            (self.run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
         if self.tb is not None:
             self.tb.close()
         return status
