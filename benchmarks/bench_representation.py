@@ -27,8 +27,8 @@ from this one run.
 ``--cube-seed`` draws another realization of the same cube (another noise, another index
 history; the README's tables use 7). On the decade cube the scores on the 20 months the
 encoder never saw depend on which 20 months they are as much as on the model: the EOF
-baseline's index R² there ranges from -0.9 to 0.45 over cube seeds 1-7, so a setting is
-judged by its difference from the EOFs over several cube seeds, not on one.
+baseline's index R² there ranges from -0.9 to 0.45 over cube seeds 1-5 and 7, so a setting
+is judged by its difference from the EOFs over several cube seeds, not on one.
 """
 
 from __future__ import annotations
