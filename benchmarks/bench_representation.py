@@ -120,6 +120,13 @@ def run(args) -> list[dict]:
     spec = {"nlat": 24, "nlon": 48, "variables": ("sst", "t2m", "sp", "u10"), **CUBES[args.cube]}
     variables = spec["variables"]
     cube = root / f"{args.cube}-seed{args.cube_seed}.nc"
+    # runs and stores are reused by name: a workdir holds the runs of one cube only
+    other = sorted(p.name for p in root.glob("*.nc") if p != cube)
+    if other:
+        print(f"bench_representation: {root} holds runs of another cube ({other[0]}); use "
+              f"another --workdir for --cube {args.cube} --cube-seed {args.cube_seed}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)
     if not cube.exists():
         write_netcdf(synthetic_cube(calendar="noleap", seed=args.cube_seed, **spec), cube)
     base = [f"data.paths=[{cube}]", *args.set]
