@@ -8,7 +8,9 @@ lagged teleconnection), embeds the whole cube (and a copy perturbed with 5% nois
 - held-out R² of the planted index (the ENSO box's SST anomaly) at leads 0, 1 and 3, and of
   the teleconnection box's t2m anomaly at lead 0, against the EOF baseline with as many PCs;
   and the index's R² on the months the encoders never trained on (their validation range:
-  probes fitted on the training range), the EOF baseline on the same months;
+  probes fitted on the training range), the EOF baseline on the same months; and a
+  reference row: the same probes on the index at t and the phase of the planted oscillation
+  (what knowing the process's state exactly allows; lead 0 is 1 by construction);
 - effective rank, month-boundary jump, linear CKA between the two seeds, robustness
   (``||z' - z|| / ||z - mean z||`` under 5% noise), best k-means silhouette;
 - for FAConvLSTM2D: the percentile of the teleconnection box in the ENSO query's attention maps
@@ -55,7 +57,13 @@ from faextract.evaluate import EvaluateOptions, IndexSpec, evaluate  # noqa: E40
 from faextract.evaluate.attention import box_percentile  # noqa: E402
 from faextract.outputs import PREEMPTED_FILE  # noqa: E402
 from faextract.store import open_embeddings  # noqa: E402
-from faextract.testing import ENSO_BOX, TELECONNECTION_BOX, synthetic_cube, write_netcdf  # noqa: E402
+from faextract.testing import (  # noqa: E402
+    ENSO_BOX,
+    ENSO_PERIOD_YEARS,
+    TELECONNECTION_BOX,
+    synthetic_cube,
+    write_netcdf,
+)
 from faextract.train import train  # noqa: E402
 
 CUBES = {
@@ -173,10 +181,37 @@ def run(args) -> list[dict]:
     perturbed = [s.replace(".zarr", "-noise.zarr") for s in stores]
     report = evaluate(stores, [str(cube)], root / "evaluation", opts, perturbed=perturbed)
     (root / "evaluation" / "meta.json").write_text(json.dumps(meta, indent=1))
-    return summarize(report, meta)
+    reference = reference_scores(cube, indices[0], 365.0 / spec["freq_days"], report, args)
+    return summarize(report, meta, reference)
 
 
-def summarize(report, meta: dict) -> list[dict]:
+def reference_scores(cube: Path, index: IndexSpec, steps_per_year: float, report, args) -> dict:
+    """What the planted process itself allows a linear probe: the index at t and the phase of
+    the planted oscillation (its sine and cosine), probed in the same protocol as the stores
+    (the same blocks, gap and unseen months). Lead 0 is 1 by construction; at leads >= 1 it is
+    the skill of knowing the index's state exactly (not a strict ceiling: the box also holds
+    red noise, whose own state it does not separate). ``{"whole": {lead: r2}, "unseen":
+    {lead: r2}}``."""
+    from faextract.data.cube import open_cube
+    from faextract.evaluate.inputs import read_inputs
+    from faextract.evaluate.probe import probe_scores
+
+    y = read_inputs(open_cube([str(cube)], None), [index]).indices[index.name]
+    phase = 2 * np.pi * np.arange(len(y)) / (ENSO_PERIOD_YEARS * steps_per_year)
+    feats = np.c_[y, np.sin(phase), np.cos(phase)]
+    target = {index.name: y}
+    store = report.stores[0]
+    out = {"whole": probe_scores(feats, target, leads=report.leads, window=store.window,
+                                 folds=args.folds, repeats=args.repeats)["r2"][index.name]}  # fmt: skip
+    unseen = int(store.unseen.get("steps", 0))
+    if unseen:
+        mask = np.arange(len(y)) >= len(y) - unseen  # the validation range ends the record
+        out["unseen"] = probe_scores(feats, target, leads=report.leads, window=store.window,
+                                     unseen=mask)["r2"][index.name]  # fmt: skip
+    return out
+
+
+def summarize(report, meta: dict, reference: dict | None = None) -> list[dict]:
     by_path = {s.path: s for s in report.stores}
     paths = report.stability["paths"]
     cka = np.array(report.stability["cka"], dtype=float)
@@ -190,6 +225,12 @@ def summarize(report, meta: dict) -> list[dict]:
         "EOF-PC R² mean": _eof_mean(eof, report),
         "eff. rank": f"{eof.effective_rank:.1f}",
     })  # fmt: skip
+    if reference:
+        rows.append({
+            "features": "reference: the index at t + the oscillation's phase",
+            **{f"ENSO R² lead {L}": f"{reference['whole'][L]:.3f}" for L in report.leads},
+            "ENSO R² unseen, lead 0 / 1 / 3": _unseen({"enso": reference.get("unseen", {})}),
+        })  # fmt: skip
     cells = list(dict.fromkeys(m["cell"] for m in meta.values()))
     for cell in cells:
         mine = [p for p in paths if meta[p]["cell"] == cell]

@@ -64,6 +64,10 @@ def _smooth_noise(rng: np.random.Generator, shape, passes: int = 2) -> np.ndarra
     return x / (x.std() + 1e-12)
 
 
+#: The period of the planted ENSO-like oscillation, in years.
+ENSO_PERIOD_YEARS = 3.7
+
+
 def enso_index(nt: int, steps_per_year: float, rng: np.random.Generator) -> np.ndarray:
     """An ENSO-like index: a 3.7-year oscillation plus AR(1) noise, unit-ish amplitude."""
     t = np.arange(nt) / steps_per_year
@@ -72,7 +76,7 @@ def enso_index(nt: int, steps_per_year: float, rng: np.random.Generator) -> np.n
     eps = rng.standard_normal(nt) * np.sqrt(1 - phi**2) * 0.4
     for i in range(1, nt):
         ar[i] = phi * ar[i - 1] + eps[i]
-    return np.sin(2 * np.pi * t / 3.7 + 0.6) + ar
+    return np.sin(2 * np.pi * t / ENSO_PERIOD_YEARS + 0.6) + ar
 
 
 # One generator for every test cube and the sample: the variables' recipes read best in one place.
