@@ -229,7 +229,9 @@ def summarize(report, meta: dict, reference: dict | None = None) -> list[dict]:
         rows.append({
             "features": "reference: the index at t + the oscillation's phase",
             **{f"ENSO R² lead {L}": f"{reference['whole'][L]:.3f}" for L in report.leads},
-            "ENSO R² unseen, lead 0 / 1 / 3": _unseen({"enso": reference.get("unseen", {})}),
+            "ENSO R² unseen, lead 0 / 1 / 3": _unseen(
+                {"enso": reference["unseen"]} if "unseen" in reference else None
+            ),
         })  # fmt: skip
     cells = list(dict.fromkeys(m["cell"] for m in meta.values()))
     for cell in cells:
