@@ -25,6 +25,7 @@ from this one run.
     python benchmarks/bench_representation.py --quick       # a smoke run (~3 min)
     python benchmarks/bench_representation.py --cube daily --cells faconvlstm --seeds 0
     python benchmarks/bench_representation.py --cube decade --cube-seed 1 --cells faconvlstm
+    python benchmarks/bench_representation.py --cube short --cells faconvlstm   # 11 years, 24 x 48
 
 ``--cube-seed`` draws another realization of the same cube (another noise, another index
 history; the README's tables use 7). On the decade cube the scores on the 20 months the
@@ -70,6 +71,9 @@ CUBES = {
     # 20 years of monthly means (mid-month steps), a 3-month teleconnection lag.
     "monthly": dict(nt=240, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
     # 6 years of daily data, a 10-day lag (the sample's kind of data, 3x longer).
+    # The decade's length (11 years) on the 20-year cube's grid and variables: separates what
+    # the record's length does from what the grid does.
+    "short": dict(nt=132, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
     "daily": dict(nt=6 * 365, freq_days=1.0, start="2000-01-01", teleconnection_lag=10),
     # Like the real-data trial of the issue: 11 years of monthly means of two variables
     # (u10, sp) on a 2.5 degree grid (72 x 144).
