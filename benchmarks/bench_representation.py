@@ -71,8 +71,9 @@ CUBES = {
     # 20 years of monthly means (mid-month steps), a 3-month teleconnection lag.
     "monthly": dict(nt=240, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
     # 6 years of daily data, a 10-day lag (the sample's kind of data, 3x longer).
-    # The decade's length (11 years) on the 20-year cube's grid and variables: separates what
-    # the record's length does from what the grid does.
+    # The 20-year cube's grid and variables over 15 and 11 years (the decade's length):
+    # separates what the record's length does from what the grid does.
+    "mid": dict(nt=180, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
     "short": dict(nt=132, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
     "daily": dict(nt=6 * 365, freq_days=1.0, start="2000-01-01", teleconnection_lag=10),
     # Like the real-data trial of the issue: 11 years of monthly means of two variables
