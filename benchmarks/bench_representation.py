@@ -67,19 +67,20 @@ from faextract.testing import (  # noqa: E402
 )
 from faextract.train import train  # noqa: E402
 
+# Monthly means: mid-month steps, a 3-month teleconnection lag.
+MONTHLY = dict(freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3)
 CUBES = {
-    # 20 years of monthly means (mid-month steps), a 3-month teleconnection lag.
-    "monthly": dict(nt=240, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
-    # 6 years of daily data, a 10-day lag (the sample's kind of data, 3x longer).
+    # 20 years of monthly means.
+    "monthly": dict(MONTHLY, nt=240),
     # The 20-year cube's grid and variables over 15 and 11 years (the decade's length):
     # separates what the record's length does from what the grid does.
-    "mid": dict(nt=180, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
-    "short": dict(nt=132, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3),
+    "mid": dict(MONTHLY, nt=180),
+    "short": dict(MONTHLY, nt=132),
+    # 6 years of daily data, a 10-day lag (the sample's kind of data, 3x longer).
     "daily": dict(nt=6 * 365, freq_days=1.0, start="2000-01-01", teleconnection_lag=10),
     # Like the real-data trial of the issue: 11 years of monthly means of two variables
     # (u10, sp) on a 2.5 degree grid (72 x 144).
-    "decade": dict(nt=132, freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3,
-                   nlat=72, nlon=144, variables=("u10", "sp")),
+    "decade": dict(MONTHLY, nt=132, nlat=72, nlon=144, variables=("u10", "sp")),
 }
 CELLS = ("faconvlstm", "convlstm", "minconvgru")
 INDICES = {
