@@ -26,6 +26,7 @@ from this one run.
     python benchmarks/bench_representation.py --cube daily --cells faconvlstm --seeds 0
     python benchmarks/bench_representation.py --cube decade --cube-seed 1 --cells faconvlstm
     python benchmarks/bench_representation.py --cube short --cells faconvlstm   # 11 years, 24 x 48
+    python benchmarks/bench_representation.py --years 13 --cells faconvlstm     # 13 years, 24 x 48
 
 ``--cube-seed`` draws another realization of the same cube (another noise, another index
 history; the README's tables use 7). On the decade cube the scores on the 20 months the
@@ -132,13 +133,17 @@ def run(args) -> list[dict]:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-representation-"))
     root.mkdir(parents=True, exist_ok=True)
     spec = {"nlat": 24, "nlon": 48, "variables": ("sst", "t2m", "sp", "u10"), **CUBES[args.cube]}
+    name = args.cube
+    if args.years:
+        spec["nt"] = round(12 * args.years)
+        name = f"{args.cube}-{args.years}y"
     variables = spec["variables"]
-    cube = root / f"{args.cube}-seed{args.cube_seed}.nc"
+    cube = root / f"{name}-seed{args.cube_seed}.nc"
     # runs and stores are reused by name: a workdir holds the runs of one cube only
     other = sorted(p.name for p in root.glob("*.nc") if p != cube)
     if other:
         print(f"bench_representation: {root} holds runs of another cube ({other[0]}); use "
-              f"another --workdir for --cube {args.cube} --cube-seed {args.cube_seed}",
+              f"another --workdir for {name} --cube-seed {args.cube_seed}",
               file=sys.stderr)  # fmt: skip
         sys.exit(2)
     if not cube.exists():
@@ -310,6 +315,9 @@ def _tele_percentile(path: str, direction: str) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cube", choices=sorted(CUBES), default="monthly")
+    ap.add_argument("--years", type=int, default=0,
+                    help="cut a monthly cube to its first N years (--cube monthly --years 11 "
+                    "is --cube short)")  # fmt: skip
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells")
     ap.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     ap.add_argument("--cube-seed", type=int, default=7,
@@ -327,6 +335,9 @@ def main() -> None:
     ap.add_argument("--workdir", help="keep runs here (reused when present)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, one seed, a smoke run")
     args = ap.parse_args()
+    if args.years and (CUBES[args.cube].get("freq_days") != MONTHLY["freq_days"] or args.years < 4):
+        ap.error(f"--years cuts a monthly cube (monthly, mid, short, decade) to 4 years or more; "
+                 f"got --cube {args.cube} --years {args.years}")  # fmt: skip
     if args.config is None:
         name = "sample.yaml" if args.cube == "daily" else "monthly.yaml"
         args.config = str(HERE.parent / "configs" / name)
@@ -338,7 +349,8 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = run(args)
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    title = (f"Representation quality, {args.cube} cube (seed {args.cube_seed}), "
+    years = f" over {args.years} years" if args.years else ""
+    title = (f"Representation quality, {args.cube} cube{years} (seed {args.cube_seed}), "
              f"config {Path(args.config).name}"
              f"{' ' + ' '.join(args.set) if args.set else ''}, {args.folds} blocks x "
              f"{args.repeats} placements ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
