@@ -73,7 +73,8 @@ MONTHLY = dict(freq_days=365 / 12, start="2000-01-16", teleconnection_lag=3)
 CUBES = {
     # 20 years of monthly means.
     "monthly": dict(MONTHLY, nt=240),
-    # The 20-year cube's grid and variables over 15 and 11 years (the decade's length):
+    # The 20-year cube's grid, variables and process over 15 and 11 years (the decade's
+    # length; generated over that length, not the first years of the 20-year draw):
     # separates what the record's length does from what the grid does.
     "mid": dict(MONTHLY, nt=180),
     "short": dict(MONTHLY, nt=132),
@@ -135,7 +136,7 @@ def run(args) -> list[dict]:
     spec = {"nlat": 24, "nlon": 48, "variables": ("sst", "t2m", "sp", "u10"), **CUBES[args.cube]}
     name = args.cube
     if args.years:
-        spec["nt"] = round(12 * args.years)
+        spec["nt"] = 12 * args.years
         name = f"{args.cube}-{args.years}y"
     variables = spec["variables"]
     cube = root / f"{name}-seed{args.cube_seed}.nc"
@@ -316,8 +317,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cube", choices=sorted(CUBES), default="monthly")
     ap.add_argument("--years", type=int, default=0,
-                    help="cut a monthly cube to its first N years (--cube monthly --years 11 "
-                    "is --cube short)")  # fmt: skip
+                    help="the monthly cube generated over N years (another draw, not the first N "
+                    "years of the 20-year one; --cube monthly --years 11 is --cube short)")  # fmt: skip
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells")
     ap.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     ap.add_argument("--cube-seed", type=int, default=7,
@@ -336,7 +337,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 epochs, one seed, a smoke run")
     args = ap.parse_args()
     if args.years and (CUBES[args.cube].get("freq_days") != MONTHLY["freq_days"] or args.years < 4):
-        ap.error(f"--years cuts a monthly cube (monthly, mid, short, decade) to 4 years or more; "
+        ap.error(f"--years needs a monthly cube (monthly, mid, short, decade) and 4 years or more; "
                  f"got --cube {args.cube} --years {args.years}")  # fmt: skip
     if args.config is None:
         name = "sample.yaml" if args.cube == "daily" else "monthly.yaml"
