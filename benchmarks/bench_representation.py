@@ -336,8 +336,9 @@ def main() -> None:
     ap.add_argument("--workdir", help="keep runs here (reused when present)")
     ap.add_argument("--quick", action="store_true", help="2 epochs, one seed, a smoke run")
     args = ap.parse_args()
-    if args.years and (CUBES[args.cube].get("freq_days") != MONTHLY["freq_days"] or args.years < 4):
-        ap.error(f"--years needs a monthly cube (monthly, mid, short, decade) and 4 years or more; "
+    monthly = [name for name, cube in CUBES.items() if cube["freq_days"] == MONTHLY["freq_days"]]
+    if args.years and (args.cube not in monthly or args.years < 4):
+        ap.error(f"--years needs a monthly cube ({', '.join(monthly)}) and 4 years or more; "
                  f"got --cube {args.cube} --years {args.years}")  # fmt: skip
     if args.config is None:
         name = "sample.yaml" if args.cube == "daily" else "monthly.yaml"
