@@ -224,6 +224,11 @@ class Checkpoint:
         return int(self.model_args["embedding_dim"])
 
     @property
+    def eof_components(self) -> int:
+        """How many leading components of z are the input's EOF principal components."""
+        return int(self.model_args.get("eof_components", 0))
+
+    @property
     def filters(self) -> int:
         """Channels of the recurrent state (the ``--latent`` fields)."""
         return int(self.model_args["filters"])

@@ -95,6 +95,12 @@ class ModelConfig:
     # path beside the recurrent one: none, linear (its own map) or tied (the transpose of the
     # embedding decoder's map for the present step: a tied linear autoencoder, EOF-like).
     input_skip: str = "none"
+    # The first k components of z are the leading EOF principal components of the input pooled
+    # on embedding_grid (area-weighted, fitted on the training range before training, frozen);
+    # the head learns the other embedding_dim - k, trained to carry what the EOFs miss. EOFs
+    # transfer to new years better than a network fitted to a short record (README
+    # "Representation quality"). Whole-grid windows only (tiles.tile: null); 0 = off.
+    eof_components: int = 0
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
@@ -365,6 +371,12 @@ def validate(config: Config) -> Config:
     _need(m.input_skip in ("none", "linear", "tied") or isinstance(m.input_skip, bool),
           "model.input_skip", "none, linear or tied", m.input_skip)  # fmt: skip
     _need(m.head_rank >= 0, "model.head_rank", "an integer >= 0 (0 = a full linear map)", m.head_rank)
+    _need(0 <= m.eof_components < m.embedding_dim, "model.eof_components",
+          f"an integer in [0, embedding_dim - 1 = {m.embedding_dim - 1}]", m.eof_components)  # fmt: skip
+    _need(not (m.eof_components and m.input_skip not in ("none", False)), "model.eof_components",
+          "0 with model.input_skip (the two cannot be combined)", m.eof_components)  # fmt: skip
+    _need(not (m.eof_components and t.tile), "model.eof_components",
+          "0 with spatial tiles (tiles.tile; the EOFs are of the whole grid)", m.eof_components)  # fmt: skip
     _need(math.isfinite(m.embedding_noise) and m.embedding_noise >= 0, "model.embedding_noise",
           "a number >= 0", m.embedding_noise)  # fmt: skip
     _need(math.isfinite(m.head_dropout) and 0 <= m.head_dropout < 1, "model.head_dropout",
@@ -387,6 +399,18 @@ def validate(config: Config) -> Config:
                 f"{', '.join(sorted(accepted))}); options of another cell, inherited from an "
                 "extended config, are dropped with model.cell_options={}"
             )
+    defaults = {
+        name: p.default
+        for klass in reversed(cell.__mro__)
+        if "__init__" in vars(klass)
+        for name, p in inspect.signature(klass.__init__).parameters.items()
+    }
+    option = {**defaults, **m.cell_options}.get
+    if option("temporal_attention") and option("temporal_heads"):
+        learned, heads = m.embedding_dim - m.eof_components, option("temporal_heads")
+        _need(learned % heads == 0, "model.embedding_dim",
+              f"embedding_dim - eof_components (the components the head makes: {learned}) to "
+              f"be a multiple of the {m.cell} cell's temporal_heads ({heads})", m.embedding_dim)  # fmt: skip
     _need(tr.epochs >= 1, "train.epochs", "an integer >= 1", tr.epochs)
     _need(tr.steps >= 0, "train.steps", "an integer >= 0 (0 = use train.epochs)", tr.steps)
     _need(tr.batch_size >= 1, "train.batch_size", "an integer >= 1", tr.batch_size)

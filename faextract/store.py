@@ -90,6 +90,7 @@ class StoreLayout:
     time: the cube's time coordinate (values, attributes, encoding and calendar are kept);
     lat, lon: the grid; block: time steps per chunk (a block of the restart ledger);
     tile_grid: spatial tiles (embeddings per tile when more than one);
+    eof_components: the leading components that are the input's EOF principal components;
     attention: ``(k, heads)`` for maps on every k-th step, or None; queries: the named regions
     whose maps are stored; latent_channels: channels of ``latent``, or None.
     """
@@ -99,6 +100,7 @@ class StoreLayout:
     lon: np.ndarray
     block: int
     embedding_dim: int
+    eof_components: int = 0
     tile_grid: tuple[int, int] = (1, 1)
     attention: tuple[int, int] | None = None
     queries: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
@@ -153,13 +155,22 @@ def _embedding_variable(layout: StoreLayout, coords, data_vars, encoding) -> Non
         dims, shape, chunks = ("time", "tile_y", "tile_x", "component"), (nt, *tiles, d), (layout.block, *tiles, d)
     else:
         dims, shape, chunks = ("time", "component"), (nt, d), (layout.block, d)
+    comment = "the encoder's subspace head (FAConvLSTM: refined by seasonal temporal self-attention)"
+    k = layout.eof_components
+    if k:
+        comment = (
+            f"components 0-{k - 1}: the leading principal components (EOFs) of the input "
+            "anomalies pooled on the model's embedding grid, area-weighted, unit variance over "
+            f"the training range; components {k}-{d - 1}: {comment}"
+        )
     data_vars["embedding"] = (
         dims,
         da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
         {
             "long_name": "per-timestep subspace embedding",
             "units": "1",
-            "comment": "FAConvLSTM subspace head refined by seasonal temporal self-attention; dimensionless",
+            "comment": comment + "; dimensionless",
+            "eof_components": np.int32(k),
         },
     )
     encoding["embedding"] = {"chunks": chunks}

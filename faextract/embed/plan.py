@@ -229,6 +229,7 @@ class EmbedPlan:
     block: int
     attention: tuple[int, int] | None
     embedding_dim: int
+    eof_components: int
     latent_channels: int | None
     digest: str
     compute: str
@@ -258,6 +259,7 @@ class EmbedPlan:
             lon=cube.lon,
             block=self.block,
             embedding_dim=self.embedding_dim,
+            eof_components=self.eof_components,
             tile_grid=self.tiler.tile_grid,
             attention=self.attention,
             queries=dict(opts.queries),
@@ -295,6 +297,7 @@ def make_plan(
         block=_round_up(block, spec.step),
         attention=model.attention_layout,
         embedding_dim=ckpt.embedding_dim,
+        eof_components=ckpt.eof_components,
         latent_channels=ckpt.filters if opts.latent else None,
         digest=_inputs_digest(cube, ckpt_sha, opts.perturb),
         compute=_compute_path(device, opts),

@@ -9,6 +9,7 @@ Data flow, per window ``x (B, T, C, H, W)`` (normalized, 0 where invalid) and
     latent, FiLM(z) -> upsampling decoder -> reconstruction of x_t   (objective reconstruct)
                                           -> prediction of x_{t+1}   (objective forecast)
     z alone -> linear -> pooled x_t, x_{t+1}, ..., x_{t+K}           (the embedding decoder)
+    x_t pooled -> k frozen EOFs -> the first k components of z_t      (``eof_components``)
     z -> Student's t soft assignment q (B, T, K)                     (optional DEC head)
 
 The embedding decoder is what gives z its meaning: the spatial decoder can reconstruct from
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faextract.models.attention import AxialWeights
+from faextract.models.eof import EOFProjection
 from faextract.models.layers import pad_spatial
 from faextract.models.registry import cell_class, create_cell
 from faextract.models.subspace import SubspaceHead
@@ -148,8 +150,17 @@ class ClimateAutoencoder(nn.Module):
         embedding_noise: float = 0.0,
         head_rank: int = 0,
         input_skip: str = "none",
+        eof_components: int = 0,
     ):
         super().__init__()
+        if not 0 <= eof_components < embedding_dim:
+            raise ValueError(
+                f"model.eof_components must be in [0, {embedding_dim - 1}] (embedding_dim "
+                f"{embedding_dim}), got {eof_components}"
+            )
+        if eof_components and skip_mode(input_skip) != "none":
+            raise ValueError("model.eof_components and model.input_skip cannot be combined")
+        learned = embedding_dim - eof_components  # what the recurrent head makes
         if not embedding_noise >= 0:
             raise ValueError(f"model.embedding_noise must be >= 0, got {embedding_noise}")
         self.embedding_noise = float(embedding_noise)
@@ -194,7 +205,7 @@ class ClimateAutoencoder(nn.Module):
                     temporal_causal=causal_embedding,
                 )
                 kw.update(options)
-                kw["embedding_dim"] = embedding_dim if i == layers - 1 else 0
+                kw["embedding_dim"] = learned if i == layers - 1 else 0
             else:
                 kw.update(options)
             self.cells.append(create_cell(cell, **kw))
@@ -202,7 +213,7 @@ class ClimateAutoencoder(nn.Module):
         self.head = (
             None
             if self.cells[-1].makes_embeddings
-            else SubspaceHead(filters, embedding_dim, embedding_norm, head_grid, head_dropout,
+            else SubspaceHead(filters, learned, embedding_norm, head_grid, head_dropout,
                               head_rank)  # fmt: skip
         )
         self.film = nn.Linear(embedding_dim, 2 * filters)
@@ -227,6 +238,7 @@ class ClimateAutoencoder(nn.Module):
             # default init's D D^T amplifies the field ~10x and training spends epochs undoing it)
             with torch.no_grad():
                 nn.init.orthogonal_(self.coarse.weight[: in_channels * gh * gw])
+        self.eof = EOFProjection(eof_components, in_channels * gh * gw) if eof_components else None
         self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
 
     @property
@@ -285,7 +297,29 @@ class ClimateAutoencoder(nn.Module):
             z = self.head(u, valid)
         if self.input_skip != "none":
             z = z + self.skip(x, mask).to(z.dtype)
+        if self.eof is not None:
+            z = torch.cat([self.principal_components(x, mask).to(z.dtype), z], dim=-1)
         return u, z, attention
+
+    def pooled_input(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, T, C, H, W) -> (B, T, C * gh * gw)``: the input averaged onto the embedding
+        decoder's grid (valid cells only; 0 where a coarse cell has none)."""
+        pooled, ok = coarse_target(x, mask, self.embedding_grid)
+        return (pooled * ok).flatten(2)
+
+    def principal_components(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``eof_components``' part of z: ``(B, T, C, H, W) -> (B, T, k)``, the leading
+        principal components of the pooled input (see :mod:`faextract.models.eof`)."""
+        eof = self.eof
+        if not eof.is_fitted:
+            raise RuntimeError("the model's EOF components are not fitted (EncoderJob fits them)")
+        grid = eof.input_grid
+        if tuple(x.shape[-2:]) != grid:
+            raise ValueError(
+                f"the model's EOF components were fitted on the whole {grid[0]}x{grid[1]} grid; "
+                f"got {x.shape[-2]}x{x.shape[-1]} (spatial tiles cannot use them)"
+            )
+        return eof(self.pooled_input(x, mask))
 
     def skip(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``input_skip``'s part of z: ``(B, T, C, H, W) -> (B, T, d)``, a linear function of
@@ -295,8 +329,7 @@ class ClimateAutoencoder(nn.Module):
         no weights of its own: with z = D^T x and the decoder x^ = D z, reconstructing the
         present is a tied linear autoencoder, whose optimum is the span of the field's leading
         EOFs; the map cannot fit arbitrary codes to the training months."""
-        pooled, ok = coarse_target(x, mask, self.embedding_grid)
-        flat = (pooled * ok).flatten(2)
+        flat = self.pooled_input(x, mask)
         if self.input_map is not None:
             return self.input_map(flat)
         present = self.coarse.weight[: flat.shape[-1]]  # (C * gh * gw, d): horizon 0 comes first

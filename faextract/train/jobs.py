@@ -104,6 +104,7 @@ class EncoderJob:
         self.stats = statistics(config, data, ckpt, info, say)
         self.model = ClimateAutoencoder(**self.args)
         self.spec = tile_spec(config, self.model.multiple)
+        self.say, self.resuming = say, ckpt is not None
         self.cluster_on = False
         self.find_unused_parameters = bool(config.model.clusters)
 
@@ -122,6 +123,12 @@ class EncoderJob:
         # the spatial tile of every training window: train.mixup mixes within a tile
         ids = {tile: i for i, tile in enumerate(sorted({w.tile for w in train_ds.tiler.windows}))}
         self.tile_of = torch.tensor([ids[w.tile] for w in train_ds.tiler.windows])
+        eof = self.model.eof
+        if eof is not None and not eof.is_fitted and not self.resuming:  # (train.init: fitted)
+            from faextract.train.eofs import fit_eof_components
+
+            fit_eof_components(self.model, *self.data.part(self.data.train_range), self.stats,
+                               self.spec, self.say)  # fmt: skip
         return train_ds, val
 
     def start_epoch(self, epoch: int, loader, device, amp, info) -> None:

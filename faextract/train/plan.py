@@ -75,6 +75,7 @@ def model_args(config: Config, cube) -> dict:
         embedding_noise=float(m.embedding_noise),
         head_rank=int(m.head_rank),
         input_skip=skip_mode(m.input_skip),
+        eof_components=int(m.eof_components),
     )
 
 

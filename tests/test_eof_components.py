@@ -1,0 +1,175 @@
+"""``model.eof_components``: the leading EOFs of the input as the first components of z."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faextract.checkpoint import load_checkpoint
+from faextract.train import train
+
+
+def _planted(n=200, size=24, seed=0):
+    """Rows with two planted patterns of std ~3 and ~2 over unit-weighted cells, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    p1, p2 = torch.zeros(size), torch.zeros(size)
+    p1[:6], p2[6:12] = 1 / 6**0.5, 1 / 6**0.5
+    a = torch.randn(n, generator=g) * 3
+    b = torch.randn(n, generator=g) * 2
+    a, b = a - a.mean(), b - b.mean()
+    b = b - (a @ b) / (a @ a) * a  # uncorrelated in the sample: each is one PC exactly
+    rows = a[:, None] * p1 + b[:, None] * p2 + 0.05 * torch.randn(n, size, generator=g) + 5.0
+    return rows, a, b
+
+
+def test_the_fit_recovers_planted_patterns_as_unit_variance_components():
+    from faextract.models.eof import EOFProjection
+
+    rows, a, b = _planted()
+    eof = EOFProjection(2, rows.shape[1])
+    assert not eof.is_fitted
+    eof.fit(rows, torch.ones(rows.shape[1]), (4, 6))
+    pcs = eof(rows)
+    assert pcs.shape == (200, 2)
+    torch.testing.assert_close(pcs.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pcs.std(0), torch.ones(2), atol=1e-5, rtol=0)
+    # the leading component is the larger pattern's amplitude, the second the other's
+    assert abs(np.corrcoef(pcs[:, 0], a)[0, 1]) > 0.999
+    assert abs(np.corrcoef(pcs[:, 1], b)[0, 1]) > 0.999
+    assert float(eof.explained.sum()) > 0.95
+    # signs fixed: each pattern's largest loading is positive (a refit of a negated copy agrees)
+    again = EOFProjection(2, rows.shape[1])
+    again.fit(10.0 - rows, torch.ones(rows.shape[1]), (4, 6))
+    torch.testing.assert_close(again(10.0 - rows).abs(), pcs.abs(), atol=1e-4, rtol=0)
+    assert (eof.patterns.gather(1, eof.patterns.abs().argmax(1, keepdim=True)) > 0).all()
+
+
+def test_cell_weights_make_the_fit_area_weighted():
+    from faextract.models.eof import EOFProjection
+    from faextract.train.eofs import cell_weights
+
+    # two coarse rows, one at the equator, one at 80N; the 80N cells carry more raw variance
+    w = cell_weights(torch.tensor([0.0, 0.0, 80.0, 80.0]), channels=1, grid=(2, 3))
+    torch.testing.assert_close(w, torch.tensor([1.0] * 3 + [np.sqrt(np.cos(np.deg2rad(80)))] * 3,
+                                               dtype=torch.float64))  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    tropics = torch.randn(300, generator=g)
+    polar = torch.randn(300, generator=g) * 1.5
+    rows = torch.cat([tropics[:, None].expand(300, 3), polar[:, None].expand(300, 3)], 1)
+    plain, weighted = EOFProjection(1, 6), EOFProjection(1, 6)
+    plain.fit(rows, torch.ones(6), (4, 3))
+    weighted.fit(rows, w, (4, 3))
+    # unweighted, the polar pattern leads (std 1.5 > 1); area-weighted (1.5^2 cos 80 < 1), the tropics
+    assert abs(np.corrcoef(plain(rows)[:, 0], polar)[0, 1]) > 0.99
+    assert abs(np.corrcoef(weighted(rows)[:, 0], tropics)[0, 1]) > 0.99
+    # padded rows (NaN latitude) weigh nothing
+    assert cell_weights(torch.tensor([0.0, float("nan")]), 1, (2, 1))[1] == 0
+
+
+def _net(k: int):
+    from faextract.models.autoencoder import ClimateAutoencoder
+
+    torch.manual_seed(0)
+    return ClimateAutoencoder(2, embedding_dim=6, head_grid=(2, 2), filters=8, stem_channels=4,
+                              embedding_grid=(4, 4), embedding_horizon=1, eof_components=k)  # fmt: skip
+
+
+def test_z_starts_with_the_principal_components_and_only_the_rest_is_learned():
+    net = _net(2)
+    x = torch.randn(3, 5, 2, 16, 16)
+    mask = torch.rand(3, 5, 2, 16, 16) > 0.2
+    x = x * mask
+    with pytest.raises(RuntimeError, match="not fitted"):
+        net(x, mask)
+    rows = net.pooled_input(x, mask).reshape(15, -1)
+    net.eof.fit(rows, torch.ones(rows.shape[1]), (16, 16))
+    out = net(x, mask)
+    assert out.embeddings.shape == (3, 5, 6)
+    torch.testing.assert_close(out.embeddings[..., :2], net.eof(net.pooled_input(x, mask)))
+    # the head makes the other 4; the EOFs are buffers, so no gradient reaches them
+    assert not any(n.startswith("eof") for n, _ in net.named_parameters())
+    out.embeddings[..., :2].sum().backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in net.parameters())
+    out.embeddings[..., 2:].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in net.parameters())
+    # saved and loaded with the weights, fitted state included
+    again = _net(2)
+    again.load_state_dict(net.state_dict())
+    assert again.eof.is_fitted and again.eof.input_grid == (16, 16)
+    torch.testing.assert_close(again(x, mask).embeddings, out.embeddings)
+    with pytest.raises(ValueError, match="fitted on the whole 16x16 grid; got 8x16"):
+        again(x[..., :8, :], mask[..., :8, :])
+
+
+def test_the_model_refuses_impossible_component_counts():
+    with pytest.raises(ValueError, match=r"eof_components must be in \[0, 5\]"):
+        _net(6)
+    from faextract.models.autoencoder import ClimateAutoencoder
+
+    with pytest.raises(ValueError, match="cannot be combined"):
+        ClimateAutoencoder(2, embedding_dim=6, eof_components=2, input_skip="linear")
+
+
+def test_config_checks_eof_components():
+    from faextract.config import ConfigError, load_config
+
+    assert load_config(None, []).model.eof_components == 0
+    with pytest.raises(ConfigError, match=r"model.eof_components: expected an integer in \[0, "):
+        load_config(None, ["model.embedding_dim=8", "model.eof_components=8"])
+    with pytest.raises(ConfigError, match="model.eof_components: expected 0 with model.input_skip"):
+        load_config(None, ["model.eof_components=4", "model.input_skip=tied"])
+    with pytest.raises(ConfigError, match="model.eof_components: expected 0 with spatial tiles"):
+        load_config(None, ["model.eof_components=4", "tiles.tile=[8,8]"])
+    # FAConvLSTM's temporal attention splits the learned components among its heads
+    with pytest.raises(ConfigError, match=r"embedding_dim - eof_components \(the components the "
+                       r"head makes: 13\) to be a multiple of the faconvlstm cell's temporal_heads \(4\)"):
+        load_config(None, ["model.embedding_dim=16", "model.eof_components=3"])
+    load_config(None, ["model.embedding_dim=16", "model.eof_components=3", "model.cell=convlstm"])
+    with pytest.raises(ConfigError, match=r"multiple of the faconvlstm cell's temporal_heads \(4\), got 10"):
+        load_config(None, ["model.embedding_dim=10"])
+    load_config(None, ["model.embedding_dim=10", "model.cell_options={temporal_attention: false}"])
+
+
+def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config, capsys):
+    cfg = tiny_config("train.epochs=1", "model.eof_components=2")
+    run = tmp_path / "run"
+    train(cfg, run, plain_progress=True)
+    assert "model.eof_components: the 2 leading EOFs of the 48 training steps" in capsys.readouterr().err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt.model_args["eof_components"] == 2
+    net = ckpt.build_model()
+    assert net.eof.is_fitted
+    # the components are the training range's PCs: unit variance, zero mean over its steps
+    x, mask = _training_steps(cfg, ckpt, net.multiple)
+    assert x.shape[:2] == (1, 48)
+    with torch.no_grad():
+        pcs = net.eof(net.pooled_input(x, mask))[0].double()
+    torch.testing.assert_close(pcs.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pcs.std(0), torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0)
+    # embed writes them as the store's first components, and says so
+    from faextract.embed import EmbedOptions, embed
+    from faextract.store import open_embeddings
+
+    store = tmp_path / "z.zarr"
+    embed([str(cfg.data.paths[0])], str(run / "last.pt"), str(store), EmbedOptions(device="cpu"))
+    z = open_embeddings(str(store))["embedding"]
+    assert z.attrs["eof_components"] == 2 and "components 0-1: the leading principal" in z.attrs["comment"]
+    torch.testing.assert_close(torch.from_numpy(z.values[:48, :2]).double(), pcs, atol=1e-4, rtol=0)
+    # a resumed run keeps the checkpoint's EOFs and says nothing of fitting them
+    fitted = net.eof.patterns.clone()
+    train(tiny_config("train.epochs=2", "model.eof_components=2"), run, resume=True,
+          plain_progress=True)  # fmt: skip
+    assert "leading EOFs" not in capsys.readouterr().err
+    torch.testing.assert_close(load_checkpoint(run / "last.pt").build_model().eof.patterns, fitted)
+
+
+def _training_steps(cfg, ckpt, multiple):
+    """The run's 48 training steps, normalized as training does: ``(1, 48, C, H, W)``, mask."""
+    from faextract.data.dataset import CubeSource, WindowDataset
+    from faextract.data.tiling import TileSpec
+
+    source = CubeSource(paths=tuple(str(p) for p in cfg.data.paths), time_range=(0, 48))
+    ds = WindowDataset(source, ckpt.stats, TileSpec(window=48, stride=48, multiple=multiple))
+    batch = next(iter(ds))
+    return batch.x, batch.mask
