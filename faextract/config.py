@@ -96,11 +96,13 @@ class ModelConfig:
     # embedding decoder's map for the present step: a tied linear autoencoder, EOF-like).
     input_skip: str = "none"
     # The first k components of z are the leading EOF principal components of the input pooled
-    # on embedding_grid (area-weighted, fitted on the training range before training, frozen);
+    # on eof_grid (area-weighted, fitted on the training range before training, frozen);
     # the head learns the other embedding_dim - k, trained to carry what the EOFs miss. EOFs
     # transfer to new years better than a network fitted to a short record (README
     # "Representation quality"). Whole-grid windows only (tiles.tile: null); 0 = off.
     eof_components: int = 0
+    # The lat x lon grid the input is averaged onto for those EOFs (capped at the data's grid).
+    eof_grid: list[int] = field(default_factory=lambda: [36, 72])
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
@@ -368,6 +370,7 @@ def validate(config: Config) -> Config:
           m.cluster_start_epoch)  # fmt: skip
     _grid(m.embedding_grid, "model.embedding_grid")
     _grid(m.head_grid, "model.head_grid", optional=True)
+    _grid(m.eof_grid, "model.eof_grid")
     _need(m.input_skip in ("none", "linear", "tied") or isinstance(m.input_skip, bool),
           "model.input_skip", "none, linear or tied", m.input_skip)  # fmt: skip
     _need(m.head_rank >= 0, "model.head_rank", "an integer >= 0 (0 = a full linear map)", m.head_rank)

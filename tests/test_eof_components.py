@@ -72,7 +72,8 @@ def _net(k: int):
 
     torch.manual_seed(0)
     return ClimateAutoencoder(2, embedding_dim=6, head_grid=(2, 2), filters=8, stem_channels=4,
-                              embedding_grid=(4, 4), embedding_horizon=1, eof_components=k)  # fmt: skip
+                              embedding_grid=(4, 4), embedding_horizon=1, eof_components=k,
+                              eof_grid=(8, 8))  # fmt: skip
 
 
 def test_z_starts_with_the_principal_components_and_only_the_rest_is_learned():
@@ -82,11 +83,11 @@ def test_z_starts_with_the_principal_components_and_only_the_rest_is_learned():
     x = x * mask
     with pytest.raises(RuntimeError, match="not fitted"):
         net(x, mask)
-    rows = net.pooled_input(x, mask).reshape(15, -1)
+    rows = net.pooled_input(x, mask, (8, 8)).reshape(15, -1)  # the EOFs' own grid
     net.eof.fit(rows, torch.ones(rows.shape[1]), (16, 16))
     out = net(x, mask)
     assert out.embeddings.shape == (3, 5, 6)
-    torch.testing.assert_close(out.embeddings[..., :2], net.eof(net.pooled_input(x, mask)))
+    torch.testing.assert_close(out.embeddings[..., :2], net.eof(net.pooled_input(x, mask, (8, 8))))
     # the head makes the other 4; the EOFs are buffers, so no gradient reaches them
     assert not any(n.startswith("eof") for n, _ in net.named_parameters())
     out.embeddings[..., :2].sum().backward(retain_graph=True)
@@ -144,7 +145,7 @@ def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config
     x, mask = _training_steps(cfg, ckpt, net.multiple)
     assert x.shape[:2] == (1, 48)
     with torch.no_grad():
-        pcs = net.eof(net.pooled_input(x, mask))[0].double()
+        pcs = net.eof(net.pooled_input(x, mask, net.eof_grid))[0].double()
     torch.testing.assert_close(pcs.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-4, rtol=0)
     torch.testing.assert_close(pcs.std(0), torch.ones(2, dtype=torch.float64), atol=1e-3, rtol=0)
     # embed writes them as the store's first components, and says so
@@ -162,6 +163,16 @@ def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config
           plain_progress=True)  # fmt: skip
     assert "leading EOFs" not in capsys.readouterr().err
     torch.testing.assert_close(load_checkpoint(run / "last.pt").build_model().eof.patterns, fitted)
+
+
+def test_a_long_training_range_is_fitted_on_every_nth_step(tmp_path, tiny_config, capsys, monkeypatch):
+    import faextract.train.eofs as eofs
+
+    # 48 steps of 3 channels x 12 x 24 cells: 41,472 values; at most 15,000 -> one step in 3
+    monkeypatch.setattr(eofs, "MAX_FIT_VALUES", 15_000)
+    train(tiny_config("train.epochs=1", "model.eof_components=2"), tmp_path / "run",
+          plain_progress=True)  # fmt: skip
+    assert "EOFs of the 16 training steps (one in 3)' pooled input" in capsys.readouterr().err
 
 
 def _training_steps(cfg, ckpt, multiple):

@@ -9,7 +9,7 @@ Data flow, per window ``x (B, T, C, H, W)`` (normalized, 0 where invalid) and
     latent, FiLM(z) -> upsampling decoder -> reconstruction of x_t   (objective reconstruct)
                                           -> prediction of x_{t+1}   (objective forecast)
     z alone -> linear -> pooled x_t, x_{t+1}, ..., x_{t+K}           (the embedding decoder)
-    x_t pooled -> k frozen EOFs -> the first k components of z_t      (``eof_components``)
+    x_t pooled on eof_grid -> k frozen EOFs -> the first k of z_t   (``eof_components``)
     z -> Student's t soft assignment q (B, T, K)                     (optional DEC head)
 
 The embedding decoder is what gives z its meaning: the spatial decoder can reconstruct from
@@ -151,6 +151,7 @@ class ClimateAutoencoder(nn.Module):
         head_rank: int = 0,
         input_skip: str = "none",
         eof_components: int = 0,
+        eof_grid: tuple[int, int] = (36, 72),
     ):
         super().__init__()
         if not 0 <= eof_components < embedding_dim:
@@ -238,7 +239,12 @@ class ClimateAutoencoder(nn.Module):
             # default init's D D^T amplifies the field ~10x and training spends epochs undoing it)
             with torch.no_grad():
                 nn.init.orthogonal_(self.coarse.weight[: in_channels * gh * gw])
-        self.eof = EOFProjection(eof_components, in_channels * gh * gw) if eof_components else None
+        self.eof_grid = tuple(int(v) for v in eof_grid)
+        self.eof = (
+            EOFProjection(eof_components, in_channels * self.eof_grid[0] * self.eof_grid[1])
+            if eof_components
+            else None
+        )
         self.cluster = ClusterHead(clusters, embedding_dim) if clusters else None
 
     @property
@@ -301,15 +307,18 @@ class ClimateAutoencoder(nn.Module):
             z = torch.cat([self.principal_components(x, mask).to(z.dtype), z], dim=-1)
         return u, z, attention
 
-    def pooled_input(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``(B, T, C, H, W) -> (B, T, C * gh * gw)``: the input averaged onto the embedding
-        decoder's grid (valid cells only; 0 where a coarse cell has none)."""
-        pooled, ok = coarse_target(x, mask, self.embedding_grid)
+    def pooled_input(
+        self, x: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """``(B, T, C, H, W) -> (B, T, C * gh * gw)``: the input averaged onto ``grid`` (default
+        the embedding decoder's; valid cells only, 0 where a coarse cell has none)."""
+        pooled, ok = coarse_target(x, mask, grid or self.embedding_grid)
         return (pooled * ok).flatten(2)
 
     def principal_components(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``eof_components``' part of z: ``(B, T, C, H, W) -> (B, T, k)``, the leading
-        principal components of the pooled input (see :mod:`faextract.models.eof`)."""
+        principal components of the input pooled on ``eof_grid`` (see
+        :mod:`faextract.models.eof`)."""
         eof = self.eof
         if not eof.is_fitted:
             raise RuntimeError("the model's EOF components are not fitted (EncoderJob fits them)")
@@ -319,7 +328,7 @@ class ClimateAutoencoder(nn.Module):
                 f"the model's EOF components were fitted on the whole {grid[0]}x{grid[1]} grid; "
                 f"got {x.shape[-2]}x{x.shape[-1]} (spatial tiles cannot use them)"
             )
-        return eof(self.pooled_input(x, mask))
+        return eof(self.pooled_input(x, mask, self.eof_grid))
 
     def skip(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``input_skip``'s part of z: ``(B, T, C, H, W) -> (B, T, d)``, a linear function of

@@ -1,8 +1,8 @@
 """Fitting ``model.eof_components``: one pass over the training range before training.
 
 The pass reads the training steps once (non-overlapping windows of the run's tile spec, in
-time order), normalizes them as training does, pools each step onto the embedding decoder's
-grid (:meth:`~faextract.models.autoencoder.ClimateAutoencoder.pooled_input`) and fits
+time order), normalizes them as training does, pools each step onto the model's
+``eof_grid`` (:meth:`~faextract.models.autoencoder.ClimateAutoencoder.pooled_input`) and fits
 :class:`~faextract.models.eof.EOFProjection` on those rows. Every DDP rank makes the same
 pass, so every rank holds the same EOFs without a broadcast.
 """
@@ -29,10 +29,17 @@ def cell_weights(lat: torch.Tensor, channels: int, grid: tuple[int, int]) -> tor
     return rows[None, :, None].expand(channels, gh, gw).reshape(-1)
 
 
+#: At most this many values of pooled fields are held for the fit (200 MB); a longer training
+#: range is fitted on every n-th step.
+MAX_FIT_VALUES = 50_000_000
+
+
 def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
     """Fit ``model.eof`` on the training range ``source``/``cube`` (normalized with
-    ``stats``, windows cut as ``spec`` cuts them, each step once)."""
+    ``stats``, windows cut as ``spec`` cuts them, each step once, or every n-th step of a
+    range longer than :data:`MAX_FIT_VALUES` allows)."""
     eof = model.eof
+    every = max(1, -(-cube.shape[0] * eof.size // MAX_FIT_VALUES))
     once = dataclasses.replace(spec, stride=spec.window, warmup=0, edge="pad")
     dataset = WindowDataset(source, stats, once, cube=cube, batch_size=8)
     device = eof.mean.device
@@ -40,16 +47,16 @@ def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
     rows, weights, grid = [], None, None
     with torch.no_grad():
         for batch in make_loader(dataset):
-            keep = batch.step_valid.clone()  # real steps not taken yet, (B, T)
+            keep = batch.step_valid & (batch.time % every == 0)  # (B, T), not taken yet:
             keep[keep.clone()] = ~seen[batch.time[keep]]
             seen[batch.time[keep]] = True
-            flat = model.pooled_input(batch.x.to(device), batch.mask.to(device))  # (B, T, P)
+            flat = model.pooled_input(batch.x.to(device), batch.mask.to(device), model.eof_grid)
             rows.append(flat[keep.to(device)].cpu())
             if weights is None:
                 grid = tuple(batch.x.shape[-2:])
-                weights = cell_weights(batch.lat[0], batch.x.shape[2], model.embedding_grid)
+                weights = cell_weights(batch.lat[0], batch.x.shape[2], model.eof_grid)
     data = torch.cat(rows)
     eof.fit(data.to(device), weights.to(device), grid)
-    say(f"model.eof_components: the {eof.k} leading EOFs of the {data.shape[0]} training "
-        f"steps' pooled input hold {float(eof.explained.sum()):.0%} of its area-weighted "
-        "variance")  # fmt: skip
+    steps = f"{data.shape[0]} training steps" + (f" (one in {every})" if every > 1 else "")
+    say(f"model.eof_components: the {eof.k} leading EOFs of the {steps}' pooled input hold "
+        f"{float(eof.explained.sum()):.0%} of its area-weighted variance")  # fmt: skip
