@@ -161,7 +161,7 @@ def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config
     fitted = net.eof.patterns.clone()
     train(tiny_config("train.epochs=2", "model.eof_components=2"), run, resume=True,
           plain_progress=True)  # fmt: skip
-    assert "leading EOFs" not in capsys.readouterr().err
+    assert "model.eof_components" not in capsys.readouterr().err
     torch.testing.assert_close(load_checkpoint(run / "last.pt").build_model().eof.patterns, fitted)
 
 

@@ -42,6 +42,8 @@ def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
     every = max(1, -(-cube.shape[0] * eof.size // MAX_FIT_VALUES))
     once = dataclasses.replace(spec, stride=spec.window, warmup=0, edge="pad")
     dataset = WindowDataset(source, stats, once, cube=cube, batch_size=8)
+    say(f"model.eof_components: fitting {eof.k} EOFs on the training range (one pass over "
+        f"its {cube.shape[0]} steps)")  # fmt: skip
     device = eof.mean.device
     seen = torch.zeros(cube.shape[0], dtype=torch.bool)
     rows, weights, grid = [], None, None
