@@ -180,9 +180,9 @@ def run(args) -> list[dict]:
             stores.append(str(root / f"{name}.zarr"))
             from faextract.checkpoint import load_checkpoint
 
-            state = load_checkpoint(ckpt).state_dict
+            net = load_checkpoint(ckpt).build_model()  # trained weights; buffers do not count
             meta[str(root / f"{name}.zarr")] = dict(
-                cell=cell, seed=seed, params=sum(v.numel() for v in state.values()),
+                cell=cell, seed=seed, params=sum(p.numel() for p in net.parameters()),
                 train_s=seconds,
             )  # fmt: skip
     # one "enso" index (SST where there is SST, else the zonal wind) and one "tele" index
