@@ -38,6 +38,9 @@ def test_the_fit_recovers_planted_patterns_as_unit_variance_components():
     assert abs(np.corrcoef(pcs[:, 0], a)[0, 1]) > 0.999
     assert abs(np.corrcoef(pcs[:, 1], b)[0, 1]) > 0.999
     assert float(eof.explained.sum()) > 0.95
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # (CUDA runs bf16 autocast)
+        assert eof(rows).dtype == torch.float32
+        torch.testing.assert_close(eof(rows), pcs)
     # signs fixed: each pattern's largest loading is positive (a refit of a negated copy agrees)
     again = EOFProjection(2, rows.shape[1])
     again.fit(10.0 - rows, torch.ones(rows.shape[1]), (4, 6))

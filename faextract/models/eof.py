@@ -84,5 +84,6 @@ class EOFProjection(nn.Module):
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         """``(..., P)`` pooled fields -> ``(..., k)`` principal components (unit variance on
-        the training steps)."""
-        return (flat.float() - self.mean) @ self.patterns.T
+        the training steps), in float32 also under bf16 autocast."""
+        with torch.autocast(flat.device.type, enabled=False):
+            return (flat.float() - self.mean) @ self.patterns.T
