@@ -178,6 +178,22 @@ def test_a_long_training_range_is_fitted_on_every_nth_step(tmp_path, tiny_config
     assert "EOFs of the 16 training steps (one in 3)' pooled input" in capsys.readouterr().err
 
 
+def test_more_components_than_training_steps_is_a_one_line_error(tmp_path, small_nc):
+    from typer.testing import CliRunner
+
+    from faextract.cli import app
+
+    result = CliRunner().invoke(app, [
+        "train", "--out", str(tmp_path / "run"), "--set", f"data.paths=[{small_nc}]",
+        "--set", "model.embedding_dim=64", "--set", "model.eof_components=62",
+        "--set", "model.cell_options={temporal_heads: 2}", "--set", "data.val_fraction=0.2",
+    ])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "model.eof_components=62: EOF fit: 62 components need more" in lines[0]
+    assert "48" in lines[0] and "Traceback" not in result.output
+
+
 def _training_steps(cfg, ckpt, multiple):
     """The run's 48 training steps, normalized as training does: ``(1, 48, C, H, W)``, mask."""
     from faextract.data.dataset import CubeSource, WindowDataset

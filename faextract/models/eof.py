@@ -7,16 +7,14 @@ network fitted to a short record carries the same large-scale state less well on
 on 20 years, 0.51-0.68 against 0.78-0.88 on 11). With ``k`` EOF components the first ``k``
 entries of ``z_t`` are the leading principal components of the input averaged onto
 ``eof_grid`` (36 x 72 cells by default), fitted on the training range before training and
-frozen; the recurrent head
-makes the other ``d - k``, and the decoders, which hear all of z, train them to carry what
-the EOFs miss (memory, where the state is heading).
+frozen; the recurrent head makes the other ``d - k``, and the decoders, which hear all of z,
+train them to carry what the EOFs miss (memory, where the state is heading).
 
 The fit follows classical EOF analysis on the pooled anomalies: cells weighted by
 ``sqrt(cos(latitude))`` (so that the covariance is area-weighted; on one draw of the
 benchmark's 11-year cube, 8 unweighted EOFs carried its tropical index on unseen months at
-R² 0.79 instead of 0.90), centred
-on the training mean, and each principal component scaled to unit variance over the
-training steps. Signs are fixed so that each pattern's largest loading is positive.
+R² 0.79 instead of 0.90), centred on the training mean, and each principal component scaled
+to unit variance over the training steps. Signs are fixed so that each pattern's largest loading is positive.
 
 Shapes: the projection maps pooled fields flattened per step, ``(..., P)`` with
 ``P = C * gh * gw``, to ``(..., k)``.

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from faextract.data.dataset import WindowDataset, make_loader
 from faextract.data.tiling import TileSpec
+from faextract.errors import DataError
 
 
 def cell_weights(lat: torch.Tensor, channels: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -58,7 +59,10 @@ def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
                 grid = tuple(batch.x.shape[-2:])
                 weights = cell_weights(batch.lat[0], batch.x.shape[2], model.eof_grid)
     data = torch.cat(rows)
-    eof.fit(data.to(device), weights.to(device), grid)
+    try:
+        eof.fit(data.to(device), weights.to(device), grid)
+    except ValueError as err:  # too few or constant steps: the user's data, not a bug
+        raise DataError(f"{cube.source_label}: model.eof_components={eof.k}: {err}") from None
     steps = f"{data.shape[0]} training steps" + (f" (one in {every})" if every > 1 else "")
     say(f"model.eof_components: the {eof.k} leading EOFs of the {steps}' pooled input hold "
         f"{float(eof.explained.sum()):.0%} of its area-weighted variance")  # fmt: skip
