@@ -387,12 +387,14 @@ def validate(config: Config) -> Config:
     _need(m.embedding_horizon >= 0, "model.embedding_horizon", "an integer >= 0",
           m.embedding_horizon)  # fmt: skip
     cell = CELLS[m.cell]
-    accepted = {
-        name
-        for klass in cell.__mro__
+    # every constructor argument of the cell and its bases, with its default (subclass wins)
+    defaults = {
+        name: p.default
+        for klass in reversed(cell.__mro__)
         if "__init__" in vars(klass)
-        for name in inspect.signature(klass.__init__).parameters
-    } - {"self", "args", "kwargs", "filters", "kernel_size", "padding", "data_format",
+        for name, p in inspect.signature(klass.__init__).parameters.items()
+    }
+    accepted = set(defaults) - {"self", "args", "kwargs", "filters", "kernel_size", "padding", "data_format",
          "return_sequences", "in_channels", "embedding_dim", "periodic", "seasonal_period",
          "embedding_norm", "head_grid", "head_dropout", "head_rank", "temporal_causal"}  # fmt: skip
     for key in m.cell_options:
@@ -402,12 +404,6 @@ def validate(config: Config) -> Config:
                 f"{', '.join(sorted(accepted))}); options of another cell, inherited from an "
                 "extended config, are dropped with model.cell_options={}"
             )
-    defaults = {
-        name: p.default
-        for klass in reversed(cell.__mro__)
-        if "__init__" in vars(klass)
-        for name, p in inspect.signature(klass.__init__).parameters.items()
-    }
     option = {**defaults, **m.cell_options}.get
     if option("temporal_attention") and option("temporal_heads"):
         learned, heads = m.embedding_dim - m.eof_components, option("temporal_heads")

@@ -46,13 +46,11 @@ def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
     say(f"model.eof_components: fitting {eof.k} EOFs on the training range (one pass over "
         f"its {cube.shape[0]} steps)")  # fmt: skip
     device = eof.mean.device
-    seen = torch.zeros(cube.shape[0], dtype=torch.bool)
     rows, weights, grid = [], None, None
     with torch.no_grad():
         for batch in make_loader(dataset):
-            keep = batch.step_valid & (batch.time % every == 0)  # (B, T), not taken yet:
-            keep[keep.clone()] = ~seen[batch.time[keep]]
-            seen[batch.time[keep]] = True
+            # windows of `once` do not overlap: each real step comes once, padding is -1
+            keep = batch.step_valid & (batch.time % every == 0)  # (B, T)
             flat = model.pooled_input(batch.x.to(device), batch.mask.to(device), model.eof_grid)
             rows.append(flat[keep.to(device)].cpu())
             if weights is None:
