@@ -91,6 +91,7 @@ class StoreLayout:
     lat, lon: the grid; block: time steps per chunk (a block of the restart ledger);
     tile_grid: spatial tiles (embeddings per tile when more than one);
     eof_components: the leading components that are the input's EOF principal components;
+    eof_grid: the ``(rows, columns)`` the input was averaged onto for them, or None;
     attention: ``(k, heads)`` for maps on every k-th step, or None; queries: the named regions
     whose maps are stored; latent_channels: channels of ``latent``, or None.
     """
@@ -101,6 +102,7 @@ class StoreLayout:
     block: int
     embedding_dim: int
     eof_components: int = 0
+    eof_grid: tuple[int, int] | None = None
     tile_grid: tuple[int, int] = (1, 1)
     attention: tuple[int, int] | None = None
     queries: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
@@ -156,13 +158,15 @@ def _embedding_variable(layout: StoreLayout, coords, data_vars, encoding) -> Non
     else:
         dims, shape, chunks = ("time", "component"), (nt, d), (layout.block, d)
     comment = "the encoder's subspace head (FAConvLSTM: refined by seasonal temporal self-attention)"
-    k = layout.eof_components
+    k, attrs = layout.eof_components, {}
     if k:
+        gh, gw = layout.eof_grid
         comment = (
-            f"components 0-{k - 1}: the leading principal components (EOFs) of the input "
-            "anomalies pooled on the model's embedding grid, area-weighted, unit variance over "
-            f"the training range; components {k}-{d - 1}: {comment}"
+            f"components 0-{k - 1}: the leading principal components (EOFs) of the normalized "
+            f"input averaged onto {gh} x {gw} cells, weighted by sqrt(cos latitude), unit "
+            f"variance over the training range; components {k}-{d - 1}: {comment}"
         )
+        attrs["eof_grid"] = np.array([gh, gw], dtype=np.int32)
     data_vars["embedding"] = (
         dims,
         da.full(shape, np.nan, dtype=np.float32, chunks=chunks),
@@ -171,6 +175,7 @@ def _embedding_variable(layout: StoreLayout, coords, data_vars, encoding) -> Non
             "units": "1",
             "comment": comment + "; dimensionless",
             "eof_components": np.int32(k),
+            **attrs,
         },
     )
     encoding["embedding"] = {"chunks": chunks}

@@ -159,6 +159,8 @@ def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config
     embed([str(cfg.data.paths[0])], str(run / "last.pt"), str(store), EmbedOptions(device="cpu"))
     z = open_embeddings(str(store))["embedding"]
     assert z.attrs["eof_components"] == 2 and "components 0-1: the leading principal" in z.attrs["comment"]
+    # the grid they were averaged onto: eof_grid's 36 x 72 capped at the data's 12 x 24
+    assert list(z.attrs["eof_grid"]) == [12, 24] and "onto 12 x 24 cells" in z.attrs["comment"]
     torch.testing.assert_close(torch.from_numpy(z.values[:48, :2]).double(), pcs, atol=1e-4, rtol=0)
     # a resumed run keeps the checkpoint's EOFs and says nothing of fitting them
     fitted = net.eof.patterns.clone()

@@ -230,6 +230,7 @@ class EmbedPlan:
     attention: tuple[int, int] | None
     embedding_dim: int
     eof_components: int
+    eof_grid: tuple[int, int] | None
     latent_channels: int | None
     digest: str
     compute: str
@@ -260,6 +261,7 @@ class EmbedPlan:
             block=self.block,
             embedding_dim=self.embedding_dim,
             eof_components=self.eof_components,
+            eof_grid=self.eof_grid,
             tile_grid=self.tiler.tile_grid,
             attention=self.attention,
             queries=dict(opts.queries),
@@ -298,6 +300,7 @@ def make_plan(
         attention=model.attention_layout,
         embedding_dim=ckpt.embedding_dim,
         eof_components=ckpt.eof_components,
+        eof_grid=model.eof_grid if ckpt.eof_components else None,
         latent_channels=ckpt.filters if opts.latent else None,
         digest=_inputs_digest(cube, ckpt_sha, opts.perturb),
         compute=_compute_path(device, opts),
