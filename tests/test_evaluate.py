@@ -173,6 +173,46 @@ def test_on_a_shifted_unseen_stretch_correlation_sees_what_r2_misses(rng):
         probe(shifted, {"y": y}, leads=(0,), window=6, score="mse")
 
 
+def test_unseen_difference_tells_a_real_lead_from_one_the_stretch_cannot_resolve(rng):
+    """The unseen R^2 of one feature set minus another's, with a block-bootstrap interval: a
+    feature set that carries the target beats one that carries noise with an interval above
+    0; two that carry it equally well differ by an interval that holds 0; the same features
+    twice differ by exactly 0; a fitted baseline (EOFs, refitted on the training rows) is
+    scored on the same steps as fixed features."""
+    from faextract.evaluate.probe import MIN_UNSEEN, probe_scores, unseen_difference
+
+    T = 300
+    y = _ar1(rng, T, 0.8)[:, 0]
+    unseen = np.zeros(T, dtype=bool)
+    unseen[240:] = True
+    good = np.c_[y + 0.2 * rng.standard_normal(T), rng.standard_normal((T, 2))]
+    alike = np.c_[y + 0.2 * rng.standard_normal(T), rng.standard_normal((T, 2))]
+    noise = rng.standard_normal((T, 3))
+    args = dict(leads=(0, 2), window=6, unseen=unseen)
+    d = unseen_difference(good, noise, {"y": y}, **args)["y"]
+    own = probe_scores(good, {"y": y}, **args)["r2"]["y"]
+    other = probe_scores(noise, {"y": y}, **args)["r2"]["y"]
+    for lead in (0, 2):
+        diff, low, high = d[lead]
+        assert diff == pytest.approx(own[lead] - other[lead])  # the probes' own scores
+        assert low <= diff <= high
+    assert d[0][1] > 0.6  # lead 0: y itself against nothing (at lead 2 the interval is wide)
+    diff, low, high = unseen_difference(good, alike, {"y": y}, **args)["y"][0]
+    assert abs(diff) < 0.1 and low < 0 < high
+    assert unseen_difference(good, good, {"y": y}, **args)["y"][0] == (0.0, 0.0, 0.0)
+    # the draws are seeded: the same call gives the same interval
+    assert unseen_difference(good, alike, {"y": y}, **args) == unseen_difference(
+        good, alike, {"y": y}, **args)  # fmt: skip
+    field = np.c_[y, rng.standard_normal((T, 5))] @ rng.standard_normal((6, 20))
+    eof = unseen_difference(good, EOFFeatures(field, 3), {"y": y}, **args)["y"][0]
+    eof_own = probe_scores(EOFFeatures(field, 3), {"y": y}, **args)["r2"]["y"][0]
+    assert eof[0] == pytest.approx(own[0] - eof_own)
+    few = np.zeros(T, dtype=bool)
+    few[T - MIN_UNSEEN + 1 :] = True
+    assert all(np.isnan(unseen_difference(good, noise, {"y": y}, leads=(0,), window=6,
+                                          unseen=few)["y"][0]))  # fmt: skip
+
+
 def test_without_the_gap_overlapping_windows_would_leak(rng):
     # A feature that averages the target over a trailing window of 24 steps: the target at t
     # is inside the training rows' windows next to the test block. With the gap the probe
@@ -314,6 +354,10 @@ def test_cli_end_to_end(stores, tmp_path):
     r = unseen["correlation"]["enso"]["0"]
     assert r is None or -1 <= r <= 1  # (None: constant predictions, the ridge chose none)
     assert "On time the encoder never saw" in text and "r enso, lead 0" in text
+    for lead in ("0", "1"):  # R² minus the EOF baseline's, and its bootstrap interval
+        diff = unseen["eof_difference"]["enso"][lead]
+        assert len(diff) == 3 and (None in diff or diff[1] <= diff[2])
+    assert "R² - EOF enso, lead 0" in text
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0

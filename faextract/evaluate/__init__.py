@@ -15,7 +15,7 @@ from faextract.evaluate.metrics import (
     relative_change,
     seasonal_share,
 )
-from faextract.evaluate.probe import blocked_folds, probe
+from faextract.evaluate.probe import blocked_folds, probe, unseen_difference
 from faextract.evaluate.regimes import regimes
 from faextract.evaluate.report import Report
 from faextract.evaluate.run import EvaluateOptions, evaluate
@@ -42,4 +42,5 @@ __all__ = [
     "relative_change",
     "seasonal_cycle",
     "seasonal_share",
+    "unseen_difference",
 ]

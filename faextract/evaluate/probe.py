@@ -236,18 +236,27 @@ def probe_scores(
     return out
 
 
-def _held_out_scores(
-    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int, scores: Sequence[str]
+def _held_out_predictions(
+    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int
 ) -> np.ndarray:
-    """``(len(scores), q)``: each of ``scores`` (:data:`SCORES`) of each target column of ``y``
-    over the test blocks of ``splits`` pooled (NaN where nothing was tested or the tested
-    targets are constant)."""
+    """``(len(rows), q)``: the held-out prediction of each row of ``y`` from the split that
+    tests it (NaN for rows no split tests)."""
     pred = np.full((rows.size, y.shape[1]), np.nan)
     for train, test in splits:
         x = feats.transform(rows[train])[:steps]
         if x.shape[0] != steps:
             raise ValueError(f"features have {x.shape[0]} rows, expected at least {steps}")
         pred[test] = _fit_predict(x[rows[train]], y[rows[train]], x[rows[test]])
+    return pred
+
+
+def _held_out_scores(
+    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int, scores: Sequence[str]
+) -> np.ndarray:
+    """``(len(scores), q)``: each of ``scores`` (:data:`SCORES`) of each target column of ``y``
+    over the test blocks of ``splits`` pooled (NaN where nothing was tested or the tested
+    targets are constant)."""
+    pred = _held_out_predictions(feats, y, rows, splits, steps)
     tested = np.isfinite(pred).all(axis=1)
     out = np.full((len(scores), y.shape[1]), np.nan)
     for j in range(y.shape[1]):
@@ -262,3 +271,79 @@ def _held_out_scores(
             elif sp > 0:
                 out[i, j] = ((yt - yt.mean()) * (pt - pt.mean())).sum() / np.sqrt(ss * sp)
     return out
+
+
+#: Bootstrap draws of :func:`unseen_difference`, and the central share of them it reports.
+DRAWS, LEVEL = 2000, 0.9
+
+
+def unseen_difference(
+    features: Features | np.ndarray,
+    baseline: Features | np.ndarray,
+    targets: dict[str, np.ndarray],
+    leads: Sequence[int] = (0,),
+    *,
+    window: int,
+    unseen: np.ndarray,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """How far ``features`` are ahead of ``baseline`` on the steps the encoder never saw, and
+    whether the unseen stretch is long enough to tell: ``{target: {lead: (difference, low,
+    high)}}``, the R^2 of ``features`` minus the R^2 of ``baseline`` (both the ``unseen``
+    probe of :func:`probe`, on the steps both are scored on) and the central ``level`` share
+    of the same difference over ``draws`` circular block-bootstrap resamples of those steps
+    (blocks of ceil(sqrt(n)) consecutive steps, so that the autocorrelation within a block is
+    kept; both feature sets are scored on the same resampled steps, which cancels much of
+    the noise the two share). An interval that holds 0 means the unseen steps cannot tell the
+    two apart. NaN where fewer than :data:`MIN_UNSEEN` steps are scored or the targets are
+    constant.
+    """
+    a = FixedFeatures(features) if isinstance(features, np.ndarray) else features
+    b = FixedFeatures(baseline) if isinstance(baseline, np.ndarray) else baseline
+    names = list(targets)
+    y_all = np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
+    T, mask = y_all.shape[0], np.asarray(unseen, dtype=bool)
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[int, tuple[float, float, float]]] = {k: {} for k in names}
+    for lead in leads:
+        y = y_all[lead:]
+        preds = []
+        for feats in (a, b):
+            # every target column must be finite on a row, as in probe_scores
+            ok = np.isfinite(y).all(axis=1)
+            if isinstance(feats, FixedFeatures):
+                ok &= np.isfinite(feats.values[: T - lead]).all(axis=1)
+            rows = np.arange(T - lead)[ok]
+            split = unseen_split(rows, mask, lead, window + lead)
+            full = np.full(y.shape, np.nan)
+            if split:
+                full[rows] = _held_out_predictions(feats, y, rows, split, T - lead)
+            preds.append(full)
+        both = np.nonzero(np.isfinite(preds[0]).all(axis=1) & np.isfinite(preds[1]).all(axis=1))[0]
+        for j, name in enumerate(names):
+            yt, pa, pb = y[both, j], preds[0][both, j], preds[1][both, j]
+            out[name][lead] = _paired_interval(yt, pa, pb, draws, level, rng)
+    return out
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """R^2 along the last axis (around the mean of ``y`` there)."""
+    ss = ((y - y.mean(axis=-1, keepdims=True)) ** 2).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ss > 0, 1 - ((y - pred) ** 2).sum(axis=-1) / ss, np.nan)
+
+
+def _paired_interval(y, pa, pb, draws: int, level: float, rng) -> tuple[float, float, float]:
+    n = y.size
+    if n < MIN_UNSEEN or np.ptp(y) == 0:
+        return (float("nan"),) * 3
+    diff = float(_r2(y, pa) - _r2(y, pb))
+    block = int(np.ceil(np.sqrt(n)))
+    starts = rng.integers(0, n, size=(draws, -(-n // block)))
+    idx = ((starts[:, :, None] + np.arange(block)) % n).reshape(draws, -1)[:, :n]
+    d = _r2(y[idx], pa[idx]) - _r2(y[idx], pb[idx])
+    d = d[np.isfinite(d)]
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2]) if d.size else (np.nan, np.nan)
+    return diff, float(lo), float(hi)

@@ -52,7 +52,9 @@ class StoreReport(FeatureReport):
     robustness: dict[str, dict[str, float]] = field(default_factory=dict)
     attention: dict = field(default_factory=dict)
     # probes on the steps the encoder never trained on: {"train_range", "steps", "probe",
-    # "eof_probe"} (the EOF baseline on the same steps); empty when the store records no range
+    # "eof_probe"} (the EOF baseline on the same steps), "correlation", "eof_correlation" and
+    # "eof_difference": {target: {lead: [R² - the EOF baseline's R², low, high]}} (the 90%
+    # block-bootstrap interval, probe.unseen_difference); empty when the store records no range
     unseen: dict = field(default_factory=dict)
 
 
@@ -163,7 +165,26 @@ def _unseen_table(report: Report) -> str:
             values = [f"{_fmt(u[own][t].get(lead))} ({_fmt(u[eof][t].get(lead))})"
                       for t, lead in cells]  # fmt: skip
             text += f"| {Path(s.path).name} | {u['steps']} | " + " | ".join(values) + " |\n"
+    shown = [s for s in stores if "eof_difference" in s.unseen]
+    if shown:
+        text += (
+            "\nR² minus the EOF baseline's on the same unseen steps, and in brackets the range "
+            "that holds 90% of the same difference over block-bootstrap resamples of those "
+            "steps: a range that holds 0 means these steps cannot tell the two apart.\n\n"
+            "| store | " + " | ".join(f"R² - EOF {t}, lead {lead}" for t, lead in cells)
+            + " |\n|---|" + "---|" * len(cells) + "\n"
+        )  # fmt: skip
+        for s in shown:
+            values = [_interval(s.unseen["eof_difference"][t].get(lead)) for t, lead in cells]
+            text += f"| {Path(s.path).name} | " + " | ".join(values) + " |\n"
     return text
+
+
+def _interval(v) -> str:
+    """``+0.05 [-0.10, +0.21]`` of a ``(value, low, high)``; ``-`` where not scored."""
+    if v is None or any(x is None or math.isnan(x) for x in v):
+        return "-"
+    return "{:+.3f} [{:+.3f}, {:+.3f}]".format(*v)
 
 
 def markdown(report: Report) -> str:

@@ -27,7 +27,7 @@ from faextract.evaluate import attention, metrics
 from faextract.evaluate.baselines import EOFFeatures, RandomFeatures
 from faextract.evaluate.climatology import Calendar
 from faextract.evaluate.inputs import MAX_CELLS, IndexSpec, InputData, eof_targets, read_inputs
-from faextract.evaluate.probe import Features, probe, probe_scores
+from faextract.evaluate.probe import Features, probe, probe_scores, unseen_difference
 from faextract.evaluate.regimes import regimes
 from faextract.evaluate.report import FeatureReport, Report, StoreReport, write
 from faextract.evaluate.stores import StoreFeatures, load_store
@@ -244,6 +244,7 @@ class _Unseen:
         own, eof = probe_scores(np.asarray(s.z), self.targets, **args), self.baseline[key]
         out["probe"], out["eof_probe"] = own["r2"], eof["r2"]
         out["correlation"], out["eof_correlation"] = own["correlation"], eof["correlation"]
+        out["eof_difference"] = unseen_difference(np.asarray(s.z), self.eof, self.targets, **args)
         return out
 
 
