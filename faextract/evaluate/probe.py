@@ -211,19 +211,13 @@ def probe_scores(
     for score in scores:
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
-    feats = FixedFeatures(features) if isinstance(features, np.ndarray) else features
-    names = list(targets)
-    y_all = np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
+    feats = _as_features(features)
+    names, y_all = _stacked(targets)
     T = y_all.shape[0]
     out = {score: {k: {} for k in names} for score in scores}
     for lead in leads:
-        t = np.arange(T - lead)
         y = y_all[lead:]
-        # Fixed features decide their own valid rows; fitted ones are checked per fold.
-        ok = np.isfinite(y).all(axis=1)
-        if isinstance(feats, FixedFeatures):
-            ok &= np.isfinite(feats.values[: T - lead]).all(axis=1)
-        rows = t[ok]
+        rows = _probe_rows(feats, y)
         if unseen is not None:
             splits = [unseen_split(rows, np.asarray(unseen, dtype=bool), lead, window + lead)]
         else:
@@ -234,6 +228,25 @@ def probe_scores(
             for j, name in enumerate(names):
                 out[score][name][lead] = float(values[:, i, j].mean())
     return out
+
+
+def _as_features(features: Features | np.ndarray) -> Features:
+    return FixedFeatures(features) if isinstance(features, np.ndarray) else features
+
+
+def _stacked(targets: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    """The target names and their values side by side, ``(T, q)``."""
+    names = list(targets)
+    return names, np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
+
+
+def _probe_rows(feats: Features, y: np.ndarray) -> np.ndarray:
+    """The rows ``0..len(y)-1`` a probe uses: every target finite and, for fixed features,
+    every feature (fitted ones are checked per fold)."""
+    ok = np.isfinite(y).all(axis=1)
+    if isinstance(feats, FixedFeatures):
+        ok &= np.isfinite(feats.values[: len(y)]).all(axis=1)
+    return np.nonzero(ok)[0]
 
 
 def _held_out_predictions(
@@ -267,7 +280,7 @@ def _held_out_scores(
         sp = ((pt - pt.mean()) ** 2).sum()
         for i, score in enumerate(scores):
             if score == "r2":
-                out[i, j] = 1 - ((yt - pt) ** 2).sum() / ss
+                out[i, j] = _r2(yt, pt)
             elif sp > 0:
                 out[i, j] = ((yt - yt.mean()) * (pt - pt.mean())).sum() / np.sqrt(ss * sp)
     return out
@@ -300,10 +313,8 @@ def unseen_difference(
     two apart. NaN where fewer than :data:`MIN_UNSEEN` steps are scored or the targets are
     constant.
     """
-    a = FixedFeatures(features) if isinstance(features, np.ndarray) else features
-    b = FixedFeatures(baseline) if isinstance(baseline, np.ndarray) else baseline
-    names = list(targets)
-    y_all = np.stack([np.asarray(targets[k], dtype=np.float64) for k in names], axis=1)
+    a, b = _as_features(features), _as_features(baseline)
+    names, y_all = _stacked(targets)
     T, mask = y_all.shape[0], np.asarray(unseen, dtype=bool)
     rng = np.random.default_rng(seed)
     out: dict[str, dict[int, tuple[float, float, float]]] = {k: {} for k in names}
@@ -311,11 +322,7 @@ def unseen_difference(
         y = y_all[lead:]
         preds = []
         for feats in (a, b):
-            # every target column must be finite on a row, as in probe_scores
-            ok = np.isfinite(y).all(axis=1)
-            if isinstance(feats, FixedFeatures):
-                ok &= np.isfinite(feats.values[: T - lead]).all(axis=1)
-            rows = np.arange(T - lead)[ok]
+            rows = _probe_rows(feats, y)
             split = unseen_split(rows, mask, lead, window + lead)
             full = np.full(y.shape, np.nan)
             if split:
