@@ -115,9 +115,13 @@ def test_repeats_average_the_score_over_block_placements(rng):
     rows = np.arange(240)
     for lead in (0, 2):
         per_shift = [
-            probe_module._held_out_scores(
-                probe_module.FixedFeatures(z), y[lead:, None], rows[: 240 - lead],
-                blocked_folds(rows[: 240 - lead], 5, 6 + lead, r / 4), 240 - lead, ("r2",),
+            probe_module._scores(
+                y[lead:, None],
+                probe_module._held_out_predictions(
+                    probe_module.FixedFeatures(z), y[lead:, None], rows[: 240 - lead],
+                    blocked_folds(rows[: 240 - lead], 5, 6 + lead, r / 4), 240 - lead,
+                ),
+                ("r2",),
             )[0, 0]
             for r in range(4)
         ]  # fmt: skip

@@ -213,20 +213,63 @@ def probe_scores(
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     feats = _as_features(features)
     names, y_all = _stacked(targets)
+    if unseen is not None:
+        preds = unseen_predictions(feats, targets, leads, window=window, unseen=unseen)
+        return prediction_scores(preds, targets, scores)
     T = y_all.shape[0]
     out = {score: {k: {} for k in names} for score in scores}
     for lead in leads:
         y = y_all[lead:]
         rows = _probe_rows(feats, y)
-        if unseen is not None:
-            splits = [unseen_split(rows, np.asarray(unseen, dtype=bool), lead, window + lead)]
-        else:
-            splits = [blocked_folds(rows, folds, window + lead, r / repeats) for r in range(repeats)]
-        # (splits, scores, targets), averaged over the placements of the blocks
-        values = np.stack([_held_out_scores(feats, y, rows, s, T - lead, scores) for s in splits])
+        splits = [blocked_folds(rows, folds, window + lead, r / repeats) for r in range(repeats)]
+        # (placements, scores, targets), averaged over the placements of the blocks
+        values = np.stack([
+            _scores(y, _held_out_predictions(feats, y, rows, s, T - lead), scores) for s in splits
+        ])  # fmt: skip
         for i, score in enumerate(scores):
             for j, name in enumerate(names):
                 out[score][name][lead] = float(values[:, i, j].mean())
+    return out
+
+
+def unseen_predictions(
+    features: Features | np.ndarray,
+    targets: dict[str, np.ndarray],
+    leads: Sequence[int] = (0,),
+    *,
+    window: int,
+    unseen: np.ndarray,
+) -> dict[int, np.ndarray]:
+    """The ``unseen`` probe's held-out predictions (:func:`probe`), fitted once for every
+    score and comparison made of them: ``{lead: (T - lead, q)}``, the targets in the order of
+    ``targets``, NaN on the steps not scored (seen by the encoder, or fewer than
+    :data:`MIN_UNSEEN` of them)."""
+    feats = _as_features(features)
+    _, y_all = _stacked(targets)
+    T, mask = y_all.shape[0], np.asarray(unseen, dtype=bool)
+    out = {}
+    for lead in leads:
+        y = y_all[lead:]
+        rows = _probe_rows(feats, y)
+        split = unseen_split(rows, mask, lead, window + lead)
+        out[lead] = _held_out_predictions(feats, y, rows, split, T - lead)
+    return out
+
+
+def prediction_scores(
+    predictions: dict[int, np.ndarray],
+    targets: dict[str, np.ndarray],
+    scores: Sequence[str] = SCORES,
+) -> dict[str, dict[str, dict[int, float]]]:
+    """Each of ``scores`` of held-out ``predictions`` (:func:`unseen_predictions`) over the
+    steps they cover: ``{score: {target: {lead: value}}}``."""
+    names, y_all = _stacked(targets)
+    out = {score: {k: {} for k in names} for score in scores}
+    for lead, pred in predictions.items():
+        values = _scores(y_all[lead:], pred, scores)
+        for i, score in enumerate(scores):
+            for j, name in enumerate(names):
+                out[score][name][lead] = float(values[i, j])
     return out
 
 
@@ -252,28 +295,25 @@ def _probe_rows(feats: Features, y: np.ndarray) -> np.ndarray:
 def _held_out_predictions(
     feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int
 ) -> np.ndarray:
-    """``(len(rows), q)``: the held-out prediction of each row of ``y`` from the split that
-    tests it (NaN for rows no split tests)."""
-    pred = np.full((rows.size, y.shape[1]), np.nan)
+    """``y.shape``: the held-out prediction of each step of ``y`` from the split that tests
+    it (NaN for steps no split tests); ``splits`` index ``rows``, the usable steps."""
+    pred = np.full(y.shape, np.nan)
     for train, test in splits:
         x = feats.transform(rows[train])[:steps]
         if x.shape[0] != steps:
             raise ValueError(f"features have {x.shape[0]} rows, expected at least {steps}")
-        pred[test] = _fit_predict(x[rows[train]], y[rows[train]], x[rows[test]])
+        pred[rows[test]] = _fit_predict(x[rows[train]], y[rows[train]], x[rows[test]])
     return pred
 
 
-def _held_out_scores(
-    feats: Features, y: np.ndarray, rows: np.ndarray, splits, steps: int, scores: Sequence[str]
-) -> np.ndarray:
+def _scores(y: np.ndarray, pred: np.ndarray, scores: Sequence[str]) -> np.ndarray:
     """``(len(scores), q)``: each of ``scores`` (:data:`SCORES`) of each target column of ``y``
-    over the test blocks of ``splits`` pooled (NaN where nothing was tested or the tested
-    targets are constant)."""
-    pred = _held_out_predictions(feats, y, rows, splits, steps)
+    over the steps ``pred`` covers (finite), pooled (NaN where nothing was tested or the
+    tested targets are constant)."""
     tested = np.isfinite(pred).all(axis=1)
     out = np.full((len(scores), y.shape[1]), np.nan)
     for j in range(y.shape[1]):
-        yt, pt = y[rows[tested], j], pred[tested, j]
+        yt, pt = y[tested, j], pred[tested, j]
         ss = ((yt - yt.mean()) ** 2).sum() if yt.size else 0.0
         if ss <= 0:
             continue
@@ -313,25 +353,32 @@ def unseen_difference(
     two apart. NaN where fewer than :data:`MIN_UNSEEN` steps are scored or the targets are
     constant.
     """
-    a, b = _as_features(features), _as_features(baseline)
+    args = dict(window=window, unseen=unseen)
+    pa = unseen_predictions(features, targets, leads, **args)
+    pb = unseen_predictions(baseline, targets, leads, **args)
+    return paired_difference(pa, pb, targets, draws=draws, level=level, seed=seed)
+
+
+def paired_difference(
+    predictions: dict[int, np.ndarray],
+    baseline: dict[int, np.ndarray],
+    targets: dict[str, np.ndarray],
+    *,
+    draws: int = DRAWS,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """:func:`unseen_difference` of held-out predictions already made
+    (:func:`unseen_predictions`, the same leads in both): the steps both cover are scored."""
     names, y_all = _stacked(targets)
-    T, mask = y_all.shape[0], np.asarray(unseen, dtype=bool)
     rng = np.random.default_rng(seed)
     out: dict[str, dict[int, tuple[float, float, float]]] = {k: {} for k in names}
-    for lead in leads:
-        y = y_all[lead:]
-        preds = []
-        for feats in (a, b):
-            rows = _probe_rows(feats, y)
-            split = unseen_split(rows, mask, lead, window + lead)
-            full = np.full(y.shape, np.nan)
-            if split:
-                full[rows] = _held_out_predictions(feats, y, rows, split, T - lead)
-            preds.append(full)
-        both = np.nonzero(np.isfinite(preds[0]).all(axis=1) & np.isfinite(preds[1]).all(axis=1))[0]
+    for lead, pa in predictions.items():
+        pb = baseline[lead]
+        both = np.isfinite(pa).all(axis=1) & np.isfinite(pb).all(axis=1)
         for j, name in enumerate(names):
-            yt, pa, pb = y[both, j], preds[0][both, j], preds[1][both, j]
-            out[name][lead] = _paired_interval(yt, pa, pb, draws, level, rng)
+            yt = y_all[lead:][both, j]
+            out[name][lead] = _paired_interval(yt, pa[both, j], pb[both, j], draws, level, rng)
     return out
 
 

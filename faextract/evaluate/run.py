@@ -27,7 +27,13 @@ from faextract.evaluate import attention, metrics
 from faextract.evaluate.baselines import EOFFeatures, RandomFeatures
 from faextract.evaluate.climatology import Calendar
 from faextract.evaluate.inputs import MAX_CELLS, IndexSpec, InputData, eof_targets, read_inputs
-from faextract.evaluate.probe import Features, probe, probe_scores, unseen_difference
+from faextract.evaluate.probe import (
+    Features,
+    paired_difference,
+    prediction_scores,
+    probe,
+    unseen_predictions,
+)
 from faextract.evaluate.regimes import regimes
 from faextract.evaluate.report import FeatureReport, Report, StoreReport, write
 from faextract.evaluate.stores import StoreFeatures, load_store
@@ -220,8 +226,8 @@ def _stamp_key(text: str) -> tuple | None:
 
 class _Unseen:
     """Probes on the steps a store's encoder never trained on (its recorded training range),
-    with the EOF baseline scored on the same steps; the baseline's scores are kept per range
-    and window (the seeds of one recipe share them)."""
+    with the EOF baseline scored on the same steps; the baseline's predictions are kept per
+    range and window (the seeds of one recipe share them)."""
 
     def __init__(self, keys: list[tuple], eof: Features, targets, opts: EvaluateOptions):
         self.keys, self.eof, self.targets, self.opts = keys, eof, targets, opts
@@ -240,11 +246,12 @@ class _Unseen:
         args = dict(leads=self.opts.leads, window=s.window, unseen=mask)
         key = (s.train_range, s.window)
         if key not in self.baseline:
-            self.baseline[key] = probe_scores(self.eof, self.targets, **args)
-        own, eof = probe_scores(np.asarray(s.z), self.targets, **args), self.baseline[key]
+            self.baseline[key] = unseen_predictions(self.eof, self.targets, **args)
+        own_pred, eof_pred = unseen_predictions(np.asarray(s.z), self.targets, **args), self.baseline[key]
+        own, eof = (prediction_scores(p, self.targets) for p in (own_pred, eof_pred))
         out["probe"], out["eof_probe"] = own["r2"], eof["r2"]
         out["correlation"], out["eof_correlation"] = own["correlation"], eof["correlation"]
-        out["eof_difference"] = unseen_difference(np.asarray(s.z), self.eof, self.targets, **args)
+        out["eof_difference"] = paired_difference(own_pred, eof_pred, self.targets)
         return out
 
 
