@@ -48,6 +48,29 @@ def test_the_fit_recovers_planted_patterns_as_unit_variance_components():
     assert (eof.patterns.gather(1, eof.patterns.abs().argmax(1, keepdim=True)) > 0).all()
 
 
+def test_north_rule_tells_a_separated_leading_subspace_from_one_sampling_picked():
+    from faextract.models.eof import EOFProjection, separated_gaps
+    from faextract.train.eofs import unseparated_notice
+
+    rows, _, _ = _planted()  # variances ~9 and ~4, then noise 0.0025 in 24 cells
+    spectrum = EOFProjection(2, rows.shape[1]).fit(rows, torch.ones(rows.shape[1]), (4, 6))
+    assert spectrum.shape == (24,) and float(spectrum.sum()) == pytest.approx(1.0)
+    assert bool((spectrum[:-1] >= spectrum[1:]).all())
+    assert separated_gaps(spectrum, 200, 8)[:2] == [1, 2]  # the noise EOFs are not apart
+    assert unseparated_notice(spectrum, 200, 2) is None
+    # shares 40, 20, 19, 10 %: gap 2-3 is below EOF 2's sampling error with 200 steps
+    # (0.20 * sqrt(2 / 200) = 2 %), above it with 20,000
+    flat = torch.tensor([0.40, 0.20, 0.19, 0.10, 0.06, 0.057])
+    assert separated_gaps(flat, 200, 8) == [1, 3, 4]
+    assert separated_gaps(flat, 20_000, 8) == [1, 2, 3, 4, 5]
+    assert separated_gaps(flat, 200, 2) == [1]
+    text = unseparated_notice(flat, 200, 2)
+    assert "EOF 2 (20.0% of the variance) and EOF 3 (19.0%)" in text and "+-2.0%" in text
+    assert "after EOF 1, 3, 4" in text and "\n" not in text
+    assert unseparated_notice(flat, 200, 3) is None
+    assert "none of the first 8" in unseparated_notice(torch.full((12,), 1 / 12), 100, 4)
+
+
 def test_cell_weights_make_the_fit_area_weighted():
     from faextract.models.eof import EOFProjection
     from faextract.train.eofs import cell_weights
@@ -139,7 +162,9 @@ def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config
     cfg = tiny_config("train.epochs=1", "model.eof_components=2")
     run = tmp_path / "run"
     train(cfg, run, plain_progress=True)
-    assert "model.eof_components: the 2 leading EOFs of the 48 training steps" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.eof_components: the 2 leading EOFs of the 48 training steps" in err
+    assert "notice" not in err  # (two planted modes: EOF 2 stands apart from EOF 3)
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt.model_args["eof_components"] == 2
     net = ckpt.build_model()
@@ -168,6 +193,20 @@ def test_training_fits_the_eofs_on_the_training_range_once(tmp_path, tiny_config
           plain_progress=True)  # fmt: skip
     assert "model.eof_components" not in capsys.readouterr().err
     torch.testing.assert_close(load_checkpoint(run / "last.pt").build_model().eof.patterns, fitted)
+
+
+def test_training_on_fields_without_leading_modes_says_the_eofs_are_not_separated(tmp_path, tiny_config, capsys):
+    from faextract.testing import synthetic_cube, write_netcdf
+
+    ds = synthetic_cube(nt=60, nlat=12, nlon=24, variables=("sst", "t2m", "sp"), seed=1)
+    rng = np.random.default_rng(0)
+    for name in ds.data_vars:  # white noise: no EOF stands apart from the next
+        ds[name].values[...] = rng.standard_normal(ds[name].shape).astype(ds[name].dtype)
+    write_netcdf(ds, tmp_path / "noise.nc")
+    cfg = tiny_config("train.epochs=1", "model.eof_components=2", f"data.paths=[{tmp_path / 'noise.nc'}]")
+    train(cfg, tmp_path / "run", plain_progress=True)
+    err = capsys.readouterr().err
+    assert "model.eof_components: notice: EOF 2 (" in err and "(North's rule, 48 steps" in err
 
 
 def test_a_long_training_range_is_fitted_on_every_nth_step(tmp_path, tiny_config, capsys, monkeypatch):

@@ -52,10 +52,12 @@ class EOFProjection(nn.Module):
         self.input_grid = tuple(int(g) for g in self.grid)
 
     @torch.no_grad()
-    def fit(self, rows: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int]) -> None:
+    def fit(self, rows: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Fit on ``rows (N, P)`` (one pooled field per training step, each step once) with
         cell weights ``weights (P,)`` (``sqrt(cos(lat))``, 0 for cells that never count);
-        ``grid``: the ``(H, W)`` of the input the rows were pooled from."""
+        ``grid``: the ``(H, W)`` of the input the rows were pooled from. Returns the whole
+        spectrum, every EOF's share of the weighted variance (``(min(N, P),)``, decreasing),
+        for :func:`separated_gaps`."""
         if rows.ndim != 2 or rows.shape[1] != self.size:
             raise ValueError(f"EOF fit: rows must be (N, {self.size}), got {tuple(rows.shape)}")
         n = rows.shape[0]
@@ -70,6 +72,7 @@ class EOFProjection(nn.Module):
         total = float(s.pow(2).sum())
         if total <= 0 or not math.isfinite(total):
             raise ValueError("EOF fit: the training range's fields do not vary")
+        spectrum = (s.pow(2) / total).float()
         vt, s = vt[: self.k], s[: self.k]
         sign = torch.sign(vt.gather(1, vt.abs().argmax(dim=1, keepdim=True)))
         std = (s / math.sqrt(n - 1)).clamp(min=1e-12)
@@ -79,9 +82,25 @@ class EOFProjection(nn.Module):
         self.grid.copy_(torch.tensor([int(g) for g in grid]))
         self.fitted.fill_(True)
         self._sync_host()
+        return spectrum
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
         """``(..., P)`` pooled fields -> ``(..., k)`` principal components (unit variance on
         the training steps), in float32 also under bf16 autocast."""
         with torch.autocast(flat.device.type, enabled=False):
             return (flat.float() - self.mean) @ self.patterns.T
+
+
+def separated_gaps(spectrum: torch.Tensor, steps: int, upto: int) -> list[int]:
+    """The ``k`` in ``1..upto`` at which EOF ``k`` stands apart from EOF ``k + 1`` by North et
+    al.'s (1982) rule of thumb: the gap between their variances is larger than the sampling
+    error of the first, ``lambda_k * sqrt(2 / steps)``. Where it is not, the fitted leading-``k``
+    subspace depends on which steps were sampled (another stretch of the same climate gives
+    another one). ``steps`` counted as independent makes the error the smallest it can be:
+    autocorrelated steps (daily, monthly) leave fewer gaps than this finds, never more.
+    ``spectrum``: the variances (or their shares), decreasing, as :meth:`EOFProjection.fit`
+    returns them."""
+    lam = spectrum.double()
+    last = min(int(upto), lam.numel() - 1)
+    error = lam[:last] * math.sqrt(2.0 / max(int(steps), 1))
+    return [i + 1 for i in range(last) if float(lam[i] - lam[i + 1]) > float(error[i])]

@@ -10,6 +10,7 @@ pass, so every rank holds the same EOFs without a broadcast.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from faextract.data.dataset import WindowDataset, make_loader
 from faextract.data.tiling import TileSpec
 from faextract.errors import DataError
+from faextract.models.eof import separated_gaps
 
 
 def cell_weights(lat: torch.Tensor, channels: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -58,9 +60,32 @@ def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
                 weights = cell_weights(batch.lat[0], batch.x.shape[2], model.eof_grid)
     data = torch.cat(rows)
     try:
-        eof.fit(data.to(device), weights.to(device), grid)
+        spectrum = eof.fit(data.to(device), weights.to(device), grid).cpu()
     except ValueError as err:  # too few or constant steps: the user's data, not a bug
         raise DataError(f"{cube.source_label}: model.eof_components={eof.k}: {err}") from None
     steps = f"{data.shape[0]} training steps" + (f" (one in {every})" if every > 1 else "")
     say(f"model.eof_components: the {eof.k} leading EOFs of the {steps}' pooled input hold "
         f"{float(eof.explained.sum()):.0%} of its area-weighted variance")  # fmt: skip
+    notice = unseparated_notice(spectrum, data.shape[0], eof.k)
+    if notice:
+        say(notice)
+
+
+def unseparated_notice(spectrum: torch.Tensor, steps: int, k: int) -> str | None:
+    """What to tell a user whose ``k``-th EOF is not separated from the next by North's rule
+    (:func:`~faextract.models.eof.separated_gaps`, fitted on ``steps`` steps): the first
+    ``k`` components are then a subspace the training steps happened to pick, and may carry
+    new years' states less well than a ``k`` at a separated gap. None when it is separated."""
+    upto = max(2 * k, 8)
+    gaps = separated_gaps(spectrum, steps, upto)
+    if k in gaps or k >= spectrum.numel():
+        return None
+    lam = spectrum.double()
+    where = ", ".join(str(g) for g in gaps) if gaps else f"none of the first {upto}"
+    return (
+        f"model.eof_components: notice: EOF {k} ({float(lam[k - 1]):.1%} of the variance) and "
+        f"EOF {k + 1} ({float(lam[k]):.1%}) are within sampling error of each other (North's "
+        f"rule, {steps} steps: +-{float(lam[k - 1]) * math.sqrt(2 / steps):.1%}), so which {k} "
+        f"leading EOFs are fitted depends on the training steps; the spectrum has separated "
+        f"gaps after EOF {where}"
+    )
