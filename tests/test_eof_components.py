@@ -129,6 +129,16 @@ def test_z_starts_with_the_principal_components_and_only_the_rest_is_learned():
         again(x[..., :8, :], mask[..., :8, :])
 
 
+def test_embedding_noise_leaves_the_eof_components_clean():
+    net = _net(2)
+    net.embedding_noise = 0.5
+    z = torch.randn(4, 6, 6)
+    heard = torch.stack([net.train().noisy(z) for _ in range(50)])
+    torch.testing.assert_close(heard[..., :2], z[..., :2].expand(50, 4, 6, 2))  # fixed: clean
+    ratio = (heard - z)[..., 2:].std(dim=(0, 1, 2)) / z[..., 2:].reshape(-1, 4).std(dim=0)
+    torch.testing.assert_close(ratio, torch.full((4,), 0.5), rtol=0.15, atol=0)
+
+
 def test_the_model_refuses_impossible_component_counts():
     with pytest.raises(ValueError, match=r"eof_components must be in \[0, 5\]"):
         _net(6)

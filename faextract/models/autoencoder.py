@@ -363,11 +363,15 @@ class ClimateAutoencoder(nn.Module):
         ``embedding_noise`` times each component's standard deviation over the batch (the
         valid steps), so every component passes at most a fixed signal-to-noise ratio
         (``1 / embedding_noise**2``) whatever its scale, and z cannot spend its capacity on
-        month-by-month detail (memorizing). ``z`` itself in eval mode or with 0."""
+        month-by-month detail (memorizing). The EOF components (``eof_components``) are heard
+        clean: they are fixed, and noise on them would only move the decoders' trust to the
+        learned components. ``z`` itself in eval mode or with 0."""
         if not self.training or self.embedding_noise == 0:
             return z
         x = z[step_valid] if step_valid is not None else z.reshape(-1, z.shape[-1])
         std = x.detach().float().std(dim=0) if x.shape[0] > 1 else torch.ones_like(z[0, 0])
+        if self.eof is not None:
+            std[: self.eof.k] = 0.0
         return z + self.embedding_noise * std.to(z.dtype) * torch.randn_like(z)
 
     def forward(
