@@ -217,6 +217,56 @@ def test_unseen_difference_tells_a_real_lead_from_one_the_stretch_cannot_resolve
                                           unseen=few)["y"][0]))  # fmt: skip
 
 
+def test_the_unseen_probe_tells_whether_learned_components_add_to_the_stores_eofs(rng):
+    """A store whose first components are EOFs (``model.eof_components``): the unseen probes
+    report z against those components alone. Learned components that carry the target on
+    the training months only (memorized) make z carry less on new months than its EOF part,
+    with a range below 0; ones that carry it everywhere add to it."""
+    from faextract.evaluate.probe import FixedFeatures, probe_scores
+    from faextract.evaluate.run import EvaluateOptions, _Unseen
+    from faextract.evaluate.stores import StoreFeatures
+
+    T = 300
+    keys = [(2000 + t // 12, t % 12 + 1, 15, 0, 0, 0) for t in range(T)]  # monthly, 25 years
+    seen = np.arange(T) < 240
+    y = _ar1(rng, T, 0.8)[:, 0]
+    part = y + 1.0 * rng.standard_normal(T)  # the EOF part: the target, noisily
+    memorized = np.where(seen, y, 0.0) + 0.1 * rng.standard_normal(T)
+    general = y + 0.3 * rng.standard_normal(T)
+    opts = EvaluateOptions(leads=(0, 1))
+    unseen = _Unseen(keys, FixedFeatures(rng.standard_normal((T, 3))), {"y": y}, opts)
+
+    def measured(learned, k=1):
+        z = np.c_[part, learned, rng.standard_normal((T, 2))]
+        s = StoreFeatures(path="s.zarr", cell="faconvlstm", embedding_dim=4, time=np.arange(T),
+                          z=z, tiles="none", window=6, checkpoint="", perturb=None,
+                          channels=("sst",), train_range=("2000-01-15", "2019-12-15"),
+                          eof_components=k)  # fmt: skip
+        return unseen.measure(s), z
+
+    out, z = measured(memorized)
+    assert out["steps"] == 60
+    diff, low, high = out["learned_difference"]["y"][0]
+    alone = probe_scores(z[:, :1], {"y": y}, (0,), window=6, unseen=~seen)["r2"]["y"][0]
+    assert diff == pytest.approx(out["probe"]["y"][0] - alone)  # the same unseen steps
+    assert high < 0  # a probe fitted on the seen months trusts the memorized component
+    # report.md says it in its own table
+    from types import SimpleNamespace
+
+    from faextract.evaluate.report import StoreReport, _unseen_table
+
+    store = StoreReport(name="s", features="z", probe={}, effective_rank=1.0, seasonal_share=0.0,
+                        path="s.zarr", unseen=out)  # fmt: skip
+    report = SimpleNamespace(stores=[store], leads=[0, 1],
+                             targets={"y": {"kind": "index"}})  # fmt: skip
+    text = _unseen_table(report)
+    row = next(line for line in text.splitlines() if "R² - EOF part y, lead 0" in line)
+    assert text.splitlines()[text.splitlines().index(row) + 2].startswith(f"| s.zarr | {diff:+.3f} [")
+    out, _ = measured(general)
+    assert out["learned_difference"]["y"][0][1] > 0
+    assert "learned_difference" not in measured(general, k=0)[0]  # no EOF part: nothing to say
+
+
 def test_without_the_gap_overlapping_windows_would_leak(rng):
     # A feature that averages the target over a trailing window of 24 steps: the target at t
     # is inside the training rows' windows next to the test block. With the gap the probe

@@ -54,7 +54,9 @@ class StoreReport(FeatureReport):
     # probes on the steps the encoder never trained on: {"train_range", "steps", "probe",
     # "eof_probe"} (the EOF baseline on the same steps), "correlation", "eof_correlation" and
     # "eof_difference": {target: {lead: [R² - the EOF baseline's R², low, high]}} (the 90%
-    # block-bootstrap interval, probe.unseen_difference); empty when the store records no range
+    # block-bootstrap interval, probe.unseen_difference); "learned_difference" (stores with
+    # EOF components): the same for z against its own first eof_components alone, whether the
+    # learned components add on new time; empty when the store records no range
     unseen: dict = field(default_factory=dict)
 
 
@@ -165,18 +167,34 @@ def _unseen_table(report: Report) -> str:
             values = [f"{_fmt(u[own][t].get(lead))} ({_fmt(u[eof][t].get(lead))})"
                       for t, lead in cells]  # fmt: skip
             text += f"| {Path(s.path).name} | {u['steps']} | " + " | ".join(values) + " |\n"
-    shown = [s for s in stores if "eof_difference" in s.unseen]
-    if shown:
-        text += (
-            "\nR² minus the EOF baseline's on the same unseen steps, and in brackets the range "
-            "that holds 90% of the same difference over block-bootstrap resamples of those "
-            "steps: a range that holds 0 means these steps cannot tell the two apart.\n\n"
-            "| store | " + " | ".join(f"R² - EOF {t}, lead {lead}" for t, lead in cells)
-            + " |\n|---|" + "---|" * len(cells) + "\n"
-        )  # fmt: skip
-        for s in shown:
-            values = [_interval(s.unseen["eof_difference"][t].get(lead)) for t, lead in cells]
-            text += f"| {Path(s.path).name} | " + " | ".join(values) + " |\n"
+    text += _interval_table(
+        stores, cells, "eof_difference", "R² - EOF",
+        "R² minus the EOF baseline's on the same unseen steps, and in brackets the range that "
+        "holds 90% of the same difference over block-bootstrap resamples of those steps: a "
+        "range that holds 0 means these steps cannot tell the two apart.",
+    )
+    text += _interval_table(
+        stores, cells, "learned_difference", "R² - EOF part",
+        "R² of the whole embedding minus that of its EOF components alone (its first "
+        "`eof_components`, `model.eof_components`) on the same unseen steps, with the same "
+        "90% range: below 0, a probe fitted on the training range trusts the learned "
+        "components for what they memorized there, and the EOF components alone carry more "
+        "on new time.",
+    )  # fmt: skip
+    return text
+
+
+def _interval_table(stores, cells, key: str, label: str, note: str) -> str:
+    """The ``unseen[key]`` differences of the stores that have them, one row per store, after
+    ``note``; empty when none has them."""
+    shown = [s for s in stores if key in s.unseen]
+    if not shown:
+        return ""
+    text = f"\n{note}\n\n| store | " + " | ".join(f"{label} {t}, lead {lead}" for t, lead in cells)
+    text += " |\n|---|" + "---|" * len(cells) + "\n"
+    for s in shown:
+        values = [_interval(s.unseen[key][t].get(lead)) for t, lead in cells]
+        text += f"| {Path(s.path).name} | " + " | ".join(values) + " |\n"
     return text
 
 

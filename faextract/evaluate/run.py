@@ -226,8 +226,10 @@ def _stamp_key(text: str) -> tuple | None:
 
 class _Unseen:
     """Probes on the steps a store's encoder never trained on (its recorded training range),
-    with the EOF baseline scored on the same steps; the baseline's predictions are kept per
-    range and window (the seeds of one recipe share them)."""
+    with the EOF baseline scored on the same steps (its predictions kept per range and window:
+    the seeds of one recipe share them) and, for a store whose first components are the
+    input's EOFs (``model.eof_components``), those components alone: whether the learned
+    rest adds to them on new time or only on the time it trained on."""
 
     def __init__(self, keys: list[tuple], eof: Features, targets, opts: EvaluateOptions):
         self.keys, self.eof, self.targets, self.opts = keys, eof, targets, opts
@@ -252,6 +254,10 @@ class _Unseen:
         out["probe"], out["eof_probe"] = own["r2"], eof["r2"]
         out["correlation"], out["eof_correlation"] = own["correlation"], eof["correlation"]
         out["eof_difference"] = paired_difference(own_pred, eof_pred, self.targets)
+        k = s.eof_components
+        if 0 < k < s.z.shape[1]:  # what the learned components add to the store's own EOFs
+            half = unseen_predictions(np.asarray(s.z)[:, :k], self.targets, **args)
+            out["learned_difference"] = paired_difference(own_pred, half, self.targets)
         return out
 
 

@@ -36,6 +36,8 @@ class StoreFeatures:
     queries: dict[str, list[float]] = field(default_factory=dict)
     # first and last time the encoder trained on (None: not recorded)
     train_range: tuple[str, str] | None = None
+    # z's first components that are the input's EOF principal components (model.eof_components)
+    eof_components: int = 0
     dataset: xr.Dataset | None = field(default=None, repr=False)
 
 
@@ -88,5 +90,6 @@ def load_store(path: str | os.PathLike, tiles: str = "concat") -> StoreFeatures:
         channels=_channels(ds.attrs),
         queries=dict(layout.get("queries") or {}),
         train_range=_train_range(ds.attrs),
+        eof_components=int(ds["embedding"].attrs.get("eof_components", 0)) if mode == "none" else 0,
         dataset=ds,
     )
