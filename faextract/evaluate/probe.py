@@ -211,11 +211,11 @@ def probe_scores(
     for score in scores:
         if score not in SCORES:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    if unseen is not None:
+        preds = unseen_predictions(features, targets, leads, window=window, unseen=unseen)
+        return prediction_scores(preds, targets, scores)
     feats = _as_features(features)
     names, y_all = _stacked(targets)
-    if unseen is not None:
-        preds = unseen_predictions(feats, targets, leads, window=window, unseen=unseen)
-        return prediction_scores(preds, targets, scores)
     T = y_all.shape[0]
     out = {score: {k: {} for k in names} for score in scores}
     for lead in leads:

@@ -249,14 +249,15 @@ class _Unseen:
         key = (s.train_range, s.window)
         if key not in self.baseline:
             self.baseline[key] = unseen_predictions(self.eof, self.targets, **args)
-        own_pred, eof_pred = unseen_predictions(np.asarray(s.z), self.targets, **args), self.baseline[key]
+        z = np.asarray(s.z)
+        own_pred, eof_pred = unseen_predictions(z, self.targets, **args), self.baseline[key]
         own, eof = (prediction_scores(p, self.targets) for p in (own_pred, eof_pred))
         out["probe"], out["eof_probe"] = own["r2"], eof["r2"]
         out["correlation"], out["eof_correlation"] = own["correlation"], eof["correlation"]
         out["eof_difference"] = paired_difference(own_pred, eof_pred, self.targets)
         k = s.eof_components
-        if 0 < k < s.z.shape[1]:  # what the learned components add to the store's own EOFs
-            half = unseen_predictions(np.asarray(s.z)[:, :k], self.targets, **args)
+        if 0 < k < z.shape[1]:  # what the learned components add to the store's own EOFs
+            half = unseen_predictions(z[:, :k], self.targets, **args)
             out["learned_difference"] = paired_difference(own_pred, half, self.targets)
         return out
 

@@ -102,5 +102,10 @@ def separated_gaps(spectrum: torch.Tensor, steps: int, upto: int) -> list[int]:
     returns them."""
     lam = spectrum.double()
     last = min(int(upto), lam.numel() - 1)
-    error = lam[:last] * math.sqrt(2.0 / max(int(steps), 1))
-    return [i + 1 for i in range(last) if float(lam[i] - lam[i + 1]) > float(error[i])]
+    return [i + 1 for i in range(last) if float(lam[i] - lam[i + 1]) > sampling_error(lam[i], steps)]
+
+
+def sampling_error(variance, steps: int) -> float:
+    """North et al.'s (1982) sampling error of an EOF's variance estimated from ``steps``
+    independent steps: ``variance * sqrt(2 / steps)``."""
+    return float(variance) * math.sqrt(2.0 / max(int(steps), 1))

@@ -10,7 +10,6 @@ pass, so every rank holds the same EOFs without a broadcast.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from faextract.data.dataset import WindowDataset, make_loader
 from faextract.data.tiling import TileSpec
 from faextract.errors import DataError
-from faextract.models.eof import separated_gaps
+from faextract.models.eof import sampling_error, separated_gaps
 
 
 def cell_weights(lat: torch.Tensor, channels: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -85,7 +84,7 @@ def unseparated_notice(spectrum: torch.Tensor, steps: int, k: int) -> str | None
     return (
         f"model.eof_components: notice: EOF {k} ({float(lam[k - 1]):.1%} of the variance) and "
         f"EOF {k + 1} ({float(lam[k]):.1%}) are within sampling error of each other (North's "
-        f"rule, {steps} steps: +-{float(lam[k - 1]) * math.sqrt(2 / steps):.1%}), so which {k} "
+        f"rule, {steps} steps: +-{sampling_error(lam[k - 1], steps):.1%}), so which {k} "
         f"leading EOFs are fitted depends on the training steps; the spectrum has separated "
         f"gaps after EOF {where}"
     )
