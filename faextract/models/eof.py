@@ -78,7 +78,7 @@ class EOFProjection(nn.Module):
         std = (s / math.sqrt(n - 1)).clamp(min=1e-12)
         self.mean.copy_(mean.float())
         self.patterns.copy_((vt * sign * w / std[:, None]).float())
-        self.explained.copy_((s.pow(2) / total).float())
+        self.explained.copy_(spectrum[: self.k])
         self.grid.copy_(torch.tensor([int(g) for g in grid]))
         self.fitted.fill_(True)
         self._sync_host()
