@@ -411,7 +411,11 @@ def test_cli_end_to_end(stores, tmp_path):
     for lead in ("0", "1"):  # R² minus the EOF baseline's, and its bootstrap interval
         diff = unseen["eof_difference"]["enso"][lead]
         assert len(diff) == 3 and (None in diff or diff[1] <= diff[2])
-    assert "R² - EOF enso, lead 0" in text
+        # the same difference, and its range over the probes refitted without each fifth
+        refit = unseen["eof_refit_difference"]["enso"][lead]
+        assert len(refit) == 3 and (None in refit or refit[1] <= refit[0] <= refit[2])
+        assert None in refit or refit[0] == pytest.approx(diff[0])
+    assert "R² - EOF enso, lead 0" in text and "refitted without each fifth" in text
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
@@ -533,3 +537,55 @@ def test_a_probe_on_nearly_constant_autocorrelated_features_scores_about_zero(rn
     y = _ar1(rng, 300, 0.9)[:, 0]
     r2 = probe(z, {"y": y}, leads=(0, 3), window=12)["y"]
     assert all(-0.5 < v < 0.1 for v in r2.values()), r2
+
+
+def test_the_refit_range_shows_how_much_a_comparison_owes_to_its_training_steps(rng):
+    """``refit_difference``: the unseen R^2 of one feature set minus another's, with the least
+    and greatest difference over the probes refitted without each fifth of the training rows
+    (fitted features, EOFs, refitted too). The same features twice differ by exactly 0 in
+    every refit; features that carry the target against noise stay ahead in every refit; a
+    feature whose relation to the target is reversed on a stretch of the training rows scores
+    more in the refit that leaves that stretch out."""
+    from faextract.evaluate.probe import (
+        MIN_UNSEEN,
+        refit_difference,
+        unseen_difference,
+        unseen_predictions,
+        unseen_refits,
+    )  # fmt: skip
+
+    T = 300
+    y = _ar1(rng, T, 0.8)[:, 0]
+    unseen = np.zeros(T, dtype=bool)
+    unseen[240:] = True
+    args = dict(leads=(0, 2), window=6, unseen=unseen)
+
+    def compare(a, b):
+        return refit_difference(unseen_predictions(a, {"y": y}, **args),
+                                unseen_predictions(b, {"y": y}, **args),
+                                unseen_refits(a, {"y": y}, **args),
+                                unseen_refits(b, {"y": y}, **args), {"y": y})["y"]  # fmt: skip
+
+    good = np.c_[y + 0.2 * rng.standard_normal(T), rng.standard_normal((T, 2))]
+    noise = rng.standard_normal((T, 3))
+    assert compare(good, good)[0] == (0.0, 0.0, 0.0)
+    for lead in (0, 2):
+        diff, low, high = compare(good, noise)[lead]
+        assert low <= diff <= high and low > 0  # ahead whichever fifth is left out
+        # the full fit's difference is the one unseen_difference reports
+        assert diff == pytest.approx(unseen_difference(good, noise, {"y": y}, **args)["y"][lead][0])
+    assert compare(good, noise)[0][2] - compare(good, noise)[0][1] > 0  # the refits differ
+    # a feature whose relation to y is reversed on training rows 100-139: the fit on all the
+    # rows learns a weaker slope; the refit without the fifth that holds them, the full one
+    flip = np.where((np.arange(T) >= 100) & (np.arange(T) < 140), -1.0, 1.0)
+    turned = np.c_[flip * y + 0.2 * rng.standard_normal(T), rng.standard_normal((T, 2))]
+    diff, low, high = compare(turned, noise)[0]
+    assert high > diff + 0.05 and diff > 0.5
+    # fitted features are refitted without the left-out rows as well
+    field = np.c_[y, rng.standard_normal((T, 5))] @ rng.standard_normal((6, 20))
+    refits = unseen_refits(EOFFeatures(field, 3), {"y": y}, **args)
+    assert len(refits) == 5 and all(set(r) == {0, 2} for r in refits)
+    few = np.zeros(T, dtype=bool)
+    few[T - MIN_UNSEEN + 1 :] = True
+    args["unseen"] = few
+    assert all(np.isnan(compare(good, noise)[0]))

@@ -244,15 +244,87 @@ def unseen_predictions(
     score and comparison made of them: ``{lead: (T - lead, q)}``, the targets in the order of
     ``targets``, NaN on the steps not scored (seen by the encoder, or fewer than
     :data:`MIN_UNSEEN` of them)."""
+    return _unseen_fits(features, targets, leads, window, unseen, [None])[0]
+
+
+#: Contiguous parts of its training rows an ``unseen`` probe is refitted without, one at a time.
+REFITS = 5
+
+
+def unseen_refits(
+    features: Features | np.ndarray,
+    targets: dict[str, np.ndarray],
+    leads: Sequence[int] = (0,),
+    *,
+    window: int,
+    unseen: np.ndarray,
+    parts: int = REFITS,
+) -> list[dict[int, np.ndarray]]:
+    """The ``unseen`` probe refitted ``parts`` times, each time without one of ``parts``
+    contiguous stretches of its training rows (fitted features, EOFs, refitted on the rows
+    kept as well): ``parts`` dicts like :func:`unseen_predictions`'. How far these move a
+    score is how much it owes to the particular training steps, which a bootstrap of the
+    scored steps (:func:`paired_difference`) does not see."""
+    left_out = [(j, parts) for j in range(parts)]
+    return _unseen_fits(features, targets, leads, window, unseen, left_out)
+
+
+def _unseen_fits(features, targets, leads, window: int, unseen, left_out) -> list[dict]:
+    """One :func:`unseen_predictions`-like dict for each of ``left_out``: ``None`` (the probe
+    on all its training rows) or ``(j, parts)`` (without the j-th of ``parts`` contiguous
+    stretches of them)."""
     feats = _as_features(features)
     _, y_all = _stacked(targets)
     T, mask = y_all.shape[0], np.asarray(unseen, dtype=bool)
-    out = {}
+    out: list[dict[int, np.ndarray]] = [{} for _ in left_out]
     for lead in leads:
         y = y_all[lead:]
         rows = _probe_rows(feats, y)
         split = unseen_split(rows, mask, lead, window + lead)
-        out[lead] = _held_out_predictions(feats, y, rows, split, T - lead)
+        for fits, part in zip(out, left_out, strict=True):
+            fits[lead] = _held_out_predictions(feats, y, rows, _without(split, part), T - lead)
+    return out
+
+
+def _without(split: list, part: tuple[int, int] | None) -> list:
+    """``split`` (none or one ``(train, test)``) without the ``j``-th of ``parts`` contiguous
+    stretches of its training rows, ``part = (j, parts)``; unchanged for ``None``."""
+    if part is None or not split:
+        return split
+    (train, test), (j, parts) = split[0], part
+    edges = np.linspace(0, train.size, parts + 1).round().astype(int)
+    rest = np.r_[train[: edges[j]], train[edges[j + 1] :]]
+    return [(rest, test)] if rest.size else []
+
+
+def refit_difference(
+    predictions: dict[int, np.ndarray],
+    baseline: dict[int, np.ndarray],
+    refits: list[dict[int, np.ndarray]],
+    baseline_refits: list[dict[int, np.ndarray]],
+    targets: dict[str, np.ndarray],
+) -> dict[str, dict[int, tuple[float, float, float]]]:
+    """``{target: {lead: (difference, low, high)}}``: R^2 of ``predictions`` minus R^2 of
+    ``baseline`` (:func:`unseen_predictions`) and the least and greatest of the same
+    difference over the probe fitted on all its training rows and each of the refits
+    (:func:`unseen_refits`, the same number for both), all scored on the steps every one of
+    them covers. A range that holds 0 means the difference could go either way with another
+    stretch of training steps. NaN where fewer than :data:`MIN_UNSEEN` steps are scored."""
+    if len(refits) != len(baseline_refits):
+        raise ValueError(f"{len(refits)} refits against {len(baseline_refits)} of the baseline")
+    names, y_all = _stacked(targets)
+    out: dict[str, dict[int, tuple[float, float, float]]] = {k: {} for k in names}
+    for lead, pa in predictions.items():
+        pairs = [(pa, baseline[lead])]
+        pairs += [(a[lead], b[lead]) for a, b in zip(refits, baseline_refits, strict=True)]
+        every = np.all([np.isfinite(p).all(axis=1) for pair in pairs for p in pair], axis=0)
+        y = y_all[lead:][every]
+        for j, name in enumerate(names):
+            if y.shape[0] < MIN_UNSEEN or np.ptp(y[:, j]) == 0:
+                out[name][lead] = (float("nan"),) * 3
+                continue
+            d = [float(_r2(y[:, j], a[every, j]) - _r2(y[:, j], b[every, j])) for a, b in pairs]
+            out[name][lead] = (d[0], min(d), max(d))
     return out
 
 

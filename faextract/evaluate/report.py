@@ -54,7 +54,9 @@ class StoreReport(FeatureReport):
     # probes on the steps the encoder never trained on: {"train_range", "steps", "probe",
     # "eof_probe"} (the EOF baseline on the same steps), "correlation", "eof_correlation" and
     # "eof_difference": {target: {lead: [R² - the EOF baseline's R², low, high]}} (the 90%
-    # block-bootstrap interval, probe.unseen_difference); "learned_difference" (stores with
+    # block-bootstrap interval, probe.unseen_difference); "eof_refit_difference": {target:
+    # {lead: [the same difference, least, greatest]}} over the probes (and the EOFs) refitted
+    # without each fifth of the training steps (probe.refit_difference); "learned_difference" (stores with
     # EOF components): the same for z against its own first eof_components alone, whether the
     # learned components add on new time; empty when the store records no range
     unseen: dict = field(default_factory=dict)
@@ -172,6 +174,13 @@ def _unseen_table(report: Report) -> str:
         "R² minus the EOF baseline's on the same unseen steps, and in brackets the range that "
         "holds 90% of the same difference over block-bootstrap resamples of those steps: a "
         "range that holds 0 means these steps cannot tell the two apart.",
+    )
+    text += _interval_table(
+        stores, cells, "eof_refit_difference", "R² - EOF",
+        "The same difference, and in brackets its least and greatest value over the probes "
+        "(and the EOFs) fitted on all the training steps and refitted without each fifth of "
+        "them in turn: a range that holds 0 means another stretch of training steps could "
+        "turn the comparison around.",
     )
     text += _interval_table(
         stores, cells, "learned_difference", "R² - EOF part",

@@ -32,7 +32,9 @@ from faextract.evaluate.probe import (
     paired_difference,
     prediction_scores,
     probe,
+    refit_difference,
     unseen_predictions,
+    unseen_refits,
 )
 from faextract.evaluate.regimes import regimes
 from faextract.evaluate.report import FeatureReport, Report, StoreReport, write
@@ -229,7 +231,9 @@ class _Unseen:
     with the EOF baseline scored on the same steps (its predictions kept per range and window:
     the seeds of one recipe share them) and, for a store whose first components are the
     input's EOFs (``model.eof_components``), those components alone: whether the learned
-    rest adds to them on new time or only on the time it trained on."""
+    rest adds to them on new time or only on the time it trained on. The comparison with the
+    EOFs is also refitted without each fifth of the training steps (``eof_refit_difference``):
+    on a short record which steps the probe and the EOFs are fitted on can decide it."""
 
     def __init__(self, keys: list[tuple], eof: Features, targets, opts: EvaluateOptions):
         self.keys, self.eof, self.targets, self.opts = keys, eof, targets, opts
@@ -248,13 +252,18 @@ class _Unseen:
         args = dict(leads=self.opts.leads, window=s.window, unseen=mask)
         key = (s.train_range, s.window)
         if key not in self.baseline:
-            self.baseline[key] = unseen_predictions(self.eof, self.targets, **args)
+            self.baseline[key] = (unseen_predictions(self.eof, self.targets, **args),
+                                  unseen_refits(self.eof, self.targets, **args))  # fmt: skip
         z = np.asarray(s.z)
-        own_pred, eof_pred = unseen_predictions(z, self.targets, **args), self.baseline[key]
+        own_pred = unseen_predictions(z, self.targets, **args)
+        eof_pred, eof_refits = self.baseline[key]
         own, eof = (prediction_scores(p, self.targets) for p in (own_pred, eof_pred))
         out["probe"], out["eof_probe"] = own["r2"], eof["r2"]
         out["correlation"], out["eof_correlation"] = own["correlation"], eof["correlation"]
         out["eof_difference"] = paired_difference(own_pred, eof_pred, self.targets)
+        out["eof_refit_difference"] = refit_difference(
+            own_pred, eof_pred, unseen_refits(z, self.targets, **args), eof_refits, self.targets
+        )
         k = s.eof_components
         if 0 < k < z.shape[1]:  # what the learned components add to the store's own EOFs
             half = unseen_predictions(z[:, :k], self.targets, **args)
