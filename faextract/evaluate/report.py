@@ -56,9 +56,10 @@ class StoreReport(FeatureReport):
     # "eof_difference": {target: {lead: [R² - the EOF baseline's R², low, high]}} (the 90%
     # block-bootstrap interval, probe.unseen_difference); "eof_refit_difference": {target:
     # {lead: [the same difference, least, greatest]}} over the probes (and the EOFs) refitted
-    # without each fifth of the training steps (probe.refit_difference); "learned_difference" (stores with
-    # EOF components): the same for z against its own first eof_components alone, whether the
-    # learned components add on new time; empty when the store records no range
+    # without each fifth of the training steps (probe.refit_difference); "learned_difference"
+    # (stores with EOF components): the same as eof_difference for z against its own first
+    # eof_components alone, whether the learned components add on new time; empty when the
+    # store records no range
     unseen: dict = field(default_factory=dict)
 
 
