@@ -569,12 +569,13 @@ def test_the_refit_range_shows_how_much_a_comparison_owes_to_its_training_steps(
     good = np.c_[y + 0.2 * rng.standard_normal(T), rng.standard_normal((T, 2))]
     noise = rng.standard_normal((T, 3))
     assert compare(good, good)[0] == (0.0, 0.0, 0.0)
+    ahead = compare(good, noise)
     for lead in (0, 2):
-        diff, low, high = compare(good, noise)[lead]
+        diff, low, high = ahead[lead]
         assert low <= diff <= high and low > 0  # ahead whichever fifth is left out
         # the full fit's difference is the one unseen_difference reports
         assert diff == pytest.approx(unseen_difference(good, noise, {"y": y}, **args)["y"][lead][0])
-    assert compare(good, noise)[0][2] - compare(good, noise)[0][1] > 0  # the refits differ
+    assert ahead[0][2] - ahead[0][1] > 0  # the refits differ
     # a feature whose relation to y is reversed on training rows 100-139: the fit on all the
     # rows learns a weaker slope; the refit without the fifth that holds them, the full one
     flip = np.where((np.arange(T) >= 100) & (np.arange(T) < 140), -1.0, 1.0)

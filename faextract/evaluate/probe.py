@@ -320,7 +320,7 @@ def refit_difference(
         every = np.all([np.isfinite(p).all(axis=1) for pair in pairs for p in pair], axis=0)
         y = y_all[lead:][every]
         for j, name in enumerate(names):
-            if y.shape[0] < MIN_UNSEEN or np.ptp(y[:, j]) == 0:
+            if not _scorable(y[:, j]):
                 out[name][lead] = (float("nan"),) * 3
                 continue
             d = [float(_r2(y[:, j], a[every, j]) - _r2(y[:, j], b[every, j])) for a, b in pairs]
@@ -461,9 +461,15 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
         return np.where(ss > 0, 1 - ((y - pred) ** 2).sum(axis=-1) / ss, np.nan)
 
 
+def _scorable(y: np.ndarray) -> bool:
+    """Whether an unseen difference is scored on targets ``y (n,)``: at least
+    :data:`MIN_UNSEEN` steps, and not constant (R^2 needs a spread)."""
+    return y.size >= MIN_UNSEEN and np.ptp(y) > 0
+
+
 def _paired_interval(y, pa, pb, draws: int, level: float, rng) -> tuple[float, float, float]:
     n = y.size
-    if n < MIN_UNSEEN or np.ptp(y) == 0:
+    if not _scorable(y):
         return (float("nan"),) * 3
     diff = float(_r2(y, pa) - _r2(y, pb))
     block = int(np.ceil(np.sqrt(n)))
