@@ -75,6 +75,10 @@ class ModelConfig:
     # EOFs of a snapshot on the benchmark); see README "Representation quality".
     embedding_grid: list[int] = field(default_factory=lambda: [12, 24])
     embedding_horizon: int = 3
+    # Steps back (lags >= 1) the embedding decoder also reconstructs from z_t: z then keeps
+    # what the recurrent memory saw earlier in its window (an oscillation's phase), which a
+    # snapshot's EOFs cannot carry. [] = none.
+    embedding_past: list[int] = field(default_factory=list)
     # End the embedding head with LayerNorm (per-step normalization of z): off, because it
     # removes each step's amplitude and left components near constant values.
     embedding_norm: bool = False
@@ -386,6 +390,12 @@ def validate(config: Config) -> Config:
           "a number in [0, 1)", m.head_dropout)  # fmt: skip
     _need(m.embedding_horizon >= 0, "model.embedding_horizon", "an integer >= 0",
           m.embedding_horizon)  # fmt: skip
+    _need(isinstance(m.embedding_past, list | tuple)
+          and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v < t.window
+                  for v in m.embedding_past)
+          and len(set(m.embedding_past)) == len(m.embedding_past),
+          "model.embedding_past", f"a list of distinct lags in [1, tiles.window - 1 = "
+          f"{t.window - 1}]", m.embedding_past)  # fmt: skip
     cell = CELLS[m.cell]
     # every constructor argument of the cell and its bases, with its default (subclass wins)
     defaults = {

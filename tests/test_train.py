@@ -463,3 +463,52 @@ def test_a_training_range_of_a_few_years_is_told_its_climatology_takes_in_slow_v
         notice = short_record_notice(open_cube(path))
         assert (notice is not None) == expect
     assert "1.1 years" in short_record_notice(open_cube(tmp_path / "c400.nc"))
+
+
+def test_embedding_past_asks_z_for_the_fields_at_the_lagged_steps():
+    """With ``embedding_past``, the embedding decoder's extra slots are scored against the
+    pooled fields ``L`` steps back (and only where the window holds them): a decoder output
+    equal to those fields scores 0 on them, the same output one step off does not."""
+    from faextract.models.autoencoder import ClimateAutoencoder, coarse_target
+    from faextract.train.losses import embedding_loss
+
+    model = ClimateAutoencoder(2, filters=8, stem_channels=8, embedding_dim=4, downsample=1,
+                               embedding_grid=(2, 4), embedding_horizon=1,
+                               embedding_past=(2, 3))  # fmt: skip
+    B, T, H, W = 2, 6, 8, 16
+    x, mask = torch.randn(B, T, 2, H, W), torch.ones(B, T, 2, H, W, dtype=torch.bool)
+    out = model(x, mask)
+    assert out.coarse.shape == (B, T, 2 + 2, 2, 2, 4)  # t, t+1, t-2, t-3
+    target, _ = coarse_target(x, mask, (2, 4))
+    exact = torch.zeros(B, T, 4, 2, 2, 4)
+    exact[:, :, 0] = target
+    exact[:, :-1, 1] = target[:, 1:]
+    exact[:, 2:, 2] = target[:, :-2]
+    exact[:, 3:, 3] = target[:, :-3]
+    assert float(embedding_loss(exact, x, mask, (2, 3))) == pytest.approx(0.0, abs=1e-10)
+    off = exact.clone()
+    off[:, 3:, 3] = target[:, 1:-2]  # the field 2 steps back where 3 were asked for
+    # half the mean of the two lags' errors, the other lag's 0
+    wrong = float((target[:, 1:-2] - target[:, :-3]).pow(2).mean())
+    assert float(embedding_loss(off, x, mask, (2, 3))) == pytest.approx(0.25 * wrong, rel=1e-5)
+    # without lags the same present and future score alike, and the past slots weigh half
+    assert float(embedding_loss(exact[:, :, :2], x, mask)) == pytest.approx(0.0, abs=1e-10)
+    with pytest.raises(ValueError, match="embedding_past"):
+        ClimateAutoencoder(2, filters=8, stem_channels=8, embedding_dim=4, embedding_past=(0,))
+
+
+@pytest.mark.parametrize("lags", ["[12]", "[0]", "[3,3]", "[1.5]"])
+def test_embedding_past_lags_are_checked_against_the_window(tiny_config, lags):
+    from faextract.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.embedding_past"):
+        tiny_config("tiles.window=12", f"model.embedding_past={lags}")
+
+
+def test_a_run_with_embedding_past_records_it_in_the_checkpoint(tmp_path, tiny_config):
+    result = train(tiny_config("train.epochs=1", "model.embedding_past=[2]"), tmp_path / "run",
+                   plain_progress=True)  # fmt: skip
+    assert result.status == "finished"
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert tuple(ckpt.model_args["embedding_past"]) == (2,)
+    assert ckpt.build_model().embedding_past == (2,)

@@ -108,8 +108,9 @@ class ClusterHead(nn.Module):
 
 @dataclass
 class NetworkOutput:
-    """Shapes: recon/forecast ``(B, T, C, H, W)``; coarse ``(B, T, K + 1, C, gh, gw)`` (the
-    embedding decoder's fields at steps t .. t + K on ``embedding_grid``);
+    """Shapes: recon/forecast ``(B, T, C, H, W)``; coarse ``(B, T, K + 1 + P, C, gh, gw)`` (the
+    embedding decoder's fields at steps t .. t + K, then at t - L for each of the P lags of
+    ``embedding_past``, on ``embedding_grid``);
     embeddings ``(B, T, d)``; latent ``(B, T, F, h, w)``; q ``(B, T, K)`` or None."""
 
     recon: torch.Tensor | None
@@ -143,6 +144,7 @@ class ClimateAutoencoder(nn.Module):
         seasonal_period: float = 365.0,
         embedding_grid: tuple[int, int] = COARSE_SHAPE,
         embedding_horizon: int = 0,
+        embedding_past: tuple[int, ...] = (),
         embedding_norm: bool = True,
         head_grid: tuple[int, int] | None = None,
         causal_embedding: bool = False,
@@ -169,6 +171,9 @@ class ClimateAutoencoder(nn.Module):
             raise ValueError(f"model.embedding_horizon must be >= 0, got {embedding_horizon}")
         self.embedding_grid = tuple(int(v) for v in embedding_grid)
         self.embedding_horizon = int(embedding_horizon)
+        self.embedding_past = tuple(int(v) for v in embedding_past)
+        if any(v < 1 for v in self.embedding_past):
+            raise ValueError(f"model.embedding_past must hold lags >= 1, got {embedding_past}")
         if objective not in ("reconstruct", "forecast", "both"):
             raise ValueError(f"objective must be reconstruct, forecast or both, got {objective!r}")
         if layers < 1:
@@ -228,7 +233,8 @@ class ClimateAutoencoder(nn.Module):
             GridConv(filters, in_channels, 3, 1, periodic) if objective != "reconstruct" else None
         )
         gh, gw = self.embedding_grid
-        self.coarse = nn.Linear(embedding_dim, (embedding_horizon + 1) * in_channels * gh * gw)
+        slots = embedding_horizon + 1 + len(self.embedding_past)  # t, t+1..t+K, then t-L
+        self.coarse = nn.Linear(embedding_dim, slots * in_channels * gh * gw)
         # z_t += a linear map of x_t pooled on the embedding grid: the EOF-like path (see encode)
         self.input_skip = skip_mode(input_skip)
         self.input_map = (
@@ -387,7 +393,7 @@ class ClimateAutoencoder(nn.Module):
         recon, forecast = self.decode(latent, heard)
         B, T = z.shape[:2]
         coarse = self.coarse(heard).reshape(
-            B, T, self.embedding_horizon + 1, self.in_channels, *self.embedding_grid
+            B, T, -1, self.in_channels, *self.embedding_grid
         )
         q = self.cluster(z) if self.cluster is not None else None
         return NetworkOutput(recon, forecast, coarse, z, latent, attention, q)

@@ -11,8 +11,8 @@ from faextract.train.losses import embedding_loss, weighted_sse
 @torch.no_grad()
 def validate(model, loader, device, info, amp) -> dict:
     """Validation MSEs of the model and of the climatology and persistence baselines, and
-    the embedding decoder's loss (``embedding``, as in training: the pooled fields at t .. t+K
-    decoded from z_t alone; on a short record it is what shows z memorizing the training
+    the embedding decoder's loss (``embedding``, as in training: the pooled fields at t .. t+K,
+    and at the ``embedding_past`` lags, decoded from z_t alone; on a short record it is what shows z memorizing the training
     range while the spatial decoders still improve).
 
     The MSEs are computed on steps t >= 1 where both x_t and x_{t-1} are valid, so every
@@ -42,7 +42,8 @@ def validate(model, loader, device, info, amp) -> dict:
         sse, w = weighted_sse(x[:, :-1], tgt, m, lat)
         add("persistence", sse)
         add("weight", w)
-        emb += torch.stack([embedding_loss(out.coarse.float(), x, mask), emb.new_ones(())])
+        loss = embedding_loss(out.coarse.float(), x, mask, model.embedding_past)
+        emb += torch.stack([loss, emb.new_ones(())])
     model.train()
     if sums["weight"] is None:
         return {}

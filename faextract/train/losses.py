@@ -69,22 +69,34 @@ def decorrelation(z: torch.Tensor, valid: torch.Tensor | None = None) -> torch.T
     return torch.relu(1.0 - std).mean() + off.pow(2).sum() / x.shape[1]
 
 
-def embedding_loss(coarse: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The embedding decoder's loss: ``coarse (B, T, K + 1, C, gh, gw)``, the fields at t .. t+K
-    decoded from z_t, against ``x (B, T, C, H, W)`` pooled on the same grid (``mask`` alike).
+def embedding_loss(
+    coarse: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, past: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """The embedding decoder's loss: ``coarse (B, T, K + 1 + P, C, gh, gw)``, the fields at
+    t .. t+K and at t - L for each lag L of ``past`` (P of them) decoded from z_t, against
+    ``x (B, T, C, H, W)`` pooled on the same grid (``mask`` alike).
 
     The present state and the future count half each: with the horizons averaged alike, z kept
     what is predictable and dropped the rest of the present (leading EOFs of the fields'
-    noise), which users compare."""
+    noise), which users compare. The past steps, when asked for, add their mean with the
+    future's weight: z_t then keeps what the recurrent memory saw of the window's earlier
+    steps (an oscillation's phase), which a snapshot's EOFs cannot carry."""
     target, valid = coarse_target(x, mask, tuple(coarse.shape[-2:]))
     no_area = torch.zeros(x.shape[0], target.shape[-2], device=x.device)  # pooled already
     T = x.shape[1]
+    future = coarse.shape[2] - len(past)
     horizons = [
         masked_mse(coarse[:, : T - k, k], target[:, k:], valid[:, k:], no_area)
-        for k in range(min(coarse.shape[2], T))
+        for k in range(min(future, T))
     ]
     now, ahead = horizons[0], horizons[1:]
-    return 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
+    loss = 0.5 * (now + torch.stack(ahead).mean()) if ahead else now
+    behind = [
+        masked_mse(coarse[:, lag:, future + j], target[:, : T - lag], valid[:, : T - lag], no_area)
+        for j, lag in enumerate(past)
+        if lag < T
+    ]
+    return loss + 0.5 * torch.stack(behind).mean() if behind else loss
 
 
 def compute_losses(model, batch, config, cluster_on: bool):
@@ -101,7 +113,9 @@ def compute_losses(model, batch, config, cluster_on: bool):
     if out.forecast is not None and x.shape[1] > 1:
         parts["forecast"] = masked_mse(out.forecast[:, :-1], x[:, 1:], mask[:, 1:], lat)
         total = total + parts["forecast"]
-    parts["embedding"] = embedding_loss(out.coarse, x, mask)
+    parts["embedding"] = embedding_loss(
+        out.coarse, x, mask, tuple(config.model.embedding_past)
+    )
     total = total + config.model.embedding_loss_weight * parts["embedding"]
     if config.model.decorrelation_weight > 0:
         parts["decorrelation"] = decorrelation(out.embeddings, step_valid)

@@ -67,6 +67,7 @@ def model_args(config: Config, cube) -> dict:
             min(g, n) for g, n in zip(m.embedding_grid, cube.shape[2:], strict=True)
         ),
         embedding_horizon=m.embedding_horizon,
+        embedding_past=tuple(int(v) for v in m.embedding_past),
         embedding_norm=m.embedding_norm,
         # z_t from steps <= t only (checkpoints from before this was recorded: False)
         causal_embedding=True,
