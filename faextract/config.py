@@ -107,6 +107,12 @@ class ModelConfig:
     eof_components: int = 0
     # The lat x lon grid the input is averaged onto for those EOFs (capped at the data's grid).
     eof_grid: list[int] = field(default_factory=lambda: [36, 72])
+    # The next m components of z: the first m of those EOF principal components eof_lag steps
+    # back (1 <= eof_lag < tiles.window), which tell an oscillation's rise from its fall (on
+    # the benchmark cubes, the leading one 11 months back raised the unseen index at lead 3
+    # more than 8 more EOFs did; README "Representation quality"). 0 = off.
+    eof_lag_components: int = 0
+    eof_lag: int = 0
     # VICReg-style variance/covariance term on z that keeps its components in use (effective
     # rank 4.6 -> 8.1 of 16 on the benchmark, skill kept; at 0.1 lead-3 skill fell); 0 = off.
     decorrelation_weight: float = 0.02
@@ -382,6 +388,14 @@ def validate(config: Config) -> Config:
           f"an integer in [0, embedding_dim - 1 = {m.embedding_dim - 1}]", m.eof_components)  # fmt: skip
     _need(not (m.eof_components and m.input_skip not in ("none", False)), "model.eof_components",
           "0 with model.input_skip (the two cannot be combined)", m.eof_components)  # fmt: skip
+    _need(0 <= m.eof_lag_components <= m.eof_components, "model.eof_lag_components",
+          f"an integer in [0, eof_components = {m.eof_components}]", m.eof_lag_components)  # fmt: skip
+    _need(m.eof_components + m.eof_lag_components < m.embedding_dim, "model.eof_lag_components",
+          f"fewer than embedding_dim - eof_components = {m.embedding_dim - m.eof_components} "
+          "(the head must learn at least one component)", m.eof_lag_components)  # fmt: skip
+    _need(not m.eof_lag_components or 1 <= m.eof_lag < t.window, "model.eof_lag",
+          f"an integer in [1, tiles.window - 1 = {t.window - 1}] with eof_lag_components",
+          m.eof_lag)  # fmt: skip
     _need(not (m.eof_components and t.tile), "model.eof_components",
           "0 with spatial tiles (tiles.tile; the EOFs are of the whole grid)", m.eof_components)  # fmt: skip
     _need(math.isfinite(m.embedding_noise) and m.embedding_noise >= 0, "model.embedding_noise",
@@ -416,10 +430,12 @@ def validate(config: Config) -> Config:
             )
     option = {**defaults, **m.cell_options}.get
     if option("temporal_attention") and option("temporal_heads"):
-        learned, heads = m.embedding_dim - m.eof_components, option("temporal_heads")
+        learned = m.embedding_dim - m.eof_components - m.eof_lag_components
+        heads = option("temporal_heads")
         _need(learned % heads == 0, "model.embedding_dim",
-              f"embedding_dim - eof_components (the components the head makes: {learned}) to "
-              f"be a multiple of the {m.cell} cell's temporal_heads ({heads})", m.embedding_dim)  # fmt: skip
+              f"embedding_dim - eof_components - eof_lag_components (the components the head "
+              f"makes: {learned}) to be a multiple of the {m.cell} cell's temporal_heads "
+              f"({heads})", m.embedding_dim)  # fmt: skip
     _need(tr.epochs >= 1, "train.epochs", "an integer >= 1", tr.epochs)
     _need(tr.steps >= 0, "train.steps", "an integer >= 0 (0 = use train.epochs)", tr.steps)
     _need(tr.batch_size >= 1, "train.batch_size", "an integer >= 1", tr.batch_size)

@@ -92,6 +92,7 @@ class StoreLayout:
     tile_grid: spatial tiles (embeddings per tile when more than one);
     eof_components: the leading components that are the input's EOF principal components;
     eof_grid: the ``(rows, columns)`` the input was averaged onto for them, or None;
+    eof_lag: ``(m, lag)``: the next m components are the first m of them ``lag`` steps back;
     attention: ``(k, heads)`` for maps on every k-th step, or None; queries: the named regions
     whose maps are stored; latent_channels: channels of ``latent``, or None.
     """
@@ -103,6 +104,7 @@ class StoreLayout:
     embedding_dim: int
     eof_components: int = 0
     eof_grid: tuple[int, int] | None = None
+    eof_lag: tuple[int, int] = (0, 0)
     tile_grid: tuple[int, int] = (1, 1)
     attention: tuple[int, int] | None = None
     queries: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
@@ -159,14 +161,22 @@ def _embedding_variable(layout: StoreLayout, coords, data_vars, encoding) -> Non
         dims, shape, chunks = ("time", "component"), (nt, d), (layout.block, d)
     comment = "the encoder's subspace head (FAConvLSTM: refined by seasonal temporal self-attention)"
     k, attrs = layout.eof_components, {}
+    m, lag = layout.eof_lag
     if k:
         gh, gw = layout.eof_grid
         comment = (
             f"components 0-{k - 1}: the leading principal components (EOFs) of the normalized "
             f"input averaged onto {gh} x {gw} cells, weighted by sqrt(cos latitude), unit "
-            f"variance over the training range; components {k}-{d - 1}: {comment}"
+            f"variance over the training range; components {k + m}-{d - 1}: {comment}"
         )
         attrs["eof_grid"] = np.array([gh, gw], dtype=np.int32)
+        if m:
+            comment = comment.replace(
+                f"; components {k + m}-",
+                f"; components {k}-{k + m - 1}: components 0-{m - 1} {lag} time steps "
+                f"earlier; components {k + m}-",
+            )
+            attrs["eof_lag_components"], attrs["eof_lag"] = np.int32(m), np.int32(lag)
     data_vars["embedding"] = (
         dims,
         da.full(shape, np.nan, dtype=np.float32, chunks=chunks),

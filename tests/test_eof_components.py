@@ -159,9 +159,13 @@ def test_config_checks_eof_components():
     with pytest.raises(ConfigError, match="model.eof_components: expected 0 with spatial tiles"):
         load_config(None, ["model.eof_components=4", "tiles.tile=[8,8]"])
     # FAConvLSTM's temporal attention splits the learned components among its heads
-    with pytest.raises(ConfigError, match=r"embedding_dim - eof_components \(the components the "
-                       r"head makes: 13\) to be a multiple of the faconvlstm cell's temporal_heads \(4\)"):
+    with pytest.raises(ConfigError, match=r"embedding_dim - eof_components - eof_lag_components "
+                       r"\(the components the head makes: 13\) to be a multiple of the "
+                       r"faconvlstm cell's temporal_heads \(4\)"):
         load_config(None, ["model.embedding_dim=16", "model.eof_components=3"])
+    with pytest.raises(ConfigError, match=r"the head makes: 7\)"):
+        load_config(None, ["model.embedding_dim=16", "model.eof_components=8",
+                           "model.eof_lag_components=1", "model.eof_lag=11"])
     load_config(None, ["model.embedding_dim=16", "model.eof_components=3", "model.cell=convlstm"])
     with pytest.raises(ConfigError, match=r"multiple of the faconvlstm cell's temporal_heads \(4\), got 10"):
         load_config(None, ["model.embedding_dim=10"])
@@ -254,3 +258,95 @@ def _training_steps(cfg, ckpt, multiple):
     ds = WindowDataset(source, ckpt.stats, TileSpec(window=48, stride=48, multiple=multiple))
     batch = next(iter(ds))
     return batch.x, batch.mask
+
+
+def test_lagged_components_are_the_leading_ones_steps_back_within_the_window():
+    """``eof_lag_components``: z's next m components are the first m EOF components ``eof_lag``
+    steps back; before the window's first valid step holds them, that step's."""
+    from faextract.models.autoencoder import ClimateAutoencoder
+
+    torch.manual_seed(0)
+    net = ClimateAutoencoder(2, cell="convlstm", embedding_dim=6, head_grid=(2, 2), filters=8,
+                             stem_channels=4, embedding_grid=(4, 4), embedding_horizon=1,
+                             eof_components=2, eof_grid=(8, 8), eof_lag=2,
+                             eof_lag_components=1)  # fmt: skip
+    x = torch.randn(2, 6, 2, 16, 16)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    rows = net.pooled_input(x, mask, (8, 8)).reshape(12, -1)
+    net.eof.fit(rows, torch.ones(rows.shape[1]), (16, 16))
+    step_valid = torch.ones(2, 6, dtype=torch.bool)
+    step_valid[1, :3] = False  # the second window starts with 3 padded steps
+    z = net(x, mask, step_valid=step_valid).embeddings
+    assert z.shape == (2, 6, 6) and net.fixed_components == 3
+    pcs = z[..., :2]
+    torch.testing.assert_close(pcs, net.eof(net.pooled_input(x, mask, (8, 8))))
+    lagged = z[..., 2]
+    torch.testing.assert_close(lagged[0], pcs[0, [0, 0, 0, 1, 2, 3], 0])
+    torch.testing.assert_close(lagged[1, 3:], pcs[1, [3, 3, 3], 0])
+    # fixed, like the components at t: no gradient, and heard clean under embedding noise
+    z[..., 2].sum().backward(retain_graph=True)
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in net.parameters())
+    net.embedding_noise = 0.5
+    heard = net.train().noisy(z.detach())
+    torch.testing.assert_close(heard[..., :3], z.detach()[..., :3])
+    with pytest.raises(ValueError, match="eof_lag_components must be in"):
+        ClimateAutoencoder(2, embedding_dim=6, eof_components=2, eof_lag=2, eof_lag_components=3)
+
+
+def test_config_checks_the_lagged_components():
+    from faextract.config import ConfigError, load_config
+
+    ok = load_config(None, ["model.embedding_dim=16", "model.eof_components=8",
+                            "model.eof_lag_components=1", "model.eof_lag=11",
+                            "model.cell_options={temporal_heads: 1}"])  # fmt: skip
+    assert (ok.model.eof_lag_components, ok.model.eof_lag) == (1, 11)
+    bad = {
+        "model.eof_lag_components: expected an integer in [0, eof_components = 2]":
+            ["model.eof_components=2", "model.eof_lag_components=3", "model.eof_lag=1"],
+        "model.eof_lag: expected an integer in [1, tiles.window - 1 = 11]":
+            ["model.eof_components=2", "model.eof_lag_components=1", "model.eof_lag=12"],
+        "model.eof_lag_components: expected fewer than embedding_dim - eof_components = 2":
+            ["model.embedding_dim=4", "model.eof_components=2", "model.eof_lag_components=2",
+             "model.eof_lag=1"],
+    }  # fmt: skip
+    for message, sets in bad.items():
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            load_config(None, ["tiles.window=12", "model.cell=convlstm", "model.cell_options={}",
+                                   *sets])
+
+
+def test_embed_warms_up_over_the_lag_and_the_store_says_which_components_are_lagged(
+    tmp_path, tiny_config
+):
+    from faextract.embed import EmbedOptions, embed
+    from faextract.errors import FaextractError
+    from faextract.evaluate.stores import load_store
+    from faextract.store import open_embeddings
+
+    sets = ["train.epochs=1", "model.eof_components=2", "model.eof_lag_components=1",
+            "model.eof_lag=3", "tiles.window=6", "model.cell=convlstm",
+            "model.cell_options={}"]  # fmt: skip
+    cfg = tiny_config(*sets)
+    run = tmp_path / "run"
+    train(cfg, run, plain_progress=True)
+    ckpt = load_checkpoint(run / "last.pt")
+    net = ckpt.build_model()
+    store = tmp_path / "z.zarr"
+    # windows of 2 kept steps: most kept steps' lag reaches into the warm-up
+    embed([str(cfg.data.paths[0])], str(run / "last.pt"), str(store),
+          EmbedOptions(device="cpu", keep=2))  # fmt: skip
+    z = open_embeddings(str(store))["embedding"]
+    assert z.attrs["eof_lag_components"] == 1 and z.attrs["eof_lag"] == 3
+    assert "components 2-2: components 0-0 3 time steps earlier" in z.attrs["comment"]
+    x, mask = _training_steps(cfg, ckpt, net.multiple)
+    with torch.no_grad():
+        pcs = net.eof(net.pooled_input(x, mask, net.eof_grid))[0]
+    values = torch.from_numpy(z.values[:48])
+    torch.testing.assert_close(values[:, :2], pcs, atol=1e-4, rtol=0)
+    # the record's step t - 3, whatever window t was kept from; its first step before that
+    torch.testing.assert_close(values[3:, 2], pcs[:-3, 0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(values[:3, 2], pcs[[0, 0, 0], 0], atol=1e-4, rtol=0)
+    assert load_store(str(store)).eof_components == 3  # evaluate's fixed part: both kinds
+    with pytest.raises(FaextractError, match="--warmup 1 is shorter than the 3 steps back"):
+        embed([str(cfg.data.paths[0])], str(run / "last.pt"), str(tmp_path / "w.zarr"),
+              EmbedOptions(device="cpu", warmup=1))  # fmt: skip

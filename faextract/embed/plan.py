@@ -191,13 +191,23 @@ def open_input(inputs, ckpt: Checkpoint, opts: EmbedOptions) -> tuple[CubeSource
 
 
 def window_spec(
-    tiles: TileSpec, attention: tuple[int, int] | None, multiple: int, opts: EmbedOptions
+    tiles: TileSpec,
+    attention: tuple[int, int] | None,
+    multiple: int,
+    opts: EmbedOptions,
+    history: int = 0,
 ) -> TileSpec:
     """Embedding windows: ``warmup`` steps whose outputs are dropped (default half the training
-    window), then ``keep`` kept steps (default the training window), both rounded up to whole
-    attention periods so that attention steps (t % k == 0) line up across windows."""
+    window, at least ``history``: the steps back a model's lagged EOF components look), then
+    ``keep`` kept steps (default the training window), both rounded up to whole attention
+    periods so that attention steps (t % k == 0) line up across windows."""
     keep = opts.keep or tiles.window
-    warmup = opts.warmup if opts.warmup is not None else tiles.window // 2
+    if opts.warmup is not None and opts.warmup < history:
+        raise FaextractError(
+            f"--warmup {opts.warmup} is shorter than the {history} steps back the model's "
+            f"lagged EOF components look (model.eof_lag); use --warmup {history} or more"
+        )
+    warmup = opts.warmup if opts.warmup is not None else max(tiles.window // 2, history)
     if attention:
         k = attention[0]
         keep, warmup = _round_up(keep, k), _round_up(warmup, k)
@@ -234,6 +244,7 @@ class EmbedPlan:
     latent_channels: int | None
     digest: str
     compute: str
+    eof_lag: tuple[int, int] = (0, 0)  # (lagged EOF components, steps back)
     fingerprint: dict = field(default_factory=dict)
 
     @property
@@ -262,6 +273,7 @@ class EmbedPlan:
             embedding_dim=self.embedding_dim,
             eof_components=self.eof_components,
             eof_grid=self.eof_grid,
+            eof_lag=self.eof_lag,
             tile_grid=self.tiler.tile_grid,
             attention=self.attention,
             queries=dict(opts.queries),
@@ -287,7 +299,7 @@ class EmbedPlan:
 def make_plan(
     ckpt: Checkpoint, ckpt_sha: str, cube: Cube, model, opts: EmbedOptions, out: str, device
 ) -> EmbedPlan:
-    spec = window_spec(ckpt.tiles, model.attention_layout, model.multiple, opts)
+    spec = window_spec(ckpt.tiles, model.attention_layout, model.multiple, opts, model.eof_lag)
     nt, _, H, W = cube.shape
     tiler = Tiler(spec, (nt, H, W), cube.periodic)
     block = opts.block or _stored_block(out, opts)
@@ -302,6 +314,7 @@ def make_plan(
         eof_components=ckpt.eof_components,
         eof_grid=model.eof_grid if ckpt.eof_components else None,
         latent_channels=ckpt.filters if opts.latent else None,
+        eof_lag=(model.eof_lag_components, model.eof_lag),
         digest=_inputs_digest(cube, ckpt_sha, opts.perturb),
         compute=_compute_path(device, opts),
         fingerprint=input_fingerprint(cube.sources),

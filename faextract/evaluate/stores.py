@@ -36,7 +36,8 @@ class StoreFeatures:
     queries: dict[str, list[float]] = field(default_factory=dict)
     # first and last time the encoder trained on (None: not recorded)
     train_range: tuple[str, str] | None = None
-    # z's first components that are the input's EOF principal components (model.eof_components)
+    # z's first components that are the input's EOF principal components: model.eof_components
+    # at t, then model.eof_lag_components steps back (fixed; the rest are learned)
     eof_components: int = 0
     dataset: xr.Dataset | None = field(default=None, repr=False)
 
@@ -44,6 +45,12 @@ class StoreFeatures:
 def _train_range(attrs: dict) -> tuple[str, str] | None:
     value = json.loads(attrs.get("faextract_train_range") or "null")
     return (str(value[0]), str(value[1])) if value else None
+
+
+def _fixed_components(attrs: dict) -> int:
+    """How many leading components of a store's embedding are EOF principal components (at t
+    and lagged): the part fixed before training."""
+    return int(attrs.get("eof_components", 0)) + int(attrs.get("eof_lag_components", 0))
 
 
 def _channels(attrs: dict) -> tuple[str, ...]:
@@ -90,6 +97,6 @@ def load_store(path: str | os.PathLike, tiles: str = "concat") -> StoreFeatures:
         channels=_channels(ds.attrs),
         queries=dict(layout.get("queries") or {}),
         train_range=_train_range(ds.attrs),
-        eof_components=int(ds["embedding"].attrs.get("eof_components", 0)) if mode == "none" else 0,
+        eof_components=_fixed_components(ds["embedding"].attrs) if mode == "none" else 0,
         dataset=ds,
     )

@@ -10,6 +10,7 @@ Data flow, per window ``x (B, T, C, H, W)`` (normalized, 0 where invalid) and
                                           -> prediction of x_{t+1}   (objective forecast)
     z alone -> linear -> pooled x_t, x_{t+1}, ..., x_{t+K}           (the embedding decoder)
     x_t pooled on eof_grid -> k frozen EOFs -> the first k of z_t   (``eof_components``)
+    the first m of those k at t - lag      -> the next m of z_t     (``eof_lag_components``)
     z -> Student's t soft assignment q (B, T, K)                     (optional DEC head)
 
 The embedding decoder is what gives z its meaning: the spatial decoder can reconstruct from
@@ -154,6 +155,8 @@ class ClimateAutoencoder(nn.Module):
         input_skip: str = "none",
         eof_components: int = 0,
         eof_grid: tuple[int, int] = (36, 72),
+        eof_lag: int = 0,
+        eof_lag_components: int = 0,
     ):
         super().__init__()
         if not 0 <= eof_components < embedding_dim:
@@ -163,7 +166,20 @@ class ClimateAutoencoder(nn.Module):
             )
         if eof_components and skip_mode(input_skip) != "none":
             raise ValueError("model.eof_components and model.input_skip cannot be combined")
-        learned = embedding_dim - eof_components  # what the recurrent head makes
+        if eof_lag_components and not (
+            1 <= eof_lag_components <= eof_components
+            and eof_lag >= 1
+            and eof_components + eof_lag_components < embedding_dim
+        ):
+            raise ValueError(
+                f"model.eof_lag_components must be in [0, eof_components = {eof_components}] "
+                f"with eof_lag >= 1 and fewer than embedding_dim {embedding_dim} fixed "
+                f"components in all; got {eof_lag_components} at lag {eof_lag}"
+            )
+        self.eof_lag = int(eof_lag) if eof_lag_components else 0
+        self.eof_lag_components = int(eof_lag_components)
+        # z: k EOF components at t, m at t - lag, then what the recurrent head makes
+        learned = embedding_dim - eof_components - self.eof_lag_components
         if not embedding_noise >= 0:
             raise ValueError(f"model.embedding_noise must be >= 0, got {embedding_noise}")
         self.embedding_noise = float(embedding_noise)
@@ -310,7 +326,9 @@ class ClimateAutoencoder(nn.Module):
         if self.input_skip != "none":
             z = z + self.skip(x, mask).to(z.dtype)
         if self.eof is not None:
-            z = torch.cat([self.principal_components(x, mask).to(z.dtype), z], dim=-1)
+            pcs = self.principal_components(x, mask)
+            fixed = [pcs, self.lagged_components(pcs, step_valid)] if self.eof_lag else [pcs]
+            z = torch.cat([*(f.to(z.dtype) for f in fixed), z], dim=-1)
         return u, z, attention
 
     def pooled_input(
@@ -335,6 +353,32 @@ class ClimateAutoencoder(nn.Module):
                 f"got {x.shape[-2]}x{x.shape[-1]} (spatial tiles cannot use them)"
             )
         return eof(self.pooled_input(x, mask, self.eof_grid))
+
+    def lagged_components(
+        self, pcs: torch.Tensor, step_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``eof_lag_components``' part of z: ``pcs (B, T, k) -> (B, T, m)``, the first m
+        principal components ``eof_lag`` steps back, where the window holds that step; before
+        it, those of the window's first valid step (``step_valid (B, T)``; the record's first
+        step when embedding, whose windows start with ``eof_lag`` steps of warm-up). A
+        snapshot's EOFs cannot tell an oscillation's rise from its fall; the same pattern a
+        quarter period earlier can."""
+        B, T, _ = pcs.shape
+        first = (
+            step_valid.to(torch.int8).argmax(dim=1)
+            if step_valid is not None
+            else torch.zeros(B, dtype=torch.long, device=pcs.device)
+        )
+        back = torch.arange(T, device=pcs.device) - self.eof_lag
+        idx = torch.maximum(back[None, :], first[:, None])  # (B, T)
+        idx = idx[..., None].expand(B, T, self.eof_lag_components)
+        return pcs[..., : self.eof_lag_components].gather(1, idx)
+
+    @property
+    def fixed_components(self) -> int:
+        """How many leading components of z are EOF principal components (at t and lagged),
+        fixed at fitting time; the rest are learned."""
+        return (self.eof.k if self.eof is not None else 0) + self.eof_lag_components
 
     def skip(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``input_skip``'s part of z: ``(B, T, C, H, W) -> (B, T, d)``, a linear function of
@@ -376,8 +420,7 @@ class ClimateAutoencoder(nn.Module):
             return z
         x = z[step_valid] if step_valid is not None else z.reshape(-1, z.shape[-1])
         std = x.detach().float().std(dim=0) if x.shape[0] > 1 else torch.ones_like(z[0, 0])
-        if self.eof is not None:
-            std[: self.eof.k] = 0.0
+        std[: self.fixed_components] = 0.0
         return z + self.embedding_noise * std.to(z.dtype) * torch.randn_like(z)
 
     def forward(

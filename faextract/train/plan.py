@@ -77,6 +77,8 @@ def model_args(config: Config, cube) -> dict:
         head_rank=int(m.head_rank),
         input_skip=skip_mode(m.input_skip),
         eof_components=int(m.eof_components),
+        eof_lag=int(m.eof_lag),
+        eof_lag_components=int(m.eof_lag_components),
         eof_grid=tuple(min(g, n) for g, n in zip(m.eof_grid, cube.shape[2:], strict=True)),
     )
 
