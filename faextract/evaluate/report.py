@@ -58,7 +58,7 @@ class StoreReport(FeatureReport):
     # {lead: [the same difference, least, greatest]}} over the probes (and the EOFs) refitted
     # without each fifth of the training steps (probe.refit_difference); "learned_difference"
     # (stores with EOF components): the same as eof_difference for z against its own first
-    # eof_components alone, whether the learned components add on new time; empty when the
+    # eof_components (and lagged ones) alone, whether the learned components add on new time; empty when the
     # store records no range
     unseen: dict = field(default_factory=dict)
 
@@ -186,7 +186,8 @@ def _unseen_table(report: Report) -> str:
     text += _interval_table(
         stores, cells, "learned_difference", "R² - EOF part",
         "R² of the whole embedding minus that of its EOF components alone (its first "
-        "`eof_components`, `model.eof_components`) on the same unseen steps, with the same "
+        "`eof_components`, `model.eof_components`, and the lagged ones after them, "
+        "`model.eof_lag_components`) on the same unseen steps, with the same "
         "90% range: below 0, a probe fitted on the training range trusts the learned "
         "components for what they memorized there, and the EOF components alone carry more "
         "on new time.",

@@ -230,8 +230,8 @@ class _Unseen:
     """Probes on the steps a store's encoder never trained on (its recorded training range),
     with the EOF baseline scored on the same steps (its predictions kept per range and window:
     the seeds of one recipe share them) and, for a store whose first components are the
-    input's EOFs (``model.eof_components``), those components alone: whether the learned
-    rest adds to them on new time or only on the time it trained on. The comparison with the
+    input's EOFs (``model.eof_components``, then any lagged ones), those components alone:
+    whether the learned rest adds to them on new time or only on the time it trained on. The comparison with the
     EOFs is also refitted without each fifth of the training steps (``eof_refit_difference``):
     on a short record which steps the probe and the EOFs are fitted on can decide it."""
 

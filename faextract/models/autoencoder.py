@@ -365,7 +365,7 @@ class ClimateAutoencoder(nn.Module):
         quarter period earlier can."""
         B, T, _ = pcs.shape
         first = (
-            step_valid.to(torch.int8).argmax(dim=1)
+            step_valid.float().argmax(dim=1)
             if step_valid is not None
             else torch.zeros(B, dtype=torch.long, device=pcs.device)
         )
