@@ -316,7 +316,7 @@ def test_config_checks_the_lagged_components():
 
 
 def test_embed_warms_up_over_the_lag_and_the_store_says_which_components_are_lagged(
-    tmp_path, tiny_config
+    tmp_path, tiny_config, capsys
 ):
     from faextract.embed import EmbedOptions, embed
     from faextract.errors import FaextractError
@@ -329,6 +329,7 @@ def test_embed_warms_up_over_the_lag_and_the_store_says_which_components_are_lag
     cfg = tiny_config(*sets)
     run = tmp_path / "run"
     train(cfg, run, plain_progress=True)
+    assert "z's components 2-2 are the first 1 of them 3 steps back" in capsys.readouterr().err
     ckpt = load_checkpoint(run / "last.pt")
     net = ckpt.build_model()
     store = tmp_path / "z.zarr"

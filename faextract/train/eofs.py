@@ -65,6 +65,10 @@ def fit_eof_components(model, source, cube, stats, spec: TileSpec, say) -> None:
     steps = f"{data.shape[0]} training steps" + (f" (one in {every})" if every > 1 else "")
     say(f"model.eof_components: the {eof.k} leading EOFs of the {steps}' pooled input hold "
         f"{float(eof.explained.sum()):.0%} of its area-weighted variance")  # fmt: skip
+    if model.eof_lag_components:
+        m, k = model.eof_lag_components, eof.k
+        say(f"model.eof_lag_components: z's components {k}-{k + m - 1} are the first {m} of "
+            f"them {model.eof_lag} steps back")  # fmt: skip
     notice = unseparated_notice(spectrum, data.shape[0], eof.k)
     if notice:
         say(notice)
