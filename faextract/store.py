@@ -164,18 +164,15 @@ def _embedding_variable(layout: StoreLayout, coords, data_vars, encoding) -> Non
     m, lag = layout.eof_lag
     if k:
         gh, gw = layout.eof_grid
+        lagged = f"; components {k}-{k + m - 1}: components 0-{m - 1} {lag} time steps earlier"
         comment = (
             f"components 0-{k - 1}: the leading principal components (EOFs) of the normalized "
             f"input averaged onto {gh} x {gw} cells, weighted by sqrt(cos latitude), unit "
-            f"variance over the training range; components {k + m}-{d - 1}: {comment}"
+            f"variance over the training range{lagged if m else ''}; "
+            f"components {k + m}-{d - 1}: {comment}"
         )
         attrs["eof_grid"] = np.array([gh, gw], dtype=np.int32)
         if m:
-            comment = comment.replace(
-                f"; components {k + m}-",
-                f"; components {k}-{k + m - 1}: components 0-{m - 1} {lag} time steps "
-                f"earlier; components {k + m}-",
-            )
             attrs["eof_lag_components"], attrs["eof_lag"] = np.int32(m), np.int32(lag)
     data_vars["embedding"] = (
         dims,

@@ -12,8 +12,8 @@ from faextract.train.losses import embedding_loss, weighted_sse
 def validate(model, loader, device, info, amp) -> dict:
     """Validation MSEs of the model and of the climatology and persistence baselines, and
     the embedding decoder's loss (``embedding``, as in training: the pooled fields at t .. t+K,
-    and at the ``embedding_past`` lags, decoded from z_t alone; on a short record it is what shows z memorizing the training
-    range while the spatial decoders still improve).
+    and at the ``embedding_past`` lags, decoded from z_t alone; on a short record it is what
+    shows z memorizing the training range while the spatial decoders still improve).
 
     The MSEs are computed on steps t >= 1 where both x_t and x_{t-1} are valid, so every
     number compares the same cells. Climatology predicts 0 in normalized units (the
